@@ -1,0 +1,282 @@
+"""One configuration system for pretraining and evaluation.
+
+Full defaults live here (``DEFAULTS``); presets in ``configs/*.yaml`` are small deltas over
+them; ``--set key=value`` overrides come last. Every key of a delta or override must exist
+in the defaults and keep its type; enumerated keys must take an allowed value. Derived
+values are computed in one place (``derive``), and the resolved config is saved with every
+run (``save``).
+
+>>> cfg = resolve(["dino_sp"], ["train.steps=10", "sp.weight=1.0"])
+>>> cfg["sp"]["enabled"], cfg["train"]["steps"]
+(True, 10)
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+DEFAULTS: dict[str, Any] = {
+    "name": "run",
+    "seed": 0,
+    "out_dir": "runs/run",
+    "device": "auto",  # auto | cpu | cuda
+    "data": {
+        "name": "partsworld",  # partsworld | folder
+        "root": "",  # folder data set root (ImageFolder layout; labels used by evals only)
+        "canvas_size": 64,  # folder data: canvas side in px; partsworld: render size
+        "n_train": 20000,  # partsworld only
+        "n_eval": 2000,  # partsworld only: val/test/ood size
+        "cache_dir": "",  # "" = $SPATIALSSL_CACHE or ~/.cache/spatialssl
+        "on_error": "skip",  # skip | raise  (unreadable files in folder data)
+    },
+    "backbone": {
+        "name": "vit_tiny",  # vit_tiny | vit_small | vit_base | resnet18 | resnet50 | resnet_mini
+        "patch_size": 16,  # ViTs only
+        "img_size": 224,  # ViT positional-embedding grid size (dynamic_img_size interpolates)
+        "small_stem": False,  # ResNets: 3x3 stride-1 stem, no max-pool (for <= 64 px input)
+        "width": 32,  # resnet_mini only: channels of the first stage (doubles per stage)
+        "drop_path": 0.0,
+    },
+    "views": {
+        "global_size": 224,
+        "local_size": 96,
+        "n_global": 2,
+        "n_local": 6,
+        "global_scale": [0.4, 1.0],
+        "local_scale": [0.05, 0.4],
+        "ratio": [0.75, 1.3333333],
+        "local_flip": "auto",  # auto | per_image | per_view | none  (auto: per_image when SP is on)
+        "global_flip": True,
+        "color_jitter": 0.8,  # probability
+        "jitter_strength": [0.4, 0.4, 0.2, 0.1],  # brightness, contrast, saturation, hue
+        "grayscale": 0.2,  # probability
+        "blur": [1.0, 0.1],  # probability for global view 1, global view 2 (locals use 0.5)
+        "local_blur": 0.5,
+        "solarize": 0.2,  # probability, second global view only (BYOL/DINO)
+    },
+    "framework": {
+        "name": "dino",
+        # DINO / iBOT
+        "out_dim": 65536,
+        "hidden_dim": 2048,
+        "bottleneck_dim": 256,
+        "teacher_temp": 0.04,
+        "warmup_teacher_temp": 0.04,
+        "warmup_teacher_temp_frac": 0.3,
+        "student_temp": 0.1,
+        "center_momentum": 0.9,
+        "freeze_last_layer_steps": 0,
+        "norm_last_layer": True,
+        # iBOT
+        "patch_out_dim": 8192,
+        "shared_head": False,
+        "mask_ratio": [0.1, 0.5],
+        "mask_prob": 0.5,
+        "patch_loss_weight": 1.0,
+        # contrastive / BYOL / MoCo
+        "proj_dim": 256,
+        "temperature": 0.1,
+        # momentum encoders
+        "momentum": 0.996,
+        "momentum_end": 1.0,
+    },
+    "sp": {
+        "enabled": False,
+        "weight": 0.5,
+        "max_iou": 0.0,
+        "offsets": "canvas",  # canvas | reference
+        "antisymmetric": True,
+        "hidden_dim": 256,
+        "extra_local_views": 2,  # for frameworks without local views
+        "pair_candidates": 16,  # rejection-sampling candidates per pair
+        "beta": 1.0,  # smooth-L1 beta (on standardised targets)
+    },
+    "train": {
+        "steps": 1000,
+        "batch_size": 64,
+        "lr": 5e-4,  # peak lr at batch 256; scaled linearly with batch_size / 256
+        "lr_scale_with_batch": True,
+        "min_lr": 1e-6,
+        "warmup_steps": 100,
+        "weight_decay": 0.04,
+        "weight_decay_end": 0.4,
+        "clip_grad": 3.0,  # 0 = off
+        "precision": "auto",  # auto | fp32 | bf16  (auto: bf16 on CUDA, fp32 on CPU)
+        "compile": False,
+        "checkpoint_every": 500,
+        "log_every": 10,
+        "collapse_every": 50,
+        "num_threads": 0,  # torch CPU threads; 0 = torch default
+        "progress": True,
+    },
+    "eval": {
+        "tasks": ["knn", "linear", "patch_pair"],
+        "split_train": "train",
+        "split_test": "test",
+        "n_train": 5000,  # probe-train images (0 = all)
+        "n_test": 2000,
+        "img_size": 0,  # 0 = views.global_size
+        "batch_size": 256,
+        "knn_k": 20,
+        "knn_t": 0.07,
+        "linear_epochs": 100,
+        "linear_lr": [0.1, 0.03, 0.01, 0.003, 0.001],
+        "pp_pairs_per_image": 8,
+        "pp_scale": [0.05, 0.3],
+        "pp_crop_size": 0,  # 0 = views.local_size
+        "pp_epochs": 200,
+        "pp_hidden": 128,
+        "seeds": 1,
+        "random_floor": True,
+    },
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "data.name": ("partsworld", "folder"),
+    "data.on_error": ("skip", "raise"),
+    "backbone.name": ("vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50", "resnet_mini"),
+    "views.local_flip": ("auto", "per_image", "per_view", "none"),
+    "sp.offsets": ("canvas", "reference"),
+    "train.precision": ("auto", "fp32", "bf16"),
+}
+
+
+class ConfigError(ValueError):
+    """A config key or value that is not allowed; the message names it."""
+
+
+def _merge(base: dict, delta: dict, where: str = "") -> None:
+    for key, value in delta.items():
+        path = f"{where}{key}"
+        if key not in base:
+            allowed = ", ".join(sorted(base))
+            raise ConfigError(f"unknown config key '{path}' (allowed here: {allowed})")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{path}' is a section; give it a mapping, not {value!r}")
+            _merge(base[key], value, path + ".")
+        else:
+            base[key] = _coerce(path, base[key], value)
+
+
+def _coerce(path: str, default: Any, value: Any) -> Any:
+    """Check ``value`` against the type of ``default`` (ints are accepted for floats)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{path}' must be an integer, got {value!r}")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{path}' must be a string, got {value!r}")
+    elif isinstance(default, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
+        if default and all(isinstance(d, (int, float)) and not isinstance(d, bool) for d in default):
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"config key '{path}' must be a list of numbers, got {value!r}")
+            if len(value) != len(default) and path not in ("eval.linear_lr",):
+                raise ConfigError(f"config key '{path}' must have {len(default)} numbers, got {value!r}")
+            if isinstance(default[0], float):
+                value = [float(v) for v in value]
+    if path in CHOICES and value not in CHOICES[path]:
+        raise ConfigError(f"config key '{path}' must be one of {', '.join(CHOICES[path])}; got {value!r}")
+    return value
+
+
+def parse_override(text: str) -> dict:
+    """``"a.b=1"`` -> ``{"a": {"b": 1}}``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (e.g. train.steps=100)")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_preset(name_or_path: str) -> dict:
+    """A delta YAML by preset name (``configs/<name>.yaml``) or by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(f"no config preset '{name_or_path}' (known presets: {known})")
+    with open(path) as f:
+        delta = yaml.safe_load(f) or {}
+    if not isinstance(delta, dict):
+        raise ConfigError(f"config file {path} must hold a mapping")
+    bases = delta.pop("base", [])
+    merged: dict = {}
+    for b in [bases] if isinstance(bases, str) else bases:
+        _deep_update(merged, load_preset(b))
+    _deep_update(merged, delta)
+    return merged
+
+
+def _deep_update(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = copy.deepcopy(v)
+
+
+def resolve(presets: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = (),
+            base: dict | None = None) -> dict:
+    """Defaults (or ``base``), then each preset delta, then ``key=value`` overrides; validated."""
+    cfg = copy.deepcopy(base if base is not None else DEFAULTS)
+    for p in presets:
+        _merge(cfg, load_preset(p))
+    for o in overrides:
+        _merge(cfg, parse_override(o))
+    return derive(cfg)
+
+
+def derive(cfg: dict) -> dict:
+    """Values that follow from others, computed in this one place."""
+    v, sp = cfg["views"], cfg["sp"]
+    if v["local_flip"] == "auto":
+        v["local_flip"] = "per_image" if sp["enabled"] else "per_view"
+    for key in ("global_scale", "local_scale", "ratio"):
+        lo, hi = v[key]
+        if not 0 < lo <= hi:
+            raise ConfigError(f"config key 'views.{key}' must satisfy 0 < low <= high, got {v[key]}")
+    if cfg["train"]["steps"] < 1:
+        raise ConfigError("config key 'train.steps' must be >= 1")
+    if cfg["train"]["batch_size"] < 2:
+        raise ConfigError("config key 'train.batch_size' must be >= 2")
+    if not 0.0 <= sp["max_iou"] < 1.0:
+        raise ConfigError(f"config key 'sp.max_iou' must be in [0, 1), got {sp['max_iou']}")
+    return cfg
+
+
+def save(cfg: dict, path: str | Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+
+
+def get(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for p in dotted.split("."):
+        node = node[p]
+    return node

@@ -1,0 +1,72 @@
+"""The contract every SSL framework follows.
+
+A framework is a small ``nn.Module`` built on a backbone (``self.backbone``, the
+student/online network) and lightly's losses and heads. Its ``forward(views, step)``
+returns a dict of named terms: ``loss`` (the framework's total, the trainer adds SP to
+it) and any scalars to log; optionally ``local_emb`` [L, B, D], the student backbone's
+pooled embeddings of ``views.locals`` (SP reuses them instead of encoding the views
+again), and ``emb`` [N, D], pooled embeddings for the collapse indicators. The trainer
+alone does backward, clipping and the optimiser step; ``after_backward`` and
+``after_step`` are the framework's hooks around the step (last-layer freezing, momentum
+updates).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..backbones import Backbone, create_backbone
+from ..views import Views
+
+
+class Framework(nn.Module):
+    """Base class. Subclasses set ``uses_local_views`` and implement ``forward``.
+
+    Args:
+        cfg: the resolved run config (whole, so a framework can read ``views``).
+        backbone: the student backbone.
+        total_steps: length of the run, for schedules precomputed per step.
+    """
+
+    name: str = ""
+    uses_local_views: bool = False
+
+    def __init__(self, cfg: dict, backbone: Backbone, total_steps: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.fcfg = cfg["framework"]
+        self.backbone = backbone
+        self.total_steps = total_steps
+
+    def new_backbone(self) -> Backbone:
+        """A fresh backbone of the same architecture, loaded with the student's weights
+        (for teachers / momentum encoders; ``copy.deepcopy`` breaks on weight_norm heads)."""
+        b = create_backbone(self.cfg["backbone"])
+        b.load_state_dict(self.backbone.state_dict())
+        return b.to(next(self.backbone.parameters()).device)
+
+    def eval_backbone(self) -> Backbone:
+        """The backbone to evaluate and export (the teacher for DINO-like methods)."""
+        return self.backbone
+
+    def forward(self, views: Views, step: int) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def after_backward(self, step: int) -> None:
+        """Called after backward, before clipping and the optimiser step."""
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """Called after the optimiser step (momentum updates)."""
+
+
+def encode(backbone: nn.Module, views: torch.Tensor) -> torch.Tensor:
+    """One backbone pass over all views of one size: [V, B, 3, S, S] -> [V, B, D]."""
+    v, b = views.shape[:2]
+    return backbone(views.flatten(0, 1)).view(v, b, -1)
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) along the last dim of probabilities p."""
+    return -(p * torch.log(p.clamp(min=1e-12))).sum(-1)

@@ -1,0 +1,91 @@
+"""DINO: self-distillation with no labels [0], from lightly's blocks.
+
+Student and EMA teacher (backbone + ``DINOProjectionHead``); the teacher sees the global
+views, the student all views; lightly's ``DINOLoss`` (centering, sharpening, cross-entropy
+over all teacher/student pairs of different views). The teacher's head is built anew
+and loaded with the student's state dict: ``copy.deepcopy`` of a weight-normed head fails
+on current torch. The student's outputs list starts with the global views in the
+teacher's order, because ``DINOLoss`` skips pairs with the same index.
+
+Schedules (per step): teacher temperature warmup, EMA momentum cosine
+``momentum -> momentum_end``; the last layer is frozen for ``freeze_last_layer_steps``.
+
+[0]: DINO, 2021, arXiv:2104.14294
+
+Shapes: views.globals [G, B, 3, S, S], views.locals [L, B, 3, s, s].
+"""
+
+from __future__ import annotations
+
+import torch
+from lightly.loss import DINOLoss
+from lightly.models.modules import DINOProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+
+from ..engine import schedules
+from ..views import Views
+from . import register
+from .base import Framework, encode, entropy
+
+
+def make_dino_heads(in_dim: int, f: dict) -> tuple[DINOProjectionHead, DINOProjectionHead]:
+    """Student head and a teacher head built anew with the student's weights."""
+    kw = dict(input_dim=in_dim, hidden_dim=f["hidden_dim"], bottleneck_dim=f["bottleneck_dim"],
+              output_dim=f["out_dim"], norm_last_layer=f["norm_last_layer"])
+    student = DINOProjectionHead(freeze_last_layer=f["freeze_last_layer_steps"], **kw)
+    teacher = DINOProjectionHead(**kw)
+    teacher.load_state_dict(student.state_dict())
+    deactivate_requires_grad(teacher)
+    return student, teacher
+
+
+@register("dino")
+class DINO(Framework):
+    uses_local_views = True
+
+    def __init__(self, cfg: dict, backbone, total_steps: int) -> None:
+        super().__init__(cfg, backbone, total_steps)
+        f = self.fcfg
+        self.head, self.teacher_head = make_dino_heads(backbone.embed_dim, f)
+        self.teacher_backbone = self.new_backbone()
+        deactivate_requires_grad(self.teacher_backbone)
+        self.criterion = DINOLoss(output_dim=f["out_dim"], teacher_temp=f["teacher_temp"],
+                                  student_temp=f["student_temp"], center_momentum=f["center_momentum"])
+        warm = int(f["warmup_teacher_temp_frac"] * total_steps)
+        self.teacher_temp = schedules.linear_then_constant(f["warmup_teacher_temp"], f["teacher_temp"], warm, total_steps)
+        self.momentum = schedules.cosine(f["momentum"], f["momentum_end"], total_steps)
+
+    def forward(self, views: Views, step: int) -> dict[str, torch.Tensor]:
+        g, l = views.globals.shape[0], views.locals.shape[0]
+        with torch.no_grad():
+            t_out = self.teacher_head(encode(self.teacher_backbone, views.globals))  # [G, B, K]
+        s_glob = encode(self.backbone, views.globals)  # [G, B, D]
+        s_emb = [s_glob]
+        s_loc = None
+        if l:
+            s_loc = encode(self.backbone, views.locals)  # [L, B, D]
+            s_emb.append(s_loc)
+        s_out = self.head(torch.cat(s_emb))  # [G + L, B, K]
+        temp = float(self.teacher_temp[step])
+        with torch.no_grad():  # collapse indicators, before the loss updates the centre
+            p = torch.softmax((t_out.float() - self.criterion.center) / temp, dim=-1)
+            t_ent = entropy(p).mean()
+            t_mean_ent = entropy(p.mean(dim=(0, 1)))
+        loss = self.criterion(list(t_out.unbind(0)), list(s_out.unbind(0)), teacher_temp=temp)
+        out = {"loss": loss, "emb": s_glob[0].detach(), "teacher_entropy": t_ent,
+               "teacher_mean_entropy": t_mean_ent, "teacher_temp": torch.tensor(temp)}
+        if s_loc is not None:
+            out["local_emb"] = s_loc
+        return out
+
+    def eval_backbone(self):
+        return self.teacher_backbone
+
+    def after_backward(self, step: int) -> None:
+        self.head.cancel_last_layer_gradients(step)
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        m = float(self.momentum[step])
+        update_momentum(self.backbone, self.teacher_backbone, m)
+        update_momentum(self.head, self.teacher_head, m)

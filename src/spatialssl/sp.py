@@ -1,0 +1,157 @@
+"""Spatial Prediction (SP): the plug-in pretext task.
+
+Given two disentangled (disjoint) local views a and b of one image, SP regresses b's
+position and scale relative to a: ``(dx, dy, ds)`` (``geometry.sp_targets``) from the
+backbone's pooled embeddings of the two views. It is a plug-in [0]: it takes embeddings
+and boxes only and knows nothing of the SSL framework beside it; the trainer adds
+``sp.weight * loss`` to the framework's loss.
+
+Only the paper's abstract is public. Every detail here is *our choice*, documented in
+docs/sp.md: pairs drawn disjoint (``max_iou``), targets standardised by constants
+measured on the sampler's own distribution, an MLP head on ``[z_a, z_b, z_a - z_b,
+z_a * z_b]`` of the backbone's pooled embeddings (not the framework's projection head),
+optionally antisymmetric, smooth-L1 loss.
+
+[0]: Shen et al., "Learning to Perceive 'Where': Spatial Pretext Tasks for Robust
+     Self-Supervised Learning", 2026, arXiv:2605.09963.
+
+>>> sp = SpatialPrediction(embed_dim=192, canvas_hw=(64, 64), local_scale=(0.05, 0.4))
+>>> out = sp(emb, boxes, pairs)   # emb [L, B, D], boxes [L, B, 4], pairs [P, 2]
+>>> out["loss"], out["r2_dx"]
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import geometry
+
+COMPONENTS = ("dx", "dy", "ds")
+
+# the pair sampler is part of the plug-in's specification; views.py calls it through here
+sample_pairs = geometry.sample_disjoint_pairs
+
+
+def target_stats(canvas_hw: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float],
+                 max_iou: float = 0.0, offsets: str = "canvas", n: int = 20000,
+                 candidates: int = 16, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of (dx, dy, ds) under the pair sampler, for standardising targets.
+
+    Fixed constants measured once from the sampler's own distribution (with a fixed seed,
+    independent of training randomness), so each component weighs alike in the loss.
+
+    Returns:
+        mean [3], std [3] (float32).
+    """
+    g = torch.Generator().manual_seed(seed)
+    a, b, _ = sample_pairs(n, canvas_hw, scale, ratio, max_iou, candidates, g)
+    t = geometry.sp_targets(a, b, canvas_hw, offsets)
+    return t.mean(0), t.std(0).clamp(min=1e-6)
+
+
+class SPHead(nn.Module):
+    """MLP on ``[z_a, z_b, z_a - z_b, z_a * z_b]`` -> (dx, dy, ds).
+
+    With ``antisymmetric=True`` the output is ``g(a, b) - g(b, a)``, so swapping a and b
+    negates the prediction exactly (as it negates the canvas-offset targets).
+
+    Args:
+        embed_dim: D of the pooled embeddings.
+        hidden_dim: width of the two hidden layers.
+    Shapes:
+        z_a, z_b: [N, D] -> [N, 3]
+    """
+
+    def __init__(self, embed_dim: int, hidden_dim: int = 256, antisymmetric: bool = True) -> None:
+        super().__init__()
+        self.antisymmetric = antisymmetric
+        self.mlp = nn.Sequential(
+            nn.Linear(4 * embed_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, 3),
+        )
+
+    def _g(self, za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([za, zb, za - zb, za * zb], dim=-1))
+
+    def forward(self, za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
+        if not self.antisymmetric:
+            return self._g(za, zb)
+        both = self._g(torch.cat([za, zb]), torch.cat([zb, za]))  # one pass for g(a,b), g(b,a)
+        ab, ba = both.chunk(2)
+        return ab - ba
+
+
+def r2_score(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-column coefficient of determination: [N, K] x [N, K] -> [K]."""
+    ss_res = ((target - pred) ** 2).sum(0)
+    ss_tot = ((target - target.mean(0)) ** 2).sum(0).clamp(min=1e-12)
+    return 1 - ss_res / ss_tot
+
+
+class SpatialPrediction(nn.Module):
+    """The SP plug-in: pair targets, standardisation, head and loss.
+
+    Args:
+        embed_dim: D of the backbone's pooled embedding.
+        canvas_hw: (H, W) of the canvases the boxes refer to.
+        local_scale, ratio: the local-view box distribution (for the target constants).
+        max_iou: largest IoU allowed between the two views of a pair.
+        offsets: ``"canvas"`` or ``"reference"`` (see ``geometry.sp_targets``).
+        antisymmetric, hidden_dim: head options.
+        beta: smooth-L1 beta on standardised targets.
+
+    Forward:
+        emb: [L, B, D] pooled embeddings of the local views.
+        boxes: [L, B, 4] their boxes (in the frame they were cut from).
+        pairs: long [P, 2] indices into L: (reference a, view b).
+        returns dict: ``loss`` (scalar), ``r2_dx/dy/ds`` and ``loss_zero`` (the loss of
+        predicting zero, the floor to beat), all detached but ``loss``.
+    """
+
+    def __init__(self, embed_dim: int, canvas_hw: tuple[int, int], local_scale: tuple[float, float],
+                 ratio: tuple[float, float] = (0.75, 4 / 3), max_iou: float = 0.0, offsets: str = "canvas",
+                 antisymmetric: bool = True, hidden_dim: int = 256, beta: float = 1.0,
+                 candidates: int = 16) -> None:
+        super().__init__()
+        self.canvas_hw = tuple(canvas_hw)
+        self.offsets = offsets
+        self.beta = beta
+        mean, std = target_stats(self.canvas_hw, tuple(local_scale), tuple(ratio), max_iou, offsets,
+                                 candidates=candidates)
+        if antisymmetric:
+            # an antisymmetric head predicts zero for a == b: keep targets zero-centred
+            mean = torch.zeros_like(mean)
+        self.register_buffer("t_mean", mean)
+        self.register_buffer("t_std", std)
+        self.head = SPHead(embed_dim, hidden_dim, antisymmetric)
+
+    @classmethod
+    def from_config(cls, sp: dict, views: dict, embed_dim: int, canvas_hw: tuple[int, int]) -> "SpatialPrediction":
+        return cls(embed_dim, canvas_hw, views["local_scale"], views["ratio"], sp["max_iou"], sp["offsets"],
+                   sp["antisymmetric"], sp["hidden_dim"], sp["beta"], sp["pair_candidates"])
+
+    def targets(self, boxes: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        """Standardised targets [P*B, 3] for ``pairs`` of ``boxes`` [L, B, 4]."""
+        t = geometry.sp_targets(boxes[pairs[:, 0]], boxes[pairs[:, 1]], self.canvas_hw, self.offsets)
+        return ((t - self.t_mean) / self.t_std).reshape(-1, 3)
+
+    def forward(self, emb: torch.Tensor, boxes: torch.Tensor, pairs: torch.Tensor) -> dict[str, torch.Tensor]:
+        if pairs.numel() == 0:
+            raise ValueError("SP needs at least one pair of local views (got none): "
+                             "set views.n_local or sp.extra_local_views >= 2")
+        d = emb.shape[-1]
+        za = emb[pairs[:, 0]].reshape(-1, d)
+        zb = emb[pairs[:, 1]].reshape(-1, d)
+        target = self.targets(boxes, pairs).to(torch.float32)
+        pred = self.head(za, zb).float()
+        loss = F.smooth_l1_loss(pred, target, beta=self.beta)
+        with torch.no_grad():
+            r2 = r2_score(pred, target)
+            zero = F.smooth_l1_loss(torch.zeros_like(target), target, beta=self.beta)
+        out = {"loss": loss, "loss_zero": zero}
+        for i, c in enumerate(COMPONENTS):
+            out[f"r2_{c}"] = r2[i]
+        return out

@@ -1,0 +1,263 @@
+"""Multi-crop views cut from uint8 canvases on the training device, with exact boxes.
+
+Every view of a batch is cut with one ``torchvision.ops.roi_align`` call per view size,
+so the box of each view is known exactly (SP needs it) and augmentation costs no CPU
+workers. Photometric augmentation (colour jitter, grayscale, blur, solarisation) is
+batched on the device too, with per-sample random parameters. The same code runs on CPU.
+
+Flips follow ``views.local_flip`` (see docs/sp.md): ``per_image`` mirrors the whole canvas
+of an image before its local views are cut (boxes and SP targets live in the flipped
+frame), ``per_view`` mirrors each local view alone (its box then no longer describes its
+content left-right), ``none`` never flips local views. Global views always use per-view
+flips when ``views.global_flip`` is on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from . import geometry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Views:
+    """The views of one batch.
+
+    Attributes:
+        globals: float [G, B, 3, S, S], normalised.
+        locals: float [L, B, 3, s, s], normalised (L may be 0).
+        global_boxes: float32 [G, B, 4] canvas-pixel boxes.
+        local_boxes: float32 [L, B, 4] boxes in the frame the local views were cut from
+            (the flipped canvas for images flipped ``per_image``).
+        sp_pairs: long [P, 2] indices into the local views: pairs drawn disjoint for SP.
+        canvas_hw: (H, W) of the canvases.
+        fallbacks: pairs whose rejection sampling found no box under ``max_iou``.
+    """
+
+    globals: torch.Tensor
+    locals: torch.Tensor
+    global_boxes: torch.Tensor
+    local_boxes: torch.Tensor
+    sp_pairs: torch.Tensor
+    canvas_hw: tuple[int, int]
+    fallbacks: int = 0
+
+
+def cut(canvases: torch.Tensor, boxes: torch.Tensor, size: int,
+        index: torch.Tensor | None = None) -> torch.Tensor:
+    """Cut and resize one box per canvas with bilinear ``roi_align``.
+
+    ``aligned=True`` and adaptive sampling make an enlarged crop equal torchvision's
+    ``resized_crop(..., antialias=False)`` of the same box; a shrunk crop averages
+    ceil(box/size) samples per output pixel (a light anti-alias).
+
+    Args:
+        canvases: [B, 3, H, W] float (any scale) or uint8.
+        boxes: [K, 4] float boxes (x0, y0, x1, y1) in pixels.
+        size: output side.
+        index: long [K], the canvas each box is cut from (default: box k from canvas k).
+    Returns:
+        float [K, 3, size, size] in the canvases' scale.
+    """
+    x = canvases if canvases.is_floating_point() else canvases.float()
+    if index is None:
+        index = torch.arange(boxes.shape[0], device=boxes.device)
+    idx = index.to(x.dtype)[:, None]
+    rois = torch.cat([idx, boxes.to(x.dtype)], dim=1)
+    return roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def _rand(n: int, g: torch.Generator | None, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, 1, H, W] luma (ITU-R 601, as torchvision's rgb_to_grayscale)."""
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def color_jitter(x: torch.Tensor, p: float, strength: list[float], g, ) -> torch.Tensor:
+    """Batched brightness, contrast, saturation, hue jitter on [B, 3, H, W] in [0, 1].
+
+    Applied in that fixed order (torchvision draws a random order per call; one fixed
+    order keeps the batch vectorised). Hue is rotated in YIQ space, a cheap linear
+    stand-in for torchvision's HSV round trip *(our choice)*.
+    """
+    b, dev = x.shape[0], x.device
+    on = (_rand(b, g, dev) < p).float().view(b, 1, 1, 1)
+    br, co, sa, hu = strength
+    f_b = 1 + br * (2 * _rand(b, g, dev) - 1)
+    f_c = 1 + co * (2 * _rand(b, g, dev) - 1)
+    f_s = 1 + sa * (2 * _rand(b, g, dev) - 1)
+    f_h = hu * (2 * _rand(b, g, dev) - 1)
+    y = x * f_b.view(b, 1, 1, 1)
+    y = y.clamp(0, 1)
+    mean = _gray(y).mean(dim=(2, 3), keepdim=True)
+    y = (mean + f_c.view(b, 1, 1, 1) * (y - mean)).clamp(0, 1)
+    gray = _gray(y)
+    y = (gray + f_s.view(b, 1, 1, 1) * (y - gray)).clamp(0, 1)
+    # hue: rotate the chroma (I, Q) plane by 2*pi*f_h
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                          device=dev, dtype=x.dtype)
+    from_yiq = torch.linalg.inv(to_yiq)
+    theta = 2 * torch.pi * f_h
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    rot = torch.zeros(b, 3, 3, device=dev, dtype=x.dtype)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+    m = from_yiq @ rot @ to_yiq  # [B, 3, 3]
+    y = torch.einsum("bij,bjhw->bihw", m, y).clamp(0, 1)
+    return on * y + (1 - on) * x
+
+
+def gaussian_blur(x: torch.Tensor, p: float, g, sigma: tuple[float, float] = (0.1, 2.0),
+                  ref_size: int = 224) -> torch.Tensor:
+    """Per-sample Gaussian blur with probability ``p`` on [B, 3, H, W].
+
+    Sigma ~ U(0.1, 2.0) as in SimCLR/DINO at 224 px, scaled by H / ``ref_size`` so a
+    small view is blurred alike relative to its size *(our choice)*. One grouped,
+    separable convolution blurs the whole batch.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    on = _rand(b, g, dev) < p
+    scale = h / ref_size
+    s = (sigma[0] + (sigma[1] - sigma[0]) * _rand(b, g, dev)) * scale
+    s = s.clamp(min=1e-3)
+    radius = max(1, int(round(3 * sigma[1] * scale)))
+    t = torch.arange(-radius, radius + 1, device=dev, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t[None, :] / s[:, None]) ** 2)
+    k = k / k.sum(dim=1, keepdim=True)
+    ident = torch.zeros_like(k)
+    ident[:, radius] = 1
+    k = torch.where(on[:, None], k, ident)
+    k = k.repeat_interleave(c, dim=0)  # [B*C, K]
+    y = x.reshape(1, b * c, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect" if w > radius else "replicate"),
+                 k[:, None, None, :], groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect" if h > radius else "replicate"),
+                 k[:, None, :, None], groups=b * c)
+    return y.view(b, c, h, w)
+
+
+def photometric(x: torch.Tensor, cfg: dict, g, blur_p: float, solarize_p: float) -> torch.Tensor:
+    """Colour jitter, grayscale, blur, solarisation on [B, 3, H, W] in [0, 1]."""
+    b, dev = x.shape[0], x.device
+    x = color_jitter(x, cfg["color_jitter"], cfg["jitter_strength"], g)
+    gray_on = (_rand(b, g, dev) < cfg["grayscale"]).view(b, 1, 1, 1)
+    x = torch.where(gray_on, _gray(x).expand_as(x), x)
+    if blur_p > 0:
+        x = gaussian_blur(x, blur_p, g)
+    if solarize_p > 0:
+        sol_on = (_rand(b, g, dev) < solarize_p).view(b, 1, 1, 1)
+        x = torch.where(sol_on & (x >= 0.5), 1 - x, x)
+    return x
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def to_input(images_u8: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> normalised float [B, 3, size, size] (whole image, no crop)."""
+    x = images_u8.float() / 255.0
+    if size is not None and (x.shape[-2], x.shape[-1]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return normalize(x)
+
+
+class MultiCrop:
+    """n global + m local views of a batch of canvases, with boxes and SP pairs.
+
+    Local boxes are drawn in pairs that overlap by at most ``max_iou`` (pairs (0,1),
+    (2,3), ...) so every image yields ``m // 2`` SP pairs, not left to chance; an odd
+    last local view is drawn freely.
+
+    Args:
+        views: the ``views`` config section.
+        n_local: number of local views (overrides ``views.n_local``; e.g. SP's extra views).
+        max_iou, candidates: SP pair sampling (``sp.max_iou``, ``sp.pair_candidates``).
+        pair_locals: draw local boxes as disjoint pairs (on when SP is on).
+
+    >>> mc = MultiCrop(cfg["views"], n_local=4)
+    >>> v = mc(canvases_u8, torch.Generator().manual_seed(0))
+    >>> v.globals.shape, v.locals.shape, v.sp_pairs.tolist()
+    (torch.Size([2, B, 3, 224, 224]), torch.Size([4, B, 3, 96, 96]), [[0, 1], [2, 3]])
+    """
+
+    def __init__(self, views: dict, n_local: int | None = None, max_iou: float = 0.0,
+                 candidates: int = 16, pair_locals: bool = True) -> None:
+        self.cfg = views
+        self.n_global = views["n_global"]
+        self.n_local = views["n_local"] if n_local is None else n_local
+        self.max_iou = max_iou
+        self.candidates = candidates
+        self.pair_locals = pair_locals
+        self.local_flip = views["local_flip"]
+        if self.local_flip == "auto":
+            raise ValueError("views.local_flip 'auto' must be resolved by config.derive first")
+
+    def __call__(self, canvases: torch.Tensor, g: torch.Generator | None = None) -> Views:
+        """canvases: uint8 [B, 3, H, W] on the training device."""
+        cfg = self.cfg
+        b, _, h, w = canvases.shape
+        dev = canvases.device
+        x = canvases.float() / 255.0
+
+        # global views: boxes, one roi_align each, per-view flips, photometric
+        gboxes = geometry.sample_boxes(self.n_global * b, (h, w), cfg["global_scale"], cfg["ratio"], g, dev)
+        gboxes = gboxes.view(self.n_global, b, 4)
+        gall = cut(x, gboxes.reshape(self.n_global * b, 4), cfg["global_size"],
+                   torch.arange(b, device=dev).repeat(self.n_global))
+        gall = gall.view(self.n_global, b, 3, cfg["global_size"], cfg["global_size"])
+        globals_ = []
+        for i in range(self.n_global):
+            v = gall[i]
+            if cfg["global_flip"]:
+                flip = (_rand(b, g, dev) < 0.5).view(b, 1, 1, 1)
+                v = torch.where(flip, v.flip(-1), v)
+            blur_p = cfg["blur"][min(i, len(cfg["blur"]) - 1)]
+            sol_p = cfg["solarize"] if i == 1 else 0.0
+            globals_.append(normalize(photometric(v, cfg, g, blur_p, sol_p)))
+
+        # local views: boxes drawn as disjoint pairs, flips by policy
+        m = self.n_local
+        fallbacks = 0
+        if m > 0:
+            n_pairs = m // 2 if self.pair_locals else 0
+            boxes = []
+            for _ in range(n_pairs):
+                a, bb, fb = geometry.sample_disjoint_pairs(b, (h, w), cfg["local_scale"], cfg["ratio"],
+                                                           self.max_iou, self.candidates, g, dev)
+                boxes += [a, bb]
+                fallbacks += fb
+            for _ in range(m - 2 * n_pairs):
+                boxes.append(geometry.sample_boxes(b, (h, w), cfg["local_scale"], cfg["ratio"], g, dev))
+            lboxes = torch.stack(boxes)  # [L, B, 4]
+            src = x
+            if self.local_flip == "per_image":
+                flip_img = (_rand(b, g, dev) < 0.5).view(b, 1, 1, 1)
+                src = torch.where(flip_img, x.flip(-1), x)
+            # one roi_align for all local views (one size)
+            flat = cut(src, lboxes.reshape(m * b, 4), cfg["local_size"], torch.arange(b, device=dev).repeat(m))
+            if self.local_flip == "per_view":
+                flip = (_rand(m * b, g, dev) < 0.5).view(m * b, 1, 1, 1)
+                flat = torch.where(flip, flat.flip(-1), flat)
+            flat = normalize(photometric(flat, cfg, g, cfg["local_blur"], 0.0))
+            locals_ = flat.view(m, b, 3, cfg["local_size"], cfg["local_size"])
+        else:
+            lboxes = torch.zeros(0, b, 4, device=dev)
+            locals_ = torch.zeros(0, b, 3, cfg["local_size"], cfg["local_size"], device=dev)
+        n_pairs = m // 2 if self.pair_locals else 0
+        pairs = torch.arange(2 * n_pairs, device=dev).view(n_pairs, 2)
+        return Views(torch.stack(globals_), locals_, gboxes, lboxes, pairs, (h, w), fallbacks)
