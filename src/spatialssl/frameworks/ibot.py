@@ -1,0 +1,178 @@
+"""iBOT: masked image modelling with an online tokenizer [0], from lightly's blocks.
+
+DINO's CLS self-distillation plus a patch term: the student sees its global views with
+block-masked patches (a learnable mask token replaces the masked patch embeddings before
+the transformer blocks) and predicts, at the masked positions, the teacher's output for
+the same patches of the unmasked view (lightly's ``IBOTPatchLoss``, centred and
+sharpened like ``DINOLoss``). ``loss = cls_loss + patch_loss_weight * patch_loss``.
+
+Heads: ``shared_head: true`` projects CLS and patch tokens with one ``DINOProjectionHead``
+(the paper's ViT-S/16 setting; patch outputs then have ``out_dim`` dims and
+``patch_out_dim`` is unused); ``false`` gives patch tokens their own head of
+``patch_out_dim`` (as DINOv2's ``ibot_separate_head``). Masks (lightly's
+``random_block_mask``): a fraction ``mask_prob`` of the images of each global view is
+masked, each with a ratio in ``mask_ratio`` (iBOT's ``pred_ratio 0 0.3 ±0.2``).
+The teacher temperature schedule serves both terms (iBOT ViT-S uses 0.07 for both).
+
+iBOT needs patch tokens and a mask token inside the ViT; on a CNN it raises ValueError.
+
+[0]: iBOT, 2021, arXiv:2111.07832
+
+Shapes: views.globals [G, B, 3, S, S], views.locals [L, B, 3, s, s]; masks [G*B, h, w].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from lightly.loss import DINOLoss, IBOTPatchLoss
+from lightly.models.utils import deactivate_requires_grad, random_block_mask, update_momentum
+
+from ..backbones import Backbone
+from ..engine import schedules
+from ..views import Views
+from . import register
+from .base import Framework, encode, entropy
+from .dino import make_dino_heads
+
+
+def vit_tokens(backbone: Backbone, x: torch.Tensor, mask: torch.Tensor | None = None,
+               mask_token: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A timm ViT pass that can replace masked patch embeddings by ``mask_token``.
+
+    Follows ``VisionTransformer.forward_features`` step by step, with the mask applied
+    after the patch embedding and before the position embedding (as iBOT does).
+
+    Args:
+        backbone: a ViT ``Backbone``.
+        x: [B, 3, H, W].
+        mask: bool [B, h, w] (h = H / patch), True = masked; None = no masking.
+        mask_token: [D] learnable embedding put where ``mask`` is True.
+    Returns:
+        cls [B, D], patch tokens [B, h*w, D] (after the final norm).
+    """
+    m = backbone.model
+    t = m.patch_embed(x)  # [B, h, w, D] with dynamic_img_size, else [B, h*w, D]
+    if mask is not None:
+        mk = mask[..., None] if t.ndim == 4 else mask.flatten(1)[..., None]
+        t = torch.where(mk, mask_token.to(t.dtype), t)
+    t = m._pos_embed(t)
+    t = m.patch_drop(t)
+    t = m.norm_pre(t)
+    t = m.blocks(t)
+    t = m.norm(t)
+    return t[:, 0], t[:, m.num_prefix_tokens:]
+
+
+def block_masks(n: int, grid: tuple[int, int], mask_prob: float, ratio: tuple[float, float],
+                device: torch.device) -> torch.Tensor:
+    """iBOT block masks for ``n`` images: bool [n, h, w].
+
+    ``int(n * mask_prob)`` images get block masks covering ``ratio`` of their patches
+    (lightly's ``random_block_mask``, which draws from Python's ``random``); blocks are at
+    least 4 patches, fewer on grids too small for that. At least one patch of the batch is
+    always masked, so the patch loss (and its centre update, an all-reduce when
+    distributed) runs on every rank at every step.
+    """
+    h, w = grid
+    min_block = max(1, min(4, int(h * w * ratio[0])))
+    masks = random_block_mask((n, h, w), batch_mask_ratio=mask_prob, min_image_mask_ratio=ratio[0],
+                              max_image_mask_ratio=ratio[1], min_num_masks_per_block=min_block, device=device)
+    if not masks.any():
+        masks[torch.randint(n, ()), torch.randint(h, ()), torch.randint(w, ())] = True
+    return masks
+
+
+@register("ibot")
+class IBOT(Framework):
+    uses_local_views = True
+
+    def __init__(self, cfg: dict, backbone: Backbone, total_steps: int) -> None:
+        super().__init__(cfg, backbone, total_steps)
+        if backbone.kind != "vit":
+            raise ValueError(f"iBOT needs a ViT backbone (masked patch tokens); got '{cfg['backbone']['name']}'")
+        f = self.fcfg
+        d = backbone.embed_dim
+        self.head, self.teacher_head = make_dino_heads(d, f)
+        self.patch_head: nn.Module | None = None
+        self.teacher_patch_head: nn.Module | None = None
+        patch_dim = f["out_dim"]
+        if not f["shared_head"]:
+            patch_dim = f["patch_out_dim"]
+            self.patch_head, self.teacher_patch_head = make_dino_heads(d, {**f, "out_dim": patch_dim})
+        self.mask_token = nn.Parameter(torch.zeros(d))  # iBOT initialises it to zero
+        self.teacher_backbone = self.new_backbone()
+        deactivate_requires_grad(self.teacher_backbone)
+        self.criterion = DINOLoss(output_dim=f["out_dim"], teacher_temp=f["teacher_temp"],
+                                  student_temp=f["student_temp"], center_momentum=f["center_momentum"])
+        self.patch_criterion = IBOTPatchLoss(output_dim=patch_dim, teacher_temp=f["teacher_temp"],
+                                             student_temp=f["student_temp"], center_momentum=f["center_momentum"])
+        warm = int(f["warmup_teacher_temp_frac"] * total_steps)
+        self.teacher_temp = schedules.linear_then_constant(f["warmup_teacher_temp"], f["teacher_temp"], warm, total_steps)
+        self.momentum = schedules.cosine(f["momentum"], f["momentum_end"], total_steps)
+
+    def _patch_heads(self) -> tuple[nn.Module, nn.Module]:
+        if self.patch_head is None:
+            return self.head, self.teacher_head
+        return self.patch_head, self.teacher_patch_head
+
+    def forward(self, views: Views, step: int) -> dict[str, torch.Tensor]:
+        f = self.fcfg
+        g, b = views.globals.shape[:2]
+        l = views.locals.shape[0]
+        x = views.globals.flatten(0, 1)  # [G*B, 3, S, S]
+        p = self.backbone.model.patch_embed.patch_size
+        grid = (x.shape[-2] // p[0], x.shape[-1] // p[1])
+        patch_on = f["patch_loss_weight"] > 0
+        masks = block_masks(g * b, grid, f["mask_prob"], tuple(f["mask_ratio"]), x.device) if patch_on else None
+        temp = float(self.teacher_temp[step])
+        head, t_head = self._patch_heads()
+
+        with torch.no_grad():
+            t_cls, t_patch = vit_tokens(self.teacher_backbone, x)  # [G*B, D], [G*B, N, D]
+            t_out = self.teacher_head(t_cls).view(g, b, -1)  # [G, B, K]
+        s_cls, s_patch = vit_tokens(self.backbone, x, masks, self.mask_token)
+        s_glob = s_cls.view(g, b, -1)
+        s_emb = [s_glob]
+        s_loc = None
+        if l:
+            s_loc = encode(self.backbone, views.locals)  # [L, B, D]
+            s_emb.append(s_loc)
+        s_out = self.head(torch.cat(s_emb))  # [G + L, B, K]
+
+        with torch.no_grad():  # collapse indicators, before the loss updates the centre
+            pt = torch.softmax((t_out.float() - self.criterion.center) / temp, dim=-1)
+            t_ent, t_mean_ent = entropy(pt).mean(), entropy(pt.mean(dim=(0, 1)))
+        cls_loss = self.criterion(list(t_out.unbind(0)), list(s_out.unbind(0)), teacher_temp=temp)
+        out = {"cls_loss": cls_loss.detach(), "emb": s_glob[0].detach(), "teacher_entropy": t_ent,
+               "teacher_mean_entropy": t_mean_ent, "teacher_temp": torch.tensor(temp)}
+        loss = cls_loss
+        if masks is not None:
+            flat = masks.flatten(1)  # [G*B, N]
+            with torch.no_grad():
+                t_pout = t_head(t_patch[flat])  # [M, K'] the masked positions only
+            s_pout = head(s_patch[flat])
+            patch_loss = self.patch_criterion(t_pout, s_pout, masks, teacher_temp=temp)
+            loss = loss + f["patch_loss_weight"] * patch_loss
+            out["patch_loss"] = patch_loss.detach()
+            out["mask_ratio"] = flat.float().mean()
+        out["loss"] = loss
+        if s_loc is not None:
+            out["local_emb"] = s_loc
+        return out
+
+    def eval_backbone(self) -> Backbone:
+        return self.teacher_backbone
+
+    def after_backward(self, step: int) -> None:
+        self.head.cancel_last_layer_gradients(step)
+        if self.patch_head is not None:
+            self.patch_head.cancel_last_layer_gradients(step)
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        m = float(self.momentum[step])
+        update_momentum(self.backbone, self.teacher_backbone, m)
+        update_momentum(self.head, self.teacher_head, m)
+        if self.patch_head is not None:
+            update_momentum(self.patch_head, self.teacher_patch_head, m)
