@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
         "canvas_size": 64,  # folder data: canvas side in px; partsworld: render size
         "n_train": 20000,  # partsworld only
         "n_eval": 2000,  # partsworld only: val/test/ood size
+        "seed": 0,  # partsworld only: the data set's seed (independent of the run's seed)
         "cache_dir": "",  # "" = $SPATIALSSL_CACHE or ~/.cache/spatialssl
         "on_error": "skip",  # skip | raise  (unreadable files in folder data)
     },

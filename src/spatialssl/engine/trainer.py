@@ -1,0 +1,296 @@
+"""One trainer for every framework, with the SP plug-in attached.
+
+``pretrain(cfg)`` reads top to bottom: data -> backbone + framework (+ SP) -> optimiser
+-> schedules -> resume -> loop. One training step (``train_step``) is one readable
+function: views from uint8 canvases on the device, the framework's named loss terms,
+``total = framework + sp.weight * sp``, backward, clipping, optimiser step, momentum hooks.
+
+Randomness is keyed by the step (data order by epoch, views by step), so a run resumed
+from its checkpoint takes exactly the same path as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .. import config as config_mod
+from ..backbones import create_backbone, export_timm_state_dict
+from ..data import load_split
+from ..data.canvases import CanvasSet
+from ..frameworks import create_framework
+from ..frameworks.base import Framework, encode
+from ..sp import SpatialPrediction
+from ..views import MultiCrop
+from . import checkpoint, schedules
+from .monitor import RunLog, embedding_std, log, rankme
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def pick_device(cfg: dict) -> torch.device:
+    want = cfg["device"]
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config key 'device' is 'cuda' but no CUDA device is available")
+    return torch.device(want)
+
+
+def param_groups(modules: list[torch.nn.Module]) -> list[dict]:
+    """Weight decay on weight matrices only; none on biases, norms, tokens (1-d params)."""
+    decay, no_decay = [], []
+    for m in modules:
+        for _, p in m.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "weight_decay": 0.0, "apply_wd": False}]
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor:
+    """Indices of the batch at ``step``: a fresh permutation per epoch, seeded by (seed, epoch)."""
+    pos = torch.arange(step * batch_size, (step + 1) * batch_size)
+    epochs = pos // n
+    out = torch.empty_like(pos)
+    for e in epochs.unique().tolist():
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + e))
+        sel = epochs == e
+        out[sel] = perm[pos[sel] % n]
+    return out
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device).manual_seed(seed * 1_000_003 + 7919 * step + 1)
+
+
+class Run:
+    """Everything a step needs; built once by ``build``."""
+
+    def __init__(self, cfg: dict, device: torch.device, framework: Framework, sp: SpatialPrediction | None,
+                 multicrop: MultiCrop, optimizer: torch.optim.Optimizer, lr: torch.Tensor, wd: torch.Tensor) -> None:
+        self.cfg, self.device, self.framework, self.sp = cfg, device, framework, sp
+        self.multicrop, self.optimizer, self.lr, self.wd = multicrop, optimizer, lr, wd
+        precision = cfg["train"]["precision"]
+        self.bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+        self.sp_weight = cfg["sp"]["weight"] if sp is not None else 0.0
+
+    def autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.framework] + ([self.sp] if self.sp is not None else [])
+
+
+def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device) -> Run:
+    """Backbone, framework, SP, views, optimiser and schedules from the config."""
+    t = cfg["train"]
+    steps = t["steps"]
+    torch.manual_seed(cfg["seed"])  # model initialisation
+    backbone = create_backbone(cfg["backbone"])
+    framework = create_framework(cfg, backbone, steps).to(device)
+    sp = None
+    if cfg["sp"]["enabled"]:
+        sp = SpatialPrediction.from_config(cfg["sp"], cfg["views"], backbone.embed_dim, canvas_hw).to(device)
+    n_local = cfg["views"]["n_local"] if framework.uses_local_views else 0
+    if sp is not None and n_local < 2:
+        n_local = cfg["sp"]["extra_local_views"]
+    # local boxes are drawn as disjoint pairs with or without SP, so "framework" and
+    # "framework + SP" see the same view distribution and differ by the SP loss alone
+    multicrop = MultiCrop(cfg["views"], n_local=n_local, max_iou=cfg["sp"]["max_iou"],
+                          candidates=cfg["sp"]["pair_candidates"], pair_locals=True)
+    groups = param_groups([framework] + ([sp] if sp is not None else []))
+    optimizer = torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, fused=device.type == "cuda")
+    peak = t["lr"] * (t["batch_size"] / 256 if t["lr_scale_with_batch"] else 1.0)
+    lr = schedules.cosine(peak, t["min_lr"], steps, t["warmup_steps"])
+    wd = schedules.cosine(t["weight_decay"], t["weight_decay_end"], steps)
+    if t["compile"]:
+        for m in framework.modules():
+            if m.__class__.__name__ == "Backbone":
+                m.compile()
+    return Run(cfg, device, framework, sp, multicrop, optimizer, lr, wd)
+
+
+def train_step(run: Run, canvases: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+    """One optimisation step on a batch of uint8 canvases [B, 3, H, W] (on the device).
+
+    Returns the step's named terms (tensors, not synchronised): ``loss`` (total),
+    ``loss_fw``, ``loss_sp`` and the framework's and SP's logs.
+    """
+    cfg, fw, sp = run.cfg, run.framework, run.sp
+    for group in run.optimizer.param_groups:
+        group["lr"] = float(run.lr[step])
+        if group["apply_wd"]:
+            group["weight_decay"] = float(run.wd[step])
+
+    views = run.multicrop(canvases, step_generator(cfg["seed"], step, run.device))
+    with run.autocast():
+        out = fw(views, step)
+        terms = {"loss_fw": out["loss"]}
+        total = out["loss"]
+        if sp is not None:
+            emb = out.get("local_emb")
+            if emb is None:  # frameworks without local views: SP encodes its extra views
+                emb = encode(fw.backbone, views.locals)
+            sp_out = sp(emb.float(), views.local_boxes, views.sp_pairs)
+            total = total + run.sp_weight * sp_out["loss"]
+            terms.update({f"sp_{k}" if k != "loss" else "loss_sp": v for k, v in sp_out.items()})
+
+    run.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    fw.after_backward(step)
+    clip = cfg["train"]["clip_grad"]
+    if clip > 0:
+        params = [p for m in run.modules() for p in m.parameters() if p.grad is not None]
+        terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip)
+    run.optimizer.step()
+    fw.after_step(step)
+
+    terms["loss"] = total
+    terms["sp_fallbacks"] = torch.tensor(float(views.fallbacks))
+    for k, v in out.items():
+        if k not in ("loss", "local_emb", "emb") and torch.is_tensor(v) and v.numel() == 1:
+            terms[k] = v
+    terms["_emb"] = out.get("emb")
+    return terms
+
+
+def _state(run: Run, step: int) -> dict:
+    return {
+        "step": step,
+        "config": run.cfg,
+        "framework": run.framework.state_dict(),
+        "sp": run.sp.state_dict() if run.sp is not None else None,
+        "optimizer": run.optimizer.state_dict(),
+        "backbone": run.framework.eval_backbone().state_dict(),
+    }
+
+
+def _collapse_logs(run: Run, terms: dict, values: dict) -> None:
+    emb = terms.get("_emb")
+    if emb is not None:
+        values["emb_std"] = embedding_std(emb)
+        values["rankme"] = rankme(emb)
+        d = emb.shape[1]
+        if values["emb_std"] < 0.1:
+            log.warning("collapse warning: normalised embedding std %.3f (x sqrt(D)) < 0.1", values["emb_std"])
+        if values["rankme"] < 0.05 * min(d, emb.shape[0]):
+            log.warning("collapse warning: RankMe %.1f < 5%% of its maximum %d", values["rankme"], min(d, emb.shape[0]))
+    if "teacher_mean_entropy" in values:
+        max_ent = math.log(run.cfg["framework"]["out_dim"])
+        if values["teacher_mean_entropy"] < 0.5 * max_ent:
+            log.warning("collapse warning: batch-mean teacher entropy %.2f nats < half of its maximum %.2f",
+                        values["teacher_mean_entropy"], max_ent)
+
+
+def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data: CanvasSet | None = None) -> Path:
+    """Pretrain as configured; returns the run directory.
+
+    Args:
+        cfg: a resolved config (``config.resolve``).
+        resume: continue from ``<out_dir>/checkpoint.pt`` when it exists.
+        stop_after: stop (with a checkpoint) after this many steps of the run, as an
+            interruption would; for tests and time-boxed runs.
+        data: the train split, if already loaded (default: ``load_split(cfg["data"], "train")``).
+    """
+    # --- set-up: output, device, data ---
+    t = cfg["train"]
+    out = Path(cfg["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    config_mod.save(cfg, out / "config.yaml")
+    device = pick_device(cfg)
+    if t["num_threads"]:
+        torch.set_num_threads(t["num_threads"])
+    if data is None:
+        data = load_split(cfg["data"], "train", progress=t["progress"])
+    canvases = data.images.to(device) if device.type == "cuda" and data.images.numel() < 2**31 else data.images
+    n = len(data)
+    if n < t["batch_size"]:
+        raise ValueError(f"train split has {n} images, fewer than train.batch_size={t['batch_size']}")
+
+    # --- model, optimiser, schedules ---
+    run = build(cfg, data.size, device)
+
+    # --- resume ---
+    start = 0
+    ckpt_path = out / checkpoint.CHECKPOINT
+    if resume and ckpt_path.exists():
+        state = checkpoint.load(ckpt_path, map_location=device)
+        run.framework.load_state_dict(state["framework"])
+        if run.sp is not None:
+            run.sp.load_state_dict(state["sp"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        _truncate_jsonl(out / "metrics.jsonl", start)
+        log.info("resumed from %s at step %d", ckpt_path, start)
+    runlog = RunLog(out)
+    log.info("pretrain %s: framework=%s sp=%s backbone=%s steps=%d batch=%d device=%s bf16=%s data=%s (%d imgs %dx%d)",
+             cfg["name"], cfg["framework"]["name"], cfg["sp"]["enabled"], cfg["backbone"]["name"], t["steps"],
+             t["batch_size"], device, run.bf16, cfg["data"]["name"], n, *data.size)
+
+    # --- loop ---
+    end = t["steps"] if stop_after is None else min(t["steps"], start + stop_after)
+    bar = tqdm(range(start, end), initial=start, total=t["steps"], desc=cfg["name"], disable=not t["progress"],
+               dynamic_ncols=True)
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    t0, last_step = time.perf_counter(), start
+    for step in bar:
+        idx = batch_indices(step, t["batch_size"], n, cfg["seed"])
+        batch = canvases[idx.to(canvases.device)].to(device, non_blocking=True)
+        terms = train_step(run, batch, step)
+        bad |= ~torch.isfinite(terms["loss"].detach())
+        done = step + 1
+        if done % t["log_every"] == 0 or done == end:
+            values = {k: float(v.detach()) for k, v in terms.items() if k != "_emb" and v is not None}
+            _check_finite(bad, step, values, ckpt_path)
+            now = time.perf_counter()
+            values["img_per_s"] = (done - last_step) * t["batch_size"] / max(now - t0, 1e-9)
+            values["lr"] = float(run.lr[step])
+            t0, last_step = now, done
+            if done % t["collapse_every"] == 0 or done == end:
+                _collapse_logs(run, terms, values)
+            runlog.scalars(done, values)
+            log.info("step %d/%d %s", done, t["steps"],
+                     " ".join(f"{k} {v:.4g}" for k, v in values.items() if k in _SHOWN))
+            bar.set_postfix({k: f"{values[k]:.3g}" for k in ("loss_fw", "loss_sp") if k in values})
+        if done % t["checkpoint_every"] == 0 or done == end:
+            _check_finite(bad, step, {}, ckpt_path)
+            checkpoint.save_atomic(_state(run, done), ckpt_path)
+    bar.close()
+    if end == t["steps"]:
+        export_timm_state_dict(run.framework.eval_backbone(), str(out / "backbone.safetensors"))
+        log.info("done: %s", out)
+    runlog.close()
+    return out
+
+
+_SHOWN = ("loss", "loss_fw", "loss_sp", "sp_loss_zero", "sp_r2_dx", "sp_r2_dy", "sp_r2_ds", "teacher_mean_entropy",
+          "emb_std", "rankme", "img_per_s")
+
+
+def _check_finite(bad: torch.Tensor, step: int, values: dict, ckpt: Path) -> None:
+    if bool(bad):
+        msg = (f"non-finite loss at or before step {step + 1}: stopping. The last good checkpoint is kept at {ckpt} "
+               f"(if one was written). Try a lower train.lr, train.clip_grad > 0, or train.precision=fp32. "
+               f"Last values: {values}")
+        log.error(msg)
+        raise NonFiniteLoss(msg)
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    """Drop log lines from after the checkpoint we resume from (they will be re-logged)."""
+    if not path.exists():
+        return
+    import json
+
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in lines))
