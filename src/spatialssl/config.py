@@ -135,6 +135,28 @@ DEFAULTS: dict[str, Any] = {
         "pp_hidden": 128,
         "seeds": 1,
         "random_floor": True,
+        # finegrained / segmentation / depth / robustness / jigsaw (issue 5; docs/evaluations.md)
+        "dense_n_train": 1000,  # probe-train images for segmentation and depth (0 = all of n_train)
+        "dense_n_test": 500,  # 0 = all of n_test
+        "dense_epochs": 30,
+        "dense_lr": 0.01,  # AdamW lr of the per-patch linear head
+        "dense_batch_size": 64,
+        "seg_target": "semantic",  # semantic | parts  (PartsWorld masks)
+        "seg_root": "",  # folder data: <seg_root>/<split>/{images,masks} (PNG masks, 0 = background)
+        "seg_ignore_index": 255,  # mask value left out of training and scoring (folder data)
+        "depth_root": "",  # folder data: <depth_root>/<split>/{images,depth} (.npy or 16-bit .png)
+        "depth_scale": 1.0,  # folder depth maps: metres = stored value * depth_scale
+        "robust_corruptions": [],  # [] = all 15 ImageNet-C corruptions
+        "robust_severities": [],  # [] = 1..5 (severity 0, the clean images, is always scored)
+        "robust_n_test": 1000,  # first images of split_test (0 = all of n_test)
+        "robust_ood": True,  # also score the 'ood' split when the data set has one
+        "jigsaw_n": 3,  # n x n tiles
+        "jigsaw_tile_size": 0,  # px each tile is resized to before embedding (0 = views.local_size)
+        "jigsaw_n_train": 1000,  # probe-train images (0 = all of n_train)
+        "jigsaw_n_test": 500,  # 0 = all of n_test
+        "jigsaw_epochs": 100,
+        "jigsaw_hidden": 256,  # MLP probe width (0 = a linear probe)
+        "n_examples": 6,  # example images saved in metrics/<task>_examples.pt for the report
     },
 }
 
