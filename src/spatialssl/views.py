@@ -55,7 +55,9 @@ def cut(canvases: torch.Tensor, boxes: torch.Tensor, size: int,
     """Cut and resize one box per canvas with bilinear ``roi_align``.
 
     ``aligned=True`` and adaptive sampling make an enlarged crop equal torchvision's
-    ``resized_crop(..., antialias=False)`` of the same box; a shrunk crop averages
+    ``resized_crop(..., antialias=False)`` of the same box (but on the outermost output
+    pixels, where torchvision clamps to the crop's edge and roi_align reads the true
+    neighbouring canvas pixel); a shrunk crop averages
     ceil(box/size) samples per output pixel (a light anti-alias).
 
     Args:

@@ -1,0 +1,81 @@
+"""Side-by-side experiments: "framework" vs "framework + SP" under one seed and budget.
+
+``demo`` is the newcomer's first run (CPU, minutes): PartsWorld, a baseline and the same
+run with SP, evaluated and reported together. ``compare`` does the same for several
+frameworks. Both only call the public pieces (``pretrain``, ``evaluate``, ``report``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from . import config as config_mod
+from .engine.trainer import pretrain
+from .evals import available_tasks, evaluate
+
+log = logging.getLogger("spatialssl")
+
+# budgets for ``compare``: (steps, train images); the rest comes from configs/demo.yaml
+BUDGETS = {"tiny": (20, 512), "small": (400, 8000), "medium": (1500, 20000)}
+
+# reduced evaluation settings for the demo (full settings: the defaults, or --set eval.*)
+DEMO_EVAL = ["eval.n_train=2000", "eval.n_test=1000"]
+
+
+def run_pair(name: str, presets: list[str], overrides: list[str], out: Path, tasks: str | list[str],
+             eval_overrides: list[str]) -> list[Path]:
+    """Pretrain ``presets`` without and with SP (same seed and budget), evaluate both."""
+    dirs = []
+    for sp in (False, True):
+        tag = f"{name}_sp" if sp else name
+        cfg = config_mod.resolve(presets, [*overrides, f"sp.enabled={str(sp).lower()}", f"name={tag}",
+                                           f"out_dir={out / tag}"])
+        t0 = time.perf_counter()
+        run_dir = pretrain(cfg)
+        log.info("%s: pretrained in %.0fs", tag, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ev = config_mod.resolve([], eval_overrides)["eval"]
+        evaluate(run_dir, tasks, overrides={"eval": {k: ev[k] for k in _keys(eval_overrides)}},
+                 progress=cfg["train"]["progress"])
+        log.info("%s: evaluated in %.0fs", tag, time.perf_counter() - t0)
+        dirs.append(run_dir)
+    return dirs
+
+
+def _keys(overrides: list[str]) -> list[str]:
+    return [o.split("=", 1)[0].split(".", 1)[1] for o in overrides if o.startswith("eval.")]
+
+
+def _report(dirs: list[Path], out: Path, title: str) -> None:
+    from .report import summary_table, write_report
+
+    path = write_report(dirs, out, title)
+    print(summary_table(dirs))
+    print(f"\nreport: {path}")
+
+
+def demo(out: Path = Path("runs/demo"), overrides: list[str] | None = None) -> list[Path]:
+    """The CPU demo (``make demo``): see configs/demo.yaml for the settings and why."""
+    overrides = list(overrides or [])
+    cfg = config_mod.resolve(["demo"], overrides)
+    fw = cfg["framework"]["name"]
+    tasks = [t for t in cfg["eval"]["tasks"] if t in available_tasks()]
+    dirs = run_pair(fw, ["demo"], overrides, out, tasks, DEMO_EVAL)
+    _report(dirs, out, f"spatialssl demo: {fw} vs {fw} + SP on PartsWorld (CPU)")
+    return dirs
+
+
+def compare(frameworks: list[str], budget: str, out: Path, tasks: str, overrides: list[str] | None = None) -> list[Path]:
+    """Each framework with and without SP under one seed and budget; one report."""
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget '{budget}' (known: {', '.join(BUDGETS)})")
+    steps, n_train = BUDGETS[budget]
+    dirs: list[Path] = []
+    for fw in frameworks:
+        presets = ["demo", fw] if (config_mod.CONFIG_DIR / f"{fw}.yaml").exists() else ["demo"]
+        ov = [f"framework.name={fw}", f"train.steps={steps}", f"data.n_train={n_train}", *(overrides or [])]
+        dirs += run_pair(fw, presets, ov, out, tasks, DEMO_EVAL)
+    _report(dirs, out, f"spatialssl compare ({budget} budget)")
+    return dirs
