@@ -1,0 +1,110 @@
+"""``robustness``: the linear probe under the 15 ImageNet-C corruptions, and on an OOD split.
+
+The probe of ``linear`` (trained on clean probe-train features; ``linear.fit``) is applied
+to frozen features of corrupted test images: the first ``eval.robust_n_test`` images of
+``eval.split_test``, corrupted by ``corruptions.corrupt`` (ImageNet-C, Hendrycks &
+Dietterich, 2019, arXiv:1903.12261) for every corruption in ``eval.robust_corruptions``
+(all 15 by default) at every severity in ``eval.robust_severities`` (1..5 by default).
+
+Like ImageNet-C, the corrupted test set is fixed: each (corruption, severity) draws its
+noise from a generator seeded by its own name and severity, not by the eval seed, so
+seeds vary only the probe and corrupted features are cached once per checkpoint.
+
+Values (accuracies in [0, 1]):
+
+- ``acc_<corruption>_s<k>``: per corruption and severity;
+- ``acc_<corruption>``: per corruption, mean over the severities;
+- ``acc_s<k>``: per severity, mean over the corruptions; ``acc_s0`` = ``clean_top1``, the
+  probe on the same clean images (severity 0 is the identity);
+- ``mCA``: mean corruption accuracy over all corruptions and severities >= 1;
+  ``rel_mCA`` = mCA / clean (1 = no loss). ImageNet-C's mCE normalises by AlexNet's
+  errors, which have no counterpart here, so it is not reported.
+- ``ood_top1``: the probe on the ``ood`` split (PartsWorld: unseen palettes, textures,
+  lighting and skies), when the data set has one and ``eval.robust_ood`` is on.
+"""
+
+from __future__ import annotations
+
+import statistics
+import zlib
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..data.canvases import CanvasSet
+from . import linear
+from .corruptions import CORRUPTIONS, corrupt
+from .features import EvalContext
+from .probes import accuracy
+
+
+def settings(ecfg: dict) -> tuple[list[str], list[int]]:
+    """The corruptions and severities (>= 1) to score, validated."""
+    names = list(ecfg["robust_corruptions"]) or list(CORRUPTIONS)
+    bad = [n for n in names if n not in CORRUPTIONS]
+    if bad:
+        raise ValueError(f"config key 'eval.robust_corruptions' has unknown {bad}; allowed: {', '.join(CORRUPTIONS)}")
+    sevs = sorted({int(s) for s in ecfg["robust_severities"]} or {1, 2, 3, 4, 5})
+    if any(s < 1 or s > 5 for s in sevs):
+        raise ValueError(f"config key 'eval.robust_severities' must hold severities in 1..5, got {sevs}")
+    return names, sevs
+
+
+def corruption_generator(name: str, severity: int) -> torch.Generator:
+    """The fixed generator of one (corruption, severity) test set."""
+    return torch.Generator().manual_seed(zlib.crc32(f"{name}/{severity}".encode()))
+
+
+def corrupted(images: torch.Tensor, name: str, severity: int, batch: int = 256) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> the same images corrupted (batched; deterministic)."""
+    g = corruption_generator(name, severity)
+    return torch.cat([corrupt(images[i:i + batch], name, severity, g) for i in range(0, len(images), batch)])
+
+
+def ood_split(ctx: EvalContext) -> CanvasSet | None:
+    """The ``ood`` split when the data set has one (PartsWorld; a folder with ``ood/``)."""
+    data = ctx.cfg["data"]
+    if "ood" in ctx._splits or data["name"] == "partsworld" or (
+            data["name"] == "folder" and data["root"] and (Path(data["root"]) / "ood").is_dir()):
+        return ctx.split("ood")
+    return None
+
+
+def run(ctx: EvalContext) -> dict:
+    e = ctx.ecfg
+    names, sevs = settings(e)
+    split = e["split_test"]
+    te = ctx.split(split)
+    n = e["robust_n_test"] or len(te)
+    images, y = te.images[:n], te.labels[:n] if te.labels is not None else None
+    if y is None:
+        raise ValueError(f"robustness needs labels on split {split}")
+    head, norm, _, _ = linear.fit(ctx)
+
+    def acc(imgs: torch.Tensor, tag: str, labels: torch.Tensor = y, name: str = split) -> float:
+        f, _ = ctx.features(name, images=imgs, tag=tag)
+        with torch.no_grad():
+            return accuracy(head(norm(f)).argmax(1), labels)
+
+    clean = acc(images, "")
+    out: dict = {"clean_top1": clean, "acc_s0": clean}
+    grid: dict[tuple[str, int], float] = {}
+    jobs = [(c, s) for c in names for s in sevs]
+    for c, s in tqdm(jobs, desc="corruptions", disable=not ctx.progress, leave=False):
+        grid[c, s] = acc(corrupted(images, c, s), f"{c}{s}")
+        out[f"acc_{c}_s{s}"] = grid[c, s]
+    for c in names:
+        out[f"acc_{c}"] = statistics.fmean(grid[c, s] for s in sevs)
+    for s in sevs:
+        out[f"acc_s{s}"] = statistics.fmean(grid[c, s] for c in names)
+    out["mCA"] = statistics.fmean(grid.values())
+    out["rel_mCA"] = out["mCA"] / clean if clean > 0 else 0.0
+    if e["robust_ood"] and split != "ood":
+        ood = ood_split(ctx)
+        if ood is not None and ood.labels is not None:
+            m = e["robust_n_test"] or len(ood)
+            out["ood_top1"] = acc(ood.images[:m], "", ood.labels[:m], "ood")
+            out["n_ood"] = min(m, len(ood))
+    out.update({"n_test": len(images), "corruptions": names, "severities": sevs})
+    return out
