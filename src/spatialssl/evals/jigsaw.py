@@ -164,5 +164,7 @@ def run(ctx: EvalContext) -> dict:
         out.update({f"random_{kk}": floor[kk] for kk in ("tile_acc", "puzzle_acc")})
     out.update({"n": n, "n_train": len(tr_tiles), "n_test": len(te_tiles)})
     m = e["n_examples"]
-    save_examples(ctx, "jigsaw", {key: v[:m] for key, v in views.items()} | {"correct": (slots == perm)[:m], "n": n})
+    placed = perm.gather(1, slots.argsort(1))  # true slot of the tile put in each slot
+    save_examples(ctx, "jigsaw", {**{key: v[:m] for key, v in views.items()},
+                                  "correct": (placed == torch.arange(k))[:m], "n": n})
     return out
