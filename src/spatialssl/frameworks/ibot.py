@@ -23,10 +23,13 @@ Shapes: views.globals [G, B, 3, S, S], views.locals [L, B, 3, s, s]; masks [G*B,
 
 from __future__ import annotations
 
+import random
+
 import torch
 import torch.nn as nn
 from lightly.loss import DINOLoss, IBOTPatchLoss
 from lightly.models.utils import deactivate_requires_grad, random_block_mask, update_momentum
+from lightly.utils import dist
 
 from ..backbones import Backbone
 from ..engine import schedules
@@ -65,21 +68,30 @@ def vit_tokens(backbone: Backbone, x: torch.Tensor, mask: torch.Tensor | None = 
 
 
 def block_masks(n: int, grid: tuple[int, int], mask_prob: float, ratio: tuple[float, float],
-                device: torch.device) -> torch.Tensor:
-    """iBOT block masks for ``n`` images: bool [n, h, w].
+                device: torch.device, seed: int) -> torch.Tensor:
+    """iBOT block masks for ``n`` images: bool [n, h, w], a function of ``seed`` alone.
 
     ``int(n * mask_prob)`` images get block masks covering ``ratio`` of their patches
-    (lightly's ``random_block_mask``, which draws from Python's ``random``); blocks are at
-    least 4 patches, fewer on grids too small for that. At least one patch of the batch is
-    always masked, so the patch loss (and its centre update, an all-reduce when
-    distributed) runs on every rank at every step.
+    (lightly's ``random_block_mask``); blocks are at least 4 patches, fewer on grids too
+    small for that. lightly draws from Python's global ``random``: it is seeded with
+    ``seed`` here and restored afterwards, so masks are keyed by the step like every other
+    random draw of a run (a resumed run masks exactly as an uninterrupted one). At least
+    one patch of the batch is always masked, so the patch loss (and its centre update, an
+    all-reduce when distributed) runs on every rank at every step.
     """
     h, w = grid
-    min_block = max(1, min(4, int(h * w * ratio[0])))
-    masks = random_block_mask((n, h, w), batch_mask_ratio=mask_prob, min_image_mask_ratio=ratio[0],
-                              max_image_mask_ratio=ratio[1], min_num_masks_per_block=min_block, device=device)
-    if not masks.any():
-        masks[torch.randint(n, ()), torch.randint(h, ()), torch.randint(w, ())] = True
+    lo = max(ratio[0], (1 + 1e-6) / (h * w))  # a masked image has >= 1 masked patch
+    hi = max(ratio[1], lo)
+    min_block = min(4, int(h * w * lo))  # <= the patches of any masked image (lightly asserts it)
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        masks = random_block_mask((n, h, w), batch_mask_ratio=mask_prob, min_image_mask_ratio=lo,
+                                  max_image_mask_ratio=hi, min_num_masks_per_block=min_block, device=device)
+        if not masks.any():
+            masks[random.randrange(n), random.randrange(h), random.randrange(w)] = True
+    finally:
+        random.setstate(state)
     return masks
 
 
@@ -124,7 +136,8 @@ class IBOT(Framework):
         p = self.backbone.model.patch_embed.patch_size
         grid = (x.shape[-2] // p[0], x.shape[-1] // p[1])
         patch_on = f["patch_loss_weight"] > 0
-        masks = block_masks(g * b, grid, f["mask_prob"], tuple(f["mask_ratio"]), x.device) if patch_on else None
+        seed = (self.cfg["seed"] * 1_000_003 + step) * 1024 + dist.rank()  # per step and rank
+        masks = block_masks(g * b, grid, f["mask_prob"], tuple(f["mask_ratio"]), x.device, seed) if patch_on else None
         temp = float(self.teacher_temp[step])
         head, t_head = self._patch_heads()
 
