@@ -26,7 +26,7 @@ from ..data.canvases import CanvasSet
 from ..frameworks import create_framework
 from ..frameworks.base import Framework, encode
 from ..sp import SpatialPrediction
-from ..views import MultiCrop
+from ..views import MultiCrop, Views
 from . import checkpoint, schedules
 from .monitor import RunLog, embedding_std, log, rankme
 
@@ -120,8 +120,9 @@ def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device) -> Run:
     return Run(cfg, device, framework, sp, multicrop, optimizer, lr, wd)
 
 
-def train_step(run: Run, canvases: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-    """One optimisation step on a batch of uint8 canvases [B, 3, H, W] (on the device).
+def train_step(run: Run, canvases: torch.Tensor | None, step: int, views: Views | None = None) -> dict[str, torch.Tensor]:
+    """One optimisation step on a batch of uint8 canvases [B, 3, H, W] (on the device),
+    or on ready-made ``views`` (benchmarks time the model alone that way).
 
     Returns the step's named terms (tensors, not synchronised): ``loss`` (total),
     ``loss_fw``, ``loss_sp`` and the framework's and SP's logs.
@@ -132,7 +133,8 @@ def train_step(run: Run, canvases: torch.Tensor, step: int) -> dict[str, torch.T
         if group["apply_wd"]:
             group["weight_decay"] = float(run.wd[step])
 
-    views = run.multicrop(canvases, step_generator(cfg["seed"], step, run.device))
+    if views is None:
+        views = run.multicrop(canvases, step_generator(cfg["seed"], step, run.device))
     with run.autocast():
         out = fw(views, step)
         terms = {"loss_fw": out["loss"]}

@@ -1,0 +1,110 @@
+"""Training-step throughput of a framework with and without SP, through our real trainer.
+
+Two measurements per setting, each as images/s (one image = all its views):
+  model  - ``train_step`` on ready-made views (backbone, heads, losses, backward, AdamW, EMA)
+  e2e    - ``train_step`` from uint8 canvases: device-side multi-crop + augmentation + model
+and the SP overhead in percent (the same step with SP on vs off).
+
+GPU setting (default on CUDA): ViT-S/16, 2x224 + 6x96 views, batch 128, bf16 autocast,
+torch.compile, fused AdamW, 256 px canvases. CPU setting (``--small`` or no GPU): a tiny
+ViT at 32/16 px, batch 32.
+
+Usage:
+    python benchmarks/throughput.py [--framework dino] [--small] [--steps 20] [--no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from spatialssl import config  # noqa: E402
+from spatialssl.engine.trainer import build, train_step  # noqa: E402
+
+
+def settings(framework: str, small: bool, compile_: bool, batch: int | None) -> list[str]:
+    presets = [framework] if (config.CONFIG_DIR / f"{framework}.yaml").exists() else []
+    ov = [f"framework.name={framework}", "train.progress=false"]
+    if small:
+        ov += ["backbone.name=vit_tiny", "backbone.patch_size=8", "backbone.img_size=32", "views.global_size=32",
+               "views.local_size=16", f"train.batch_size={batch or 32}", "framework.out_dim=4096",
+               "framework.hidden_dim=512", "framework.patch_out_dim=4096", "views.local_scale=[0.05,0.25]"]
+    else:
+        ov += ["backbone.name=vit_small", "backbone.patch_size=16", "backbone.img_size=224", "views.global_size=224",
+               "views.local_size=96", f"train.batch_size={batch or 128}", f"train.compile={str(compile_).lower()}",
+               "views.local_scale=[0.05,0.25]"]
+    return presets, ov
+
+
+def bench(framework: str, sp: bool, small: bool, compile_: bool, steps: int, batch: int | None,
+          device: torch.device) -> dict:
+    presets, ov = settings(framework, small, compile_, batch)
+    cfg = config.resolve(presets, [*ov, f"sp.enabled={str(sp).lower()}", f"train.steps={steps + 10}"])
+    canvas = 48 if small else 256
+    run = build(cfg, (canvas, canvas), device)
+    b = cfg["train"]["batch_size"]
+    g = torch.Generator(device).manual_seed(0)
+    canvases = torch.randint(0, 256, (b, 3, canvas, canvas), dtype=torch.uint8, device=device, generator=g)
+    fixed_views = run.multicrop(canvases, g)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    out = {}
+    for mode in ("model", "e2e"):
+        times = []
+        for i in range(steps + 5):  # 5 warm-up steps (compilation happens here)
+            sync()
+            t = time.perf_counter()
+            if mode == "model":
+                train_step(run, None, i, views=fixed_views)
+            else:
+                train_step(run, canvases, i)
+            sync()
+            if i >= 5:
+                times.append(time.perf_counter() - t)
+        med = statistics.median(times)
+        out[mode] = b / med
+        out[mode + "_ms"] = med * 1000
+    out["views"] = f"{cfg['views']['n_global']}x{cfg['views']['global_size']}+{run.multicrop.n_local}x{cfg['views']['local_size']}"
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--framework", default="dino")
+    p.add_argument("--small", action="store_true", help="CPU-sized setting")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--no-compile", action="store_true")
+    a = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    small = a.small or device.type == "cpu"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    rows = []
+    for fw in a.framework.split(","):
+        res = {sp: bench(fw, sp, small, not a.no_compile, a.steps, a.batch, device) for sp in (False, True)}
+        for mode in ("model", "e2e"):
+            base, with_sp = res[False][mode], res[True][mode]
+            rows.append((fw, mode, res[False]["views"], res[True]["views"], base, with_sp, 100 * (base / with_sp - 1)))
+    print(f"\nthroughput on {name}, torch {torch.__version__}, {'small CPU setting' if small else 'ViT-S/16 bf16'}"
+          f"{'' if small or a.no_compile else ' + torch.compile'}")
+    print(f"| framework | measure | views (off) | views (+SP) | img/s | img/s + SP | SP overhead |")
+    print("|---|---|---|---|---:|---:|---:|")
+    for fw, mode, v0, v1, base, with_sp, ovh in rows:
+        print(f"| {fw} | {mode} | {v0} | {v1} | {base:,.0f} | {with_sp:,.0f} | {ovh:+.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
