@@ -65,8 +65,16 @@ def _prep(img_u8: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and a +-size/16 pixel translation (reflect padding)."""
+    """Standard light augmentation: per-image colour jitter (brightness, contrast,
+    saturation; 10% grayscale), horizontal flip and a +-size/16 pixel translation."""
     n, _, h, w = x.shape
+    r = torch.rand(n, 4, generator=gen).to(x.device)
+    gray = x.mean(1, keepdim=True)
+    sat = torch.where(r[:, 3:4] < 0.1, torch.zeros_like(r[:, 3:4]), 0.5 + r[:, 2:3]).view(n, 1, 1, 1)
+    x = gray + (x - gray) * sat
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = mean + (x - mean) * (0.6 + 0.8 * r[:, 1]).view(n, 1, 1, 1)
+    x = x + (r[:, 0].view(n, 1, 1, 1) - 0.5) * 1.6  # +-0.2 in [0, 1] units (x is (img - 0.5) / 0.25)
     flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
     x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
     p = max(1, h // 16)
@@ -76,20 +84,38 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, cs, size: int, bs: int = 500, device: str = "cpu") -> tuple[float, float]:
+def predict(model: nn.Module, cs, size: int, bs: int = 500, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted (category [N], fine [N]) on CPU."""
     model.eval()
-    ok_c = ok_f = 0
+    pc, pf = [], []
     for a in range(0, len(cs), bs):
         x = _prep(cs.images[a:a + bs].to(device), size).contiguous(memory_format=torch.channels_last)
         lc, lf = model(x)
-        ok_c += (lc.argmax(1).cpu() == cs.labels[a:a + bs]).sum().item()
-        ok_f += (lf.argmax(1).cpu() == cs.fine_labels[a:a + bs]).sum().item()
-    return ok_c / len(cs), ok_f / len(cs)
+        pc.append(lc.argmax(1).cpu())
+        pf.append(lf.argmax(1).cpu())
+    return torch.cat(pc), torch.cat(pf)
+
+
+def evaluate(model: nn.Module, cs, size: int, bs: int = 500, device: str = "cpu") -> tuple[float, float]:
+    """(category accuracy, fine accuracy)."""
+    pc, pf = predict(model, cs, size, bs, device)
+    return (pc == cs.labels).float().mean().item(), (pf == cs.fine_labels).float().mean().item()
+
+
+def top_confusions(pred: torch.Tensor, true: torch.Tensor, names: list[str], k: int = 5) -> str:
+    """The k most frequent (true -> predicted) errors."""
+    n = len(names)
+    cm = torch.bincount(true * n + pred, minlength=n * n).view(n, n)
+    cm.fill_diagonal_(0)
+    top = cm.flatten().topk(k)
+    return ", ".join(f"{names[i // n]}->{names[i % n]} {int(c)}" for c, i in zip(top.values, top.indices) if c > 0)
 
 
 def train(train_cs, size: int, minutes: float, bs: int = 128, lr: float = 3e-3, seed: int = 0,
-          log_every: int = 50, width: int = 16, device: str = "cpu") -> tuple[nn.Module, int, float]:
-    """Train for ``minutes`` of wall clock (one-cycle schedule sized from a timing probe)."""
+          log_every: int = 50, width: int = 16, device: str = "cpu", steps: int | None = None
+          ) -> tuple[nn.Module, int, float]:
+    """Train for ``minutes`` of wall clock (one-cycle schedule sized from a timing probe), or
+    for exactly ``steps`` steps if given."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = SmallResNet(train_cs.num_classes, train_cs.num_fine, size, width).to(device)
@@ -110,7 +136,8 @@ def train(train_cs, size: int, minutes: float, bs: int = 128, lr: float = 3e-3, 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     per_step = (time.time() - t0) / probe
-    steps = max(50, int(minutes * 60 / per_step))
+    if steps is None:
+        steps = max(50, int(minutes * 60 / per_step))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     t0 = time.time()
     perm = torch.randperm(n, generator=gen)
@@ -142,18 +169,25 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--width", type=int, default=16, help="channels of the first stage (x2 per stage)")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=None, help="fixed number of steps (overrides --minutes)")
     ap.add_argument("--device", default="cpu", help="training device (the requirement is about cpu)")
     args = ap.parse_args()
 
     cfg = pw.PartsWorldConfig(n_train=args.n_train)
     t0 = time.time()
-    data = {s: pw.load(s, cfg, cache_dir=args.cache_dir) for s in ("train", "test", "ood")}
+    data = {s: pw.load(s, cfg, cache_dir=args.cache_dir, device=args.device) for s in ("train", "test", "ood")}
     print(f"data ready in {time.time() - t0:.0f}s (config key {cfg.key()})")
     rows = []
     for size in args.sizes:
         model, steps, dt = train(data["train"], size, args.minutes, bs=args.batch_size, seed=args.seed,
-                                 width=args.width, device=args.device)
-        res = {s: evaluate(model, data[s], size, device=args.device) for s in ("test", "ood")}
+                                 width=args.width, device=args.device, steps=args.steps)
+        res = {}
+        for s in ("test", "ood"):
+            pc, pf = predict(model, data[s], size, device=args.device)
+            cs = data[s]
+            res[s] = ((pc == cs.labels).float().mean().item(), (pf == cs.fine_labels).float().mean().item())
+            print(f"  {s} top errors: category: {top_confusions(pc, cs.labels, cs.class_names)}; "
+                  f"fine: {top_confusions(pf, cs.fine_labels, cs.fine_names)}")
         epochs = steps * args.batch_size / len(data["train"])
         rows.append((size, steps, epochs, dt, res))
         print(f"{size}px: test cat {res['test'][0]:.3f} fine {res['test'][1]:.3f} | "

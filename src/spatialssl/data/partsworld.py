@@ -58,7 +58,7 @@ from .canvases import CanvasSet
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "partsworld-1"
+GENERATOR_VERSION = "partsworld-2"
 SPLITS = ("train", "val", "test", "ood")
 _SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
 
@@ -878,7 +878,7 @@ def _part_colour(dr: _Draw, ood: bool) -> tuple[float, float, float]:
         return _hsv(dr.u(), dr.u(0.45, 0.95), dr.u(0.45, 0.95))
     if dr.u() < 0.5:  # ood pastel
         return _hsv(dr.u(), dr.u(0.08, 0.3), dr.u(0.85, 1.0))
-    return _hsv(dr.u(), dr.u(0.3, 0.9), dr.u(0.18, 0.38))  # ood dark
+    return _hsv(dr.u(), dr.u(0.3, 0.9), dr.u(0.28, 0.42))  # ood dark
 
 
 def _sample_image(cfg: PartsWorldConfig, split: str, index: int) -> dict:
@@ -969,14 +969,14 @@ def _sample_image(cfg: PartsWorldConfig, split: str, index: int) -> dict:
             sky_top = np.array([0.55, 0.57, 0.6]) * dr.u(0.8, 1.1)
             sky_hor = np.array([0.75, 0.76, 0.78]) * dr.u(0.9, 1.1)
         else:  # night / moonlight
-            light_col = np.array([0.5, 0.65, 1.0]) * dr.u(0.8, 1.0)
-            sky_top = np.array(_hsv(dr.u(0.6, 0.7), dr.u(0.6, 0.9), dr.u(0.08, 0.2)))
-            sky_hor = np.array(_hsv(dr.u(0.45, 0.55), dr.u(0.4, 0.7), dr.u(0.25, 0.4)))
-        amb = dr.u(0.2, 0.5)
+            light_col = np.array([0.6, 0.75, 1.0]) * dr.u(0.85, 1.0)
+            sky_top = np.array(_hsv(dr.u(0.6, 0.7), dr.u(0.6, 0.9), dr.u(0.12, 0.25)))
+            sky_hor = np.array(_hsv(dr.u(0.45, 0.55), dr.u(0.4, 0.7), dr.u(0.3, 0.45)))
+        amb = dr.u(0.3, 0.5)
         ambient = amb * (0.5 + 0.5 * sky_hor)
         tex_kind = 3 + dr.int(3)
         ga = np.array(_hsv(dr.u(), dr.u(0.65, 1.0), dr.u(0.55, 0.95)))
-        gb = np.array(_hsv(dr.u(), dr.u(0.0, 0.2), dr.u(0.1, 0.3)))
+        gb = ga * dr.u(0.35, 0.6)
     light = np.array([math.cos(lel) * math.sin(laz), math.sin(lel), math.cos(lel) * math.cos(laz)])
     return {
         "prims": arr.astype(np.float32),
