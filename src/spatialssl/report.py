@@ -302,11 +302,13 @@ def plot_robustness(runs: list[Run], path: Path) -> Path | None:
     for r in runs:
         v = r.metrics["robustness"]["values"]
         sevs = sorted(int(k[5:]) for k in v if k.startswith("acc_s") and k[5:].isdigit())
-        a1.plot(sevs, [v[f"acc_s{s}"] for s in sevs], marker="o", label=r.label)
+        (line,) = a1.plot(sevs, [v[f"acc_s{s}"] for s in sevs], marker="o", label=r.label)
         if "ood_top1" in v:
-            a1.scatter([max(sevs) + 1], [v["ood_top1"]], marker="*", s=80)
+            a1.scatter([6], [v["ood_top1"]], marker="*", s=90, color=line.get_color())
         names += [c for c in v.get("corruptions", []) if c not in names]
-    a1.set_xlabel("severity (0 = clean; ★ = OOD split)")
+    a1.set_xticks(range(7))
+    a1.set_xticklabels(["clean", "1", "2", "3", "4", "5", "OOD"])
+    a1.set_xlabel("corruption severity (mean over corruptions); ★: OOD split")
     a1.set_ylabel("linear-probe top-1")
     a1.set_title("accuracy by severity", fontsize=10)
     a1.grid(alpha=0.3)

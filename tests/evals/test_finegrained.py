@@ -1,5 +1,6 @@
 """finegrained: planted fine labels score ~100%; a random backbone on signal-free images ~chance."""
 
+import pytest
 import torch
 
 from spatialssl.evals import finegrained
@@ -27,7 +28,8 @@ def test_skipped_without_fine_labels(planted_tools):
     t = planted_tools
     cs = t["labelled_set"](40, 2, 0)
     plain = CanvasSet(cs.images, labels=cs.labels)
-    out = finegrained.run(t["context"](t["Planted"](4), {"train": plain, "test": plain}))
+    with pytest.warns(UserWarning, match="no fine_labels"):
+        out = finegrained.run(t["context"](t["Planted"](4), {"train": plain, "test": plain}))
     assert "skipped" in out
 
 

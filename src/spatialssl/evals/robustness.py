@@ -25,6 +25,7 @@ Values (accuracies in [0, 1]):
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import zlib
 from pathlib import Path
@@ -56,10 +57,22 @@ def corruption_generator(name: str, severity: int) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"{name}/{severity}".encode()))
 
 
+# corrupted test sets do not depend on the checkpoint: kept in memory (up to _CACHE_BYTES)
+# so that evaluating a second run in the same process (baseline, then + SP) reuses them
+_CACHE: dict[tuple, torch.Tensor] = {}
+_CACHE_BYTES = 1 << 30
+
+
 def corrupted(images: torch.Tensor, name: str, severity: int, batch: int = 256) -> torch.Tensor:
     """uint8 [N, 3, H, W] -> the same images corrupted (batched; deterministic)."""
+    key = (hashlib.sha1(images.contiguous().numpy().tobytes()).hexdigest(), tuple(images.shape), name, severity)
+    if key in _CACHE:
+        return _CACHE[key]
     g = corruption_generator(name, severity)
-    return torch.cat([corrupt(images[i:i + batch], name, severity, g) for i in range(0, len(images), batch)])
+    out = torch.cat([corrupt(images[i:i + batch], name, severity, g) for i in range(0, len(images), batch)])
+    if sum(t.numel() for t in _CACHE.values()) + out.numel() <= _CACHE_BYTES:
+        _CACHE[key] = out
+    return out
 
 
 def ood_split(ctx: EvalContext) -> CanvasSet | None:
