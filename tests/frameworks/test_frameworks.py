@@ -1,6 +1,6 @@
 """The framework contract, over every registered framework and two backbones.
 
-Tiny settings: a ViT-Tiny with patch 8 at 32 px, cut to 2 blocks (``tiny_vits``), and
+Tiny settings: a ViT-Tiny with patch 8 at 32 px, cut to 2 blocks (conftest.py), and
 ``resnet_mini`` (width 8, small stem); batch 4, 2 global views of 32 px and 2 local views
 of 16 px, small heads.
 """
@@ -10,15 +10,20 @@ from __future__ import annotations
 import random
 
 import pytest
-import timm
 import torch
 
-from spatialssl import backbones, config
+from spatialssl import config
 from spatialssl.backbones import Backbone
-from spatialssl.frameworks import base as fw_base
 from spatialssl.frameworks import REGISTRY, create_framework
+from spatialssl.frameworks import base as fw_base
 from spatialssl.sp import SpatialPrediction
 from spatialssl.views import MultiCrop
+
+
+def create_backbone(cfg: dict) -> Backbone:
+    """The factory frameworks use for teachers, which conftest.py cuts to tiny ViTs."""
+    return fw_base.create_backbone(cfg)
+
 
 BACKBONES = {
     "vit": ["backbone.name=vit_tiny", "backbone.patch_size=8", "backbone.img_size=32"],
@@ -30,21 +35,6 @@ SMALL = ["framework.out_dim=64", "framework.patch_out_dim=48", "framework.hidden
 EXPECTED = {"dino", "ibot", "mocov3", "simclr", "byol"}
 PRESETS = ["ibot", "mocov3", "simclr", "byol"]
 CASES = [(f, b) for f in sorted(REGISTRY) for b in BACKBONES]
-
-
-def create_backbone(cfg: dict) -> Backbone:
-    """``backbones.create_backbone``, with ViTs cut to 2 blocks (12 cost seconds per test)."""
-    if cfg["name"] != "vit_tiny":
-        return backbones.create_backbone(cfg)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, depth=2,
-                              patch_size=cfg["patch_size"], img_size=cfg["img_size"], dynamic_img_size=True)
-    return Backbone(model, "vit", model.num_features, "vit_tiny_patch16_224")
-
-
-@pytest.fixture(autouse=True)
-def tiny_vits(monkeypatch):
-    """Teachers and momentum encoders (``Framework.new_backbone``) get the tiny ViT too."""
-    monkeypatch.setattr(fw_base, "create_backbone", create_backbone)
 
 
 def tiny_cfg(name: str, backbone: str, *extra: str) -> dict:
