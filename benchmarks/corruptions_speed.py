@@ -39,7 +39,7 @@ def sync(device: str) -> None:
 
 
 def ours(name: str, x: torch.Tensor, device: str) -> float:
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=x.device).manual_seed(0)  # draws on the images' device
     corrupt(x[:2], name, 3, g)  # warm-up (caches, lazy imports, kernels)
     sync(device)
     t = time.perf_counter()
@@ -82,7 +82,10 @@ def main() -> None:
     ap.add_argument("--batch224", type=int, default=16)
     ap.add_argument("--ref-images", type=int, default=5, help="images per corruption for the reference")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     x64 = images(args.batch64, 64, args.device)
     x224 = images(args.batch224, 224, args.device)

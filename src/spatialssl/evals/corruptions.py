@@ -28,8 +28,10 @@ Conventions shared by every corruption:
   image than at 224 px.
 - **Randomness.** Every random draw comes from ``generator`` (drawn on the generator's
   device, then moved to the images'); the same generator state gives the same output.
-  With a CPU generator the draws are identical whatever the images' device. Each image of
-  the batch gets its own draws (own noise, own motion angle, own fractal, ...).
+  With a CPU generator the draws are identical whatever the images' device; on a GPU pass
+  a generator on that GPU for speed (a CPU generator makes the noise corruptions ~100x
+  slower there: the noise is drawn on the CPU and copied). Each image of the batch gets
+  its own draws (own noise, own motion angle, own fractal, ...).
 
 Where and why we differ from the reference (also marked ``DIFF`` in the code):
 
@@ -40,7 +42,8 @@ Where and why we differ from the reference (also marked ``DIFF`` in the code):
   the statistics match (tested).
 - ``motion_blur``: ImageNet-C calls ImageMagick's ``MotionBlurImage`` through Wand; we
   implement the same kernel (one-sided Gaussian-weighted line, ``2*radius+1`` taps, edge
-  pixels replicated), as ``imagecorruptions`` does in numpy, as a sum of shifted copies.
+  pixels replicated), as ``imagecorruptions`` does in numpy, as one batched FFT
+  convolution with a per-image line kernel (equal to the sum of shifted copies to ~1e-4).
 - ``frost``: ImageNet-C blends a crop of one of 6 frost photographs that we cannot ship or
   download. We synthesise a frost texture procedurally (a fractal haze plus streaks of
   needle-like crystals, tinted with the mean colour and contrast of the original
@@ -63,7 +66,10 @@ Where and why we differ from the reference (also marked ``DIFF`` in the code):
   the scaled radius is fractional, so the disk is antialiased by 8 x 8 supersampling
   instead (an aliased disk of radius 0.86 would be a single pixel, i.e. no blur).
 - ``jpeg_compression``: libjpeg through ``torchvision.io.encode_jpeg``/``decode_jpeg`` on the
-  CPU (the reference uses libjpeg through PIL; both use 4:2:0 chroma subsampling).
+  CPU (the reference uses libjpeg through PIL; both use 4:2:0 chroma subsampling; equal
+  output here), falling back to PIL if torchvision drops its deprecated codecs. On a GPU
+  this is the slowest corruption (images go to the CPU and back).
+- ``defocus_blur`` and the motion blurs run as FFT convolutions (exact up to float error).
 
 [0] D. Hendrycks, T. Dietterich, "Benchmarking Neural Network Robustness to Common
     Corruptions and Perturbations", ICLR 2019.
