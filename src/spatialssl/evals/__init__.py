@@ -59,6 +59,8 @@ def run_task(ctx: EvalContext, task: str) -> dict:
 
 
 def _aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
+    if len(per_seed) == 1:
+        return dict(per_seed[0]), {}
     mean, std = {}, {}
     for k, v in per_seed[0].items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
