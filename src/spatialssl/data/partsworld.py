@@ -58,7 +58,7 @@ from .canvases import CanvasSet
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "partsworld-2"
+GENERATOR_VERSION = "partsworld-3"
 SPLITS = ("train", "val", "test", "ood")
 _SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
 
@@ -610,11 +610,11 @@ def _snowman(dr: _Draw, v: int) -> list:
     elif v == 3:  # tall pointy hat
         hh = dr.j(0.32)
         out.append((_F, (0, top - 0.05 + hh, 0), (rh * 1.05, 0.0, hh), None, 4))
-    elif v == 0:  # buttons of the three-ball snowman: flat bucket-free bald head, arms
+    elif v == 0:  # bare head, two stick arms (part 'body')
         r = radii[1]
         ya = radii[0] * 2 * 0.85 + r * 0.85
-        out.append((_F, (r + 0.22, ya + 0.1, 0), _cyl(0.03, 0.28), _rz(-1.1), 1))
-        out.append((_F, (-r - 0.22, ya + 0.1, 0), _cyl(0.03, 0.28), _rz(1.1), 1))
+        out.append((_F, (r + 0.24, ya + 0.12, 0), _cyl(0.05, 0.32), _rz(-1.1), 1))
+        out.append((_F, (-r - 0.24, ya + 0.12, 0), _cyl(0.05, 0.32), _rz(1.1), 1))
     return out
 
 
@@ -749,9 +749,12 @@ def _mushroom(dr: _Draw, v: int) -> list:
     if v == 1:  # pointed conical cap
         sh, r = dr.j(0.45), dr.j(0.42)
         return [(_F, (0, sh / 2, 0), _cyl(0.12, sh / 2), None, 1), (_F, (0, sh + 0.3, 0), (r, 0.0, 0.36), None, 2)]
-    if v == 2:  # parasol: tall thin stem, wide flat cap
-        sh, r = dr.j(0.85), dr.j(0.62)
-        return [(_F, (0, sh / 2, 0), _cyl(0.06, sh / 2), None, 1), (_F, (0, sh, 0), (r, r * 0.5, 0.08), None, 2)]
+    if v == 2:  # parasol: tall thin stem with a ring and a bulb, wide shallow conical cap
+        sh, r = dr.j(0.9), dr.j(0.6)
+        return [(_F, (0, sh / 2, 0), _cyl(0.06, sh / 2), None, 1),
+                (_E, (0, 0.1, 0), (0.13, 0.1, 0.13), None, 1),
+                (_F, (0, sh * 0.7, 0), (0.16, 0.08, 0.03), None, 1),
+                (_F, (0, sh + 0.08, 0), (r, 0.06, 0.16), None, 2)]
     # cluster of three small mushrooms
     out = []
     for x, z, s in ((0.0, 0.0, 1.0), (0.45, 0.15, 0.7), (-0.3, 0.4, 0.55)):
@@ -842,7 +845,7 @@ def _house(dr: _Draw, v: int) -> list:
 
 
 _CATEGORY_DEFS: list[tuple[str, _Template, list[str], list[str]]] = [
-    ("snowman", _snowman, ["body", "head", "nose", "hat"], ["three-ball", "two-ball", "top-hat", "pointy-hat"]),
+    ("snowman", _snowman, ["body", "head", "nose", "hat"], ["stick-arms", "two-ball", "top-hat", "pointy-hat"]),
     ("table", _table, ["top", "legs"], ["square", "coffee", "pedestal", "bar"]),
     ("lamp", _lamp, ["base", "pole", "shade"], ["floor", "globe", "arm", "uplight"]),
     ("car", _car, ["body", "cabin", "wheels"], ["sedan", "pickup", "van", "beetle"]),
