@@ -25,6 +25,17 @@ from spatialssl.evals.corruptions import CORRUPTIONS, corrupt
 # --------------------------------------------------------------------------- fixtures
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tests are many small tensor ops: on a busy 2-core machine OpenMP threads
+    fighting for cores made the file 6x slower (119 s vs 19 s with one thread)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 def natural_image(size: int = 224, seed: int = 0) -> np.ndarray:
     """A fixed, natural-ish uint8 [H, W, 3] image: gradients, discs, a little texture."""
     rng = np.random.default_rng(seed)

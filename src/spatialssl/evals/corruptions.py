@@ -549,10 +549,12 @@ def frost_texture(b: int, h: int, w: int, rng_or_generator=None, device=None) ->
         rng_or_generator, torch.device(device or "cpu"))
     s = min(h, w) / 224.0
     haze = plasma_fractal(b, _next_pow2(max(h, w)), 1.8, rng)[:, None, :h, :w]
-    seeds = (rng.rand(b, 1, h, w) < 0.02).float() * rng.rand(b, 1, h, w)
+    radius, sigma = max(1, round(20 * s)), max(0.5, 12 * s)
+    p = 2 * radius + 1  # seeds on a larger canvas, cropped: no edge-replication streaks
+    seeds = (rng.rand(b, 1, h + 2 * p, w + 2 * p) < 0.006).float() * rng.rand(b, 1, h + 2 * p, w + 2 * p)
     base_angle = rng.uniform(0.0, 360.0, b)
-    radius, sigma = max(1, round(9 * s)), max(0.5, 6 * s)
     needles = _motion_sum(seeds, [(radius, sigma, base_angle + 60.0 * k) for k in range(6)])
+    needles = needles[..., p:p + h, p:p + w]
     needles = _gaussian_blur(needles, max(0.3, 0.6 * s))
     g = 0.6 * _standardise(haze) + 1.0 * _standardise(needles)
     g = _standardise(g)
