@@ -250,7 +250,11 @@ def _load(
                 skipped[str(bad)] = reason
                 _warn_skip(bad, reason)
         except _SizeMismatch as e:
+            pool.shutdown(wait=True, cancel_futures=True)  # do not decode the rest first
             raise ValueError(str(e)) from None
+        except ValueError:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
         finally:
             bar.close()
     if not ok:
