@@ -190,8 +190,11 @@ def _collapse_logs(run: Run, terms: dict, values: dict) -> None:
     if "teacher_mean_entropy" in values:
         max_ent = math.log(run.cfg["framework"]["out_dim"])
         if values["teacher_mean_entropy"] < 0.5 * max_ent:
-            log.warning("collapse warning: batch-mean teacher entropy %.2f nats < half of its maximum %.2f",
-                        values["teacher_mean_entropy"], max_ent)
+            log.warning("collapse warning: batch-mean teacher entropy %.2f nats < half of its maximum %.2f "
+                        "(few prototypes in use)", values["teacher_mean_entropy"], max_ent)
+        if values.get("teacher_entropy", 0.0) > 0.98 * max_ent:
+            log.warning("collapse warning: per-sample teacher entropy %.2f nats is at its maximum %.2f "
+                        "(uniform outputs: the DINO loss gives no signal)", values["teacher_entropy"], max_ent)
 
 
 def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data: CanvasSet | None = None) -> Path:
