@@ -8,8 +8,11 @@ frameworks. Both only call the public pieces (``pretrain``, ``evaluate``, ``repo
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
+
+import yaml
 
 from . import config as config_mod
 from .engine.trainer import pretrain
@@ -21,7 +24,12 @@ log = logging.getLogger("spatialssl")
 BUDGETS = {"tiny": (20, 512), "small": (400, 8000), "medium": (1500, 20000)}
 
 # reduced evaluation settings for the demo (full settings: the defaults, or --set eval.*)
-DEMO_EVAL = ["eval.n_train=2000", "eval.n_test=1000"]
+DEMO_EVAL = ["eval.n_train=2000", "eval.n_test=1000", "eval.dense_n_train=500", "eval.dense_n_test=250",
+             "eval.dense_epochs=15", "eval.robust_n_test=300", "eval.robust_severities=[1,3,5]",
+             "eval.jigsaw_n_train=500", "eval.jigsaw_n_test=250", "eval.jigsaw_epochs=60"]
+
+# checkpoints trained on a GPU with `spatialssl pretrain`, kept in the repository (see checkpoints/README.md)
+RELEASED = Path(__file__).resolve().parents[2] / "checkpoints"
 
 
 def run_pair(name: str, presets: list[str], overrides: list[str], out: Path, tasks: str | list[str],
@@ -35,12 +43,33 @@ def run_pair(name: str, presets: list[str], overrides: list[str], out: Path, tas
         t0 = time.perf_counter()
         run_dir = pretrain(cfg)
         log.info("%s: pretrained in %.0fs", tag, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ev = config_mod.resolve([], eval_overrides)["eval"]
-        evaluate(run_dir, tasks, overrides={"eval": {k: ev[k] for k in _keys(eval_overrides)}},
-                 progress=cfg["train"]["progress"])
-        log.info("%s: evaluated in %.0fs", tag, time.perf_counter() - t0)
+        evaluate_run(run_dir, tasks, eval_overrides, cfg["train"]["progress"])
         dirs.append(run_dir)
+    return dirs
+
+
+def evaluate_run(run_dir: Path, tasks: str | list[str], eval_overrides: list[str], progress: bool = True) -> None:
+    t0 = time.perf_counter()
+    ev = config_mod.resolve([], eval_overrides)["eval"]
+    evaluate(run_dir, tasks, overrides={"eval": {k: ev[k] for k in _keys(eval_overrides)}}, progress=progress)
+    log.info("%s: evaluated in %.0fs", run_dir.name, time.perf_counter() - t0)
+
+
+def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str]) -> list[Path]:
+    """Copy the released GPU checkpoints into ``out/released`` and evaluate them here."""
+    dirs = []
+    for src in sorted(RELEASED.glob("*/checkpoint.pt")):
+        dst = out / "released" / src.parent.name
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in ("checkpoint.pt", "metrics.jsonl"):
+            if (src.parent / f).exists() and not (dst / f).exists():
+                shutil.copy(src.parent / f, dst / f)
+        cfg = yaml.safe_load((src.parent / "config.yaml").read_text())
+        steps = cfg["train"]["steps"]
+        cfg["name"] = f"{cfg['framework']['name']}{'+SP' if cfg['sp']['enabled'] else ''} (released, GPU {steps} steps)"
+        (dst / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        evaluate_run(dst, tasks, eval_overrides)
+        dirs.append(dst)
     return dirs
 
 
@@ -56,14 +85,22 @@ def _report(dirs: list[Path], out: Path, title: str) -> None:
     print(f"\nreport: {path}")
 
 
-def demo(out: Path = Path("runs/demo"), overrides: list[str] | None = None) -> list[Path]:
-    """The CPU demo (``make demo``): see configs/demo.yaml for the settings and why."""
+def demo(out: Path = Path("runs/demo"), overrides: list[str] | None = None, released: bool = True) -> list[Path]:
+    """The CPU demo (``make demo``): see configs/demo.yaml and docs/demo.md for the settings and why.
+
+    Trains the demo's framework (SimCLR) with and without SP here, evaluates both, then
+    evaluates the released GPU checkpoints (DINO, DINO + SP, SimCLR, SimCLR + SP) beside them.
+    """
     overrides = list(overrides or [])
     cfg = config_mod.resolve(["demo"], overrides)
     fw = cfg["framework"]["name"]
     tasks = [t for t in cfg["eval"]["tasks"] if t in available_tasks()]
+    t0 = time.perf_counter()
     dirs = run_pair(fw, ["demo"], overrides, out, tasks, DEMO_EVAL)
-    _report(dirs, out, f"spatialssl demo: {fw} vs {fw} + SP on PartsWorld (CPU)")
+    if released:
+        dirs += released_runs(out, tasks, DEMO_EVAL)
+    _report(dirs, out, f"spatialssl demo: {fw} vs {fw} + SP on PartsWorld (CPU), and released GPU checkpoints")
+    log.info("demo done in %.0fs: %s", time.perf_counter() - t0, out)
     return dirs
 
 
