@@ -20,8 +20,14 @@ from .evals import available_tasks, evaluate
 
 log = logging.getLogger("spatialssl")
 
-# budgets for ``compare``: (steps, train images); the rest comes from configs/demo.yaml
-BUDGETS = {"tiny": (20, 512), "small": (400, 8000), "medium": (1500, 20000)}
+# budgets for ``compare``; the rest comes from configs/demo.yaml
+BUDGETS = {
+    "tiny": ["train.steps=10", "train.batch_size=32", "data.n_train=256", "data.n_eval=128"],  # smoke test
+    "small": ["train.steps=400", "data.n_train=8000"],  # the demo's budget
+    "medium": ["train.steps=1500", "data.n_train=20000", "data.n_eval=2000"],
+}
+# frameworks that need a ViT: a tiny one at the demo's view sizes (patch 4: 8x8 tokens at 32 px)
+VIT_ONLY = {"ibot": ["backbone.name=vit_tiny", "backbone.patch_size=4", "backbone.img_size=32"]}
 
 # reduced evaluation settings for the demo (full settings: the defaults, or --set eval.*)
 DEMO_EVAL = ["eval.n_train=2000", "eval.n_test=1000", "eval.dense_n_train=500", "eval.dense_n_test=250",
@@ -96,23 +102,31 @@ def demo(out: Path = Path("runs/demo"), overrides: list[str] | None = None, rele
     fw = cfg["framework"]["name"]
     tasks = [t for t in cfg["eval"]["tasks"] if t in available_tasks()]
     t0 = time.perf_counter()
-    dirs = run_pair(fw, ["demo"], overrides, out, tasks, DEMO_EVAL)
+    eval_overrides = DEMO_EVAL + _eval_only(overrides)
+    dirs = run_pair(fw, ["demo"], overrides, out, tasks, eval_overrides)
     if released:
-        dirs += released_runs(out, tasks, DEMO_EVAL)
+        dirs += released_runs(out, tasks, eval_overrides)
     _report(dirs, out, f"spatialssl demo: {fw} vs {fw} + SP on PartsWorld (CPU), and released GPU checkpoints")
     log.info("demo done in %.0fs: %s", time.perf_counter() - t0, out)
     return dirs
 
 
 def compare(frameworks: list[str], budget: str, out: Path, tasks: str, overrides: list[str] | None = None) -> list[Path]:
-    """Each framework with and without SP under one seed and budget; one report."""
+    """Each framework with and without SP under one seed and budget; one report.
+
+    Settings: the framework's preset (heads, temperatures, momentum), then the demo's
+    data, backbone, views and optimiser (configs/demo.yaml), then the budget.
+    """
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget '{budget}' (known: {', '.join(BUDGETS)})")
-    steps, n_train = BUDGETS[budget]
     dirs: list[Path] = []
     for fw in frameworks:
-        presets = ["demo", fw] if (config_mod.CONFIG_DIR / f"{fw}.yaml").exists() else ["demo"]
-        ov = [f"framework.name={fw}", f"train.steps={steps}", f"data.n_train={n_train}", *(overrides or [])]
-        dirs += run_pair(fw, presets, ov, out, tasks, DEMO_EVAL)
+        presets = ([fw] if (config_mod.CONFIG_DIR / f"{fw}.yaml").exists() else []) + ["demo"]
+        ov = [f"framework.name={fw}", *VIT_ONLY.get(fw, []), *BUDGETS[budget], *(overrides or [])]
+        dirs += run_pair(fw, presets, ov, out, tasks, DEMO_EVAL + _eval_only(overrides or []))
     _report(dirs, out, f"spatialssl compare ({budget} budget)")
     return dirs
+
+
+def _eval_only(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if o.startswith("eval.")]
