@@ -27,6 +27,7 @@ def test_mocov3_ctr_matches_paper_pseudocode():
 
 
 def _worker(rank: int, world: int, tmp: str, data: dict) -> None:
+    torch.set_num_threads(1)
     torch_dist.init_process_group("gloo", init_method=f"file://{tmp}/init", rank=rank, world_size=world)
     try:
         n = data["q"].shape[0] // world
