@@ -86,13 +86,14 @@ def block_masks(n: int, grid: tuple[int, int], mask_prob: float, ratio: tuple[fl
     state = random.getstate()
     random.seed(seed)
     try:
+        # drawn on the CPU: lightly's loop reads each block back (.item()), a sync per block on a GPU
         masks = random_block_mask((n, h, w), batch_mask_ratio=mask_prob, min_image_mask_ratio=lo,
-                                  max_image_mask_ratio=hi, min_num_masks_per_block=min_block, device=device)
+                                  max_image_mask_ratio=hi, min_num_masks_per_block=min_block, device="cpu")
         if not masks.any():
             masks[random.randrange(n), random.randrange(h), random.randrange(w)] = True
     finally:
         random.setstate(state)
-    return masks
+    return masks.to(device, non_blocking=True)
 
 
 @register("ibot")
