@@ -34,10 +34,14 @@ def measure(size: int, n: int, device: str, chunk: int) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0: leave as is; 1 is much faster on an oversubscribed machine)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--n", type=int, default=1024, help="images at 64 px (a quarter of that at 128 px)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     for size in args.sizes:
         chunk = pw.PartsWorldConfig().chunk if size <= 64 else max(8, pw.PartsWorldConfig().chunk * 64 * 64 // (size * size))

@@ -170,12 +170,17 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16, help="channels of the first stage (x2 per stage)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=None, help="fixed number of steps (overrides --minutes)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0: leave as is; 1 is much faster on an oversubscribed machine)")
     ap.add_argument("--device", default="cpu", help="training device (the requirement is about cpu)")
+    ap.add_argument("--data-device", default=None, help="device that renders the data if not cached (default --device)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cfg = pw.PartsWorldConfig(n_train=args.n_train)
     t0 = time.time()
-    data = {s: pw.load(s, cfg, cache_dir=args.cache_dir, device=args.device) for s in ("train", "test", "ood")}
+    data = {s: pw.load(s, cfg, cache_dir=args.cache_dir, device=args.data_device or args.device) for s in ("train", "test", "ood")}
     print(f"data ready in {time.time() - t0:.0f}s (config key {cfg.key()})")
     rows = []
     for size in args.sizes:

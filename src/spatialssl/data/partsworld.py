@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
@@ -565,8 +564,8 @@ class _Draw:
         return min(int(self.u() * n), n - 1)
 
 
-# A template returns a list of (kind, centre, size, rot, local part index 1..).
-_Part = tuple
+# A template maps (draw, variant) to a list of (kind, centre, size, rot | None, local part index 1..)
+# in object coordinates: y up, standing on the ground y = 0, roughly centred on the y axis.
 _Template = Callable[[_Draw, int], list]
 
 _E, _B, _F = ELLIPSOID, BOX, FRUSTUM
@@ -1064,15 +1063,13 @@ def _render_arrays(cfg: PartsWorldConfig, split: str, start: int, count: int, de
     labels = torch.empty(n, dtype=torch.int64)
     fine = torch.empty(n, dtype=torch.int64)
     chunk = max(1, int(cfg.chunk))
-    starts = list(range(0, n, chunk))
-    it = starts
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, desc=desc or f"partsworld {split}", unit="img", leave=False)
     with torch.no_grad():
-        for a in it:
+        for a in range(0, n, chunk):
             c = min(chunk, n - a)
             sc, lab, fl = sample_scenes(cfg, split, start + a, c)
             r = trace(sc.to(device), s, cfg.far, cfg.shadows)
@@ -1213,8 +1210,10 @@ def preview(out_png: str, cfg: PartsWorldConfig | None = None, split: str = "tra
             cache_dir: str | None = None) -> str:
     """Write a grid of ``n`` samples: RGB | depth | semantic | parts, titled class/fine name.
 
-    Uses the cached split when a valid cache file exists, otherwise renders the first ``n``
-    images of the split directly (the same scenes). Returns ``out_png``.
+    Renders the first ``n`` images of ``split`` directly (the same scenes as the cached
+    split, without reading a possibly large cache file; ``cache_dir`` is accepted for API
+    symmetry and not needed). Depth is shown per sample from its nearest to its 98th
+    percentile non-sky value; label 0 (background) is black. Returns ``out_png``.
     """
     import matplotlib
 
@@ -1224,9 +1223,7 @@ def preview(out_png: str, cfg: PartsWorldConfig | None = None, split: str = "tra
     cfg = cfg or PartsWorldConfig()
     _check_split(split)
     n = max(1, min(n, cfg.n_for(split)))
-    path = cache_path(split, cfg, cache_dir)
-    arr = _try_load(path, cfg, split) if os.path.exists(path) else None
-    cs = _to_canvas(cfg, split, arr).subset(slice(0, n)) if arr is not None else render(cfg, split, 0, n)
+    cs = render(cfg, split, 0, n)
     per_row = 4 if n >= 4 else n
     rows = math.ceil(n / per_row)
     fig, axes = plt.subplots(rows, per_row * 4, figsize=(per_row * 4 * 1.5, rows * 1.75), squeeze=False)
