@@ -45,3 +45,11 @@ def test_deterministic(planted_tools):
     a = segmentation.run(t["context"](bb, splits, dense_epochs=3))
     b = segmentation.run(t["context"](bb, splits, dense_epochs=3))
     assert a == b
+
+
+def test_upsample_equals_interpolate():
+    import torch.nn.functional as F
+
+    x = torch.randn(2, 3, 4, 5)
+    ref = F.interpolate(x, size=(24, 17), mode="bilinear", align_corners=False)
+    assert torch.allclose(segmentation.upsample(x, (24, 17)), ref, atol=1e-5)

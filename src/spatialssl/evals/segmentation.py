@@ -80,6 +80,19 @@ def patch_features(ctx: EvalContext, split: str, cs: CanvasSet) -> torch.Tensor:
     return ctx.features(split, patch=True, images=cs.images)[1]
 
 
+def _interp_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in]: 1-D linear interpolation as ``F.interpolate(..., align_corners=False)`` does it."""
+    return F.interpolate(torch.eye(n_in)[None], size=n_out, mode="linear", align_corners=False)[0].T
+
+
+def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling [B, C, h, w] -> [B, C, H, W], equal to ``F.interpolate(mode="bilinear",
+    align_corners=False)``, written as two small matrix products (bilinear is separable):
+    on CPU, forward and backward together run ~2x faster than ``upsample_bilinear2d``."""
+    ry, rx = _interp_matrix(x.shape[-2], size[0]), _interp_matrix(x.shape[-1], size[1])
+    return torch.einsum("Hh,bchw,Ww->bcHW", ry, x, rx)
+
+
 def fit_dense(feats: torch.Tensor, target: torch.Tensor, out_ch: int,
               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], epochs: int, lr: float,
               batch_size: int, seed: int) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
@@ -109,7 +122,7 @@ def fit_dense(feats: torch.Tensor, target: torch.Tensor, out_ch: int,
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
-            logits = F.interpolate(head((feats[idx] - mean) / std), size=size, mode="bilinear", align_corners=False)
+            logits = upsample(head((feats[idx] - mean) / std), size)
             loss = loss_fn(logits, target[idx])
             opt.zero_grad()
             loss.backward()
@@ -118,8 +131,7 @@ def fit_dense(feats: torch.Tensor, target: torch.Tensor, out_ch: int,
 
     @torch.no_grad()
     def predict(f: torch.Tensor, out_size: tuple[int, int], chunk: int = 256) -> torch.Tensor:
-        return torch.cat([F.interpolate(head((f[i:i + chunk] - mean) / std), size=out_size, mode="bilinear",
-                                        align_corners=False) for i in range(0, len(f), chunk)])
+        return torch.cat([upsample(head((f[i:i + chunk] - mean) / std), out_size) for i in range(0, len(f), chunk)])
 
     return predict
 
