@@ -26,6 +26,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="preset name (configs/<name>.yaml) or YAML path; repeatable, later ones win")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one config key, e.g. --set train.steps=100; repeatable")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (e.g. one that registers your own framework); repeatable")
 
 
 def _eval_overrides(items: list[str]) -> dict:
@@ -95,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(a: argparse.Namespace) -> int:
+    import importlib
+
+    for module in getattr(a, "plugin", []):
+        importlib.import_module(module)
     if a.cmd == "config":
         print(yaml.safe_dump(config_mod.resolve(a.config, a.overrides), sort_keys=False))
         return 0

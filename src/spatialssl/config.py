@@ -86,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
         # momentum encoders
         "momentum": 0.996,
         "momentum_end": 1.0,
+        "stop_grad_patch_embed": True,  # MoCo v3: frozen random patch projection (ViTs)
     },
     "sp": {
         "enabled": False,

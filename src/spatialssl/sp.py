@@ -22,6 +22,8 @@ optionally antisymmetric, smooth-L1 loss.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ COMPONENTS = ("dx", "dy", "ds")
 sample_pairs = geometry.sample_disjoint_pairs
 
 
+@functools.lru_cache(maxsize=32)
 def target_stats(canvas_hw: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float],
                  max_iou: float = 0.0, offsets: str = "canvas", n: int = 20000,
                  candidates: int = 16, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +51,7 @@ def target_stats(canvas_hw: tuple[int, int], scale: tuple[float, float], ratio: 
     g = torch.Generator().manual_seed(seed)
     a, b, _ = sample_pairs(n, canvas_hw, scale, ratio, max_iou, candidates, g)
     t = geometry.sp_targets(a, b, canvas_hw, offsets)
-    return t.mean(0), t.std(0).clamp(min=1e-6)
+    return t.mean(0), t.std(0).clamp(min=1e-6)  # cached: callers must not modify them in place
 
 
 class SPHead(nn.Module):
@@ -121,6 +124,7 @@ class SpatialPrediction(nn.Module):
         self.beta = beta
         mean, std = target_stats(self.canvas_hw, tuple(local_scale), tuple(ratio), max_iou, offsets,
                                  candidates=candidates)
+        mean, std = mean.clone(), std.clone()
         if antisymmetric:
             # an antisymmetric head predicts zero for a == b: keep targets zero-centred
             mean = torch.zeros_like(mean)

@@ -71,7 +71,8 @@ class DINO(Framework):
             p = torch.softmax((t_out.float() - self.criterion.center) / temp, dim=-1)
             t_ent = entropy(p).mean()
             t_mean_ent = entropy(p.mean(dim=(0, 1)))
-        loss = self.criterion(list(t_out.unbind(0)), list(s_out.unbind(0)), teacher_temp=temp)
+        # the loss in fp32 (under bf16 autocast the heads' outputs are bf16)
+        loss = self.criterion(list(t_out.float().unbind(0)), list(s_out.float().unbind(0)), teacher_temp=temp)
         out = {"loss": loss, "emb": s_glob[0].detach(), "teacher_entropy": t_ent,
                "teacher_mean_entropy": t_mean_ent, "teacher_temp": torch.tensor(temp)}
         if s_loc is not None:
