@@ -86,10 +86,12 @@ def create_backbone(cfg: dict) -> Backbone:
         return Backbone(model, "cnn", model.num_features, RESNET_NAMES[name])
     if name == "resnet_mini":
         w = cfg["width"]
+        stem = cfg.get("stem_width", 0)  # 0: timm's 64-channel stem (configs saved before the key existed)
+        kw = dict(stem_type="deep", stem_width=stem // 2) if stem else {}
         model = ResNet(block=BasicBlock, layers=(1, 1, 1, 1), num_classes=0, channels=(w, 2 * w, 4 * w, 8 * w),
-                       drop_path_rate=cfg["drop_path"])
+                       drop_path_rate=cfg["drop_path"], **kw)
         if cfg["small_stem"]:
-            _small_stem(model, model.conv1.out_channels)
+            _small_stem(model, model.bn1.num_features)
         return Backbone(model, "cnn", model.num_features, "resnet_mini")
     known = ", ".join([*VIT_NAMES, *RESNET_NAMES, "resnet_mini"])
     raise ValueError(f"unknown backbone '{name}' (known: {known})")

@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
         "img_size": 224,  # ViT positional-embedding grid size (dynamic_img_size interpolates)
         "small_stem": False,  # ResNets: 3x3 stride-1 stem, no max-pool (for <= 64 px input)
         "width": 32,  # resnet_mini only: channels of the first stage (doubles per stage)
+        "stem_width": 0,  # resnet_mini only: stem channels (0 = timm's 64)
         "drop_path": 0.0,
     },
     "views": {
