@@ -54,15 +54,22 @@ def run_pair(name: str, presets: list[str], overrides: list[str], out: Path, tas
     return dirs
 
 
-def evaluate_run(run_dir: Path, tasks: str | list[str], eval_overrides: list[str], progress: bool = True) -> None:
+def evaluate_run(run_dir: Path, tasks: str | list[str], eval_overrides: list[str], progress: bool = True,
+                 data: dict | None = None) -> None:
+    """Evaluate a run with ``eval.*`` overrides (and, for runs trained elsewhere, this run's data section)."""
     t0 = time.perf_counter()
     ev = config_mod.resolve([], eval_overrides)["eval"]
-    evaluate(run_dir, tasks, overrides={"eval": {k: ev[k] for k in _keys(eval_overrides)}}, progress=progress)
+    overrides: dict = {"eval": {k: ev[k] for k in _keys(eval_overrides)}}
+    if data is not None:
+        overrides["data"] = data
+    evaluate(run_dir, tasks, overrides=overrides, progress=progress)
     log.info("%s: evaluated in %.0fs", run_dir.name, time.perf_counter() - t0)
 
 
-def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str]) -> list[Path]:
-    """Copy the released GPU checkpoints into ``out/released`` and evaluate them here."""
+def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str], data: dict) -> list[Path]:
+    """Copy the released GPU checkpoints into ``out/released`` and evaluate them here, on
+    ``data`` (the demo's PartsWorld: image i of a split is the same whatever the split's size,
+    so the probes see the same first images as for the demo's own runs)."""
     dirs = []
     for src in sorted(RELEASED.glob("*/checkpoint.pt")):
         dst = out / "released" / src.parent.name
@@ -74,7 +81,7 @@ def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str]) 
         steps = cfg["train"]["steps"]
         cfg["name"] = f"{cfg['framework']['name']}{'+SP' if cfg['sp']['enabled'] else ''} (released, GPU {steps} steps)"
         (dst / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        evaluate_run(dst, tasks, eval_overrides)
+        evaluate_run(dst, tasks, eval_overrides, data=data)
         dirs.append(dst)
     return dirs
 
@@ -105,7 +112,7 @@ def demo(out: Path = Path("runs/demo"), overrides: list[str] | None = None, rele
     eval_overrides = DEMO_EVAL + _eval_only(overrides)
     dirs = run_pair(fw, ["demo"], overrides, out, tasks, eval_overrides)
     if released:
-        dirs += released_runs(out, tasks, eval_overrides)
+        dirs += released_runs(out, tasks, eval_overrides, cfg["data"])
     _report(dirs, out, f"spatialssl demo: {fw} vs {fw} + SP on PartsWorld (CPU), and released GPU checkpoints")
     log.info("demo done in %.0fs: %s", time.perf_counter() - t0, out)
     return dirs
