@@ -30,9 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from . import linear
 from .features import EvalContext, extract
 from .probes import accuracy
+from .robustness import linear_probe
 from .segmentation import save_examples
 
 
@@ -152,7 +152,7 @@ def run(ctx: EvalContext) -> dict:
     views = {"original": assemble(te_tiles, identity), "shuffled": assemble(shuffled_tiles, identity),
              "reconstructed": assemble(shuffled_tiles, slots)}
     if te.labels is not None and tr.labels is not None:
-        head, norm, _, _ = linear.fit(ctx)
+        head, norm, _, _ = linear_probe(ctx)
         y = te.labels[:len(perm)]
         for name, imgs in views.items():
             tag = f"jigsaw{n}_{name}" + ("" if name == "original" else f"_s{ctx.seed}")

@@ -75,6 +75,15 @@ def corrupted(images: torch.Tensor, name: str, severity: int, batch: int = 256) 
     return out
 
 
+def linear_probe(ctx: EvalContext):
+    """``linear.fit(ctx)`` on the class labels, fitted once per context (robustness and jigsaw
+    share it; it depends only on the probe-train features and the seed)."""
+    memo = ctx.__dict__.setdefault("_linear_probe", {})
+    if ctx.seed not in memo:
+        memo[ctx.seed] = linear.fit(ctx)
+    return memo[ctx.seed]
+
+
 def ood_split(ctx: EvalContext) -> CanvasSet | None:
     """The ``ood`` split when the data set has one (PartsWorld; a folder with ``ood/``)."""
     data = ctx.cfg["data"]
@@ -93,7 +102,7 @@ def run(ctx: EvalContext) -> dict:
     images, y = te.images[:n], te.labels[:n] if te.labels is not None else None
     if y is None:
         raise ValueError(f"robustness needs labels on split {split}")
-    head, norm, _, _ = linear.fit(ctx)
+    head, norm, _, _ = linear_probe(ctx)
 
     def acc(imgs: torch.Tensor, tag: str, labels: torch.Tensor = y, name: str = split) -> float:
         f, _ = ctx.features(name, images=imgs, tag=tag)

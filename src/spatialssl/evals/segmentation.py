@@ -206,7 +206,8 @@ def save_examples(ctx: EvalContext, task: str, data: dict) -> Path | None:
         return None
     path = Path(ctx.cache_dir).parent / "metrics" / f"{task}_examples.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data, path)
+    # clone: a slice keeps its whole split's storage, and torch.save would write all of it
+    torch.save({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in data.items()}, path)
     return path
 
 
