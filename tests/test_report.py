@@ -77,3 +77,8 @@ def test_empty_run_dir(tmp_path):
     (tmp_path / "empty").mkdir()
     assert "no metrics" in report.summary_table([tmp_path / "empty"])
     assert report.write_report([tmp_path / "empty"], tmp_path / "out").exists()
+
+
+def test_labels_are_unique(tmp_path):
+    dirs = [fake_run(tmp_path / "a", "run", False), fake_run(tmp_path / "b", "run", True)]
+    assert [r.label for r in report.read_runs(dirs)] == ["a/run", "b/run"]

@@ -67,9 +67,7 @@ class Run:
     curve: list[dict] = field(default_factory=list)
     metrics: dict[str, dict] = field(default_factory=dict)  # task -> metrics json
 
-    @property
-    def label(self) -> str:
-        return self.name
+    label: str = ""  # column title: the directory name (parent/name where two runs share one)
 
     def value(self, task: str, key: str) -> tuple[float | None, float | None]:
         """(mean, std or None) of a metric, or (None, None) when absent."""
@@ -113,7 +111,17 @@ def read_run(path: str | Path) -> Run:
     first = next(iter(metrics.values()), {})
     framework = cfg.get("framework", {}).get("name") or first.get("framework") or "?"
     sp = bool(cfg.get("sp", {}).get("enabled", first.get("sp", False)))
-    return Run(path, cfg.get("name") or path.name, framework, sp, cfg, curve, metrics)
+    return Run(path, cfg.get("name") or path.name, framework, sp, cfg, curve, metrics, path.name)
+
+
+def read_runs(run_dirs: list[str | Path]) -> list[Run]:
+    """``read_run`` for each directory, with unique labels."""
+    runs = [read_run(d) for d in run_dirs]
+    names = [r.label for r in runs]
+    for r in runs:
+        if names.count(r.label) > 1:
+            r.label = f"{r.path.parent.name}/{r.path.name}"
+    return runs
 
 
 def columns(runs: list[Run]) -> list[tuple[Run, Run | None]]:
@@ -188,7 +196,7 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 def summary_table(run_dirs: list[str | Path]) -> str:
     """The key metrics of each run, side by side (Markdown), as the CLI prints it."""
-    header, rows = table_rows([read_run(d) for d in run_dirs])
+    header, rows = table_rows(read_runs(run_dirs))
     if not rows:
         return "(no metrics found: run `spatialssl eval` first)"
     return _markdown(header, rows)
@@ -410,7 +418,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
     """Write ``report.md``, ``report.html`` and the PNG figures into ``out_dir``; returns the .md path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [read_run(d) for d in run_dirs]
+    runs = read_runs(run_dirs)
     figures = [
         ("Training curves", plot_losses(runs, out / "loss_curves.png")),
         ("Key metrics", plot_metrics(runs, out / "metrics.png")),

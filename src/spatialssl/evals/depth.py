@@ -27,7 +27,7 @@ import torch
 
 from ..data.canvases import CanvasSet
 from .features import EvalContext
-from .segmentation import dense_data, first, fit_dense, patch_features, save_examples
+from .segmentation import dense_data, example_index, first, fit_dense, patch_features, save_examples
 
 
 def valid_mask(cs: CanvasSet) -> torch.Tensor:
@@ -71,9 +71,9 @@ def probe(ctx: EvalContext, splits: tuple[str, str], examples: bool = False) -> 
     out["mean_rmse"] = float((te.depth[v_te] - mu).pow(2).mean().sqrt())
     out.update({"valid_frac": float(v_te.float().mean()), "n_train": len(tr), "n_test": len(te)})
     if examples:
-        k = e["n_examples"]
-        save_examples(ctx, "depth", {"images": te.images[:k], "target": te.depth[:k], "pred": pred[:k],
-                                     "valid": v_te[:k]})
+        i = example_index(len(te), e["n_examples"])
+        save_examples(ctx, "depth", {"images": te.images[i], "target": te.depth[i], "pred": pred[i],
+                                     "valid": v_te[i]})
     return out
 
 

@@ -33,7 +33,7 @@ from scipy.optimize import linear_sum_assignment
 from .features import EvalContext, extract
 from .probes import accuracy
 from .robustness import linear_probe
-from .segmentation import save_examples
+from .segmentation import example_index, save_examples
 
 
 def cut_tiles(images: torch.Tensor, n: int) -> torch.Tensor:
@@ -163,8 +163,8 @@ def run(ctx: EvalContext) -> dict:
         floor, _ = solve(ctx, ctx.random_backbone(), tr_tiles, te_tiles, perm)
         out.update({f"random_{kk}": floor[kk] for kk in ("tile_acc", "puzzle_acc")})
     out.update({"n": n, "n_train": len(tr_tiles), "n_test": len(te_tiles)})
-    m = e["n_examples"]
+    i = example_index(len(perm), e["n_examples"])
     placed = perm.gather(1, slots.argsort(1))  # true slot of the tile put in each slot
-    save_examples(ctx, "jigsaw", {**{key: v[:m] for key, v in views.items()},
-                                  "correct": (placed == torch.arange(k))[:m], "n": n})
+    save_examples(ctx, "jigsaw", {**{key: v[i] for key, v in views.items()},
+                                  "correct": (placed == torch.arange(k))[i], "n": n})
     return out

@@ -190,10 +190,16 @@ def probe(ctx: EvalContext, splits: tuple[str, str], target: str, examples: bool
     out.update({"n_classes": n_cls, "n_train": len(tr), "n_test": len(te),
                 "patch_grid": list(f_tr.shape[-2:]), "mask_size": list(y_te.shape[-2:])})
     if examples:
-        k = e["n_examples"]
-        save_examples(ctx, "segmentation", {"images": te.images[:k], "target": y_te[:k], "pred": pred[:k],
+        i = example_index(len(te), e["n_examples"])
+        save_examples(ctx, "segmentation", {"images": te.images[i], "target": y_te[i], "pred": pred[i],
                                             "class_names": names})
     return out
+
+
+def example_index(n: int, k: int) -> torch.Tensor:
+    """``k`` indices spread evenly over ``n`` test images (not the first k: splits may be
+    ordered by class)."""
+    return torch.arange(min(k, n)) * max(1, n // max(k, 1))
 
 
 def save_examples(ctx: EvalContext, task: str, data: dict) -> Path | None:
