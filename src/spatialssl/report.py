@@ -158,7 +158,8 @@ def _diff(a: float | None, b: float | None, sign: int) -> str:
     return f"{d:+.3f}{mark}"
 
 
-def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = None) -> tuple[list[str], list[list[str]]]:
+def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = None
+               ) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the side-by-side table (rows where no run has a value are left out)."""
     rows = KEY_METRICS if rows is None else rows
     cols = columns(runs)
@@ -183,7 +184,8 @@ def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = N
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    rule = "|".join("---" if i == 0 else "---:" for i in range(len(header)))
+    lines = ["| " + " | ".join(header) + " |", f"|{rule}|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -425,8 +427,10 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
         ("Robustness by severity and corruption", plot_robustness(runs, out / "robustness.png")),
         ("Jigsaw: original, shuffled, reconstructed (red: tiles put in a wrong slot)",
          plot_jigsaw(runs, out / "jigsaw_examples.png")),
-        ("Segmentation: prediction beside ground truth", plot_dense(runs, "segmentation", out / "segmentation_examples.png")),
-        ("Depth: prediction beside ground truth (white: no valid depth)", plot_dense(runs, "depth", out / "depth_examples.png")),
+        ("Segmentation: prediction beside ground truth",
+         plot_dense(runs, "segmentation", out / "segmentation_examples.png")),
+        ("Depth: prediction beside ground truth (white: no valid depth)",
+         plot_dense(runs, "depth", out / "depth_examples.png")),
     ]
     figures = [(cap, p) for cap, p in figures if p is not None]
     header, rows = table_rows(runs)
