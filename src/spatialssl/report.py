@@ -252,11 +252,11 @@ def plot_losses(runs: list[Run], path: Path) -> Path | None:
     n = 3 if has_sp else 1
     plt = _plt()
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.2), squeeze=False)
-    for r in runs:
+    for i, r in enumerate(runs):
         for ax, key in zip(axes[0], ["loss_fw", "loss_sp", "sp_r2_ds"][:n]):
             pts = [(row["step"], row[key]) for row in r.curve if key in row and row[key] is not None]
             if pts:
-                ax.plot(*zip(*pts), label=r.label, lw=1.2)
+                ax.plot(*zip(*pts), label=r.label, lw=1.2, color=f"C{i}")  # one colour per run in every panel
     titles = ["framework loss", "SP loss", "SP R² ds (training batches)"]
     for ax, t in zip(axes[0], titles):
         ax.set_title(t, fontsize=10)
@@ -287,8 +287,9 @@ def plot_metrics(runs: list[Run], path: Path) -> Path | None:
         for i, r in enumerate(runs):
             vals = [r.value(t, key) for key, _, _ in rows]
             xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(rows))]
-            ax.bar(xs, [v if v is not None else 0.0 for v, _ in vals], width,
-                   yerr=[s or 0.0 for _, s in vals], label=r.label, capsize=2)
+            err = [s or 0.0 for _, s in vals] if any(s for _, s in vals) else None  # spread over seeds
+            ax.bar(xs, [v if v is not None else 0.0 for v, _ in vals], width, yerr=err, label=r.label,
+                   capsize=2, color=f"C{i}")
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([lab.replace(t.replace("_", "-") + " ", "").replace(f"{t} ", "") for _, lab, _ in rows],
                            rotation=25, ha="right", fontsize=7)
