@@ -69,12 +69,12 @@ def evaluate_run(run_dir: Path, tasks: str | list[str], eval_overrides: list[str
 
 
 def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str], data: dict) -> list[Path]:
-    """Copy the released GPU checkpoints into ``out/released`` and evaluate them here, on
+    """Copy the released GPU checkpoints into ``out/released_*`` and evaluate them here, on
     ``data`` (the demo's PartsWorld: image i of a split is the same whatever the split's size,
     so the probes see the same first images as for the demo's own runs)."""
     dirs = []
     for src in sorted(RELEASED.glob("*/checkpoint.pt")):
-        dst = out / "released" / src.parent.name
+        dst = out / f"released_{src.parent.name}"  # the report labels columns by directory
         dst.mkdir(parents=True, exist_ok=True)
         for f in ("checkpoint.pt", "metrics.jsonl"):
             if (src.parent / f).exists() and not (dst / f).exists():
