@@ -75,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
         "center_momentum": 0.9,
         "freeze_last_layer_steps": 0,
         "norm_last_layer": True,
+        "head_batch_norm": False,  # DINO/iBOT: BatchNorm in the projection head's hidden layers
         # iBOT
         "patch_out_dim": 8192,
         "shared_head": False,

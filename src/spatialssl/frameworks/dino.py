@@ -31,7 +31,8 @@ from .base import Framework, encode, entropy
 def make_dino_heads(in_dim: int, f: dict) -> tuple[DINOProjectionHead, DINOProjectionHead]:
     """Student head and a teacher head built anew with the student's weights."""
     kw = dict(input_dim=in_dim, hidden_dim=f["hidden_dim"], bottleneck_dim=f["bottleneck_dim"],
-              output_dim=f["out_dim"], norm_last_layer=f["norm_last_layer"])
+              output_dim=f["out_dim"], norm_last_layer=f["norm_last_layer"],
+              batch_norm=f.get("head_batch_norm", False))
     student = DINOProjectionHead(freeze_last_layer=f["freeze_last_layer_steps"], **kw)
     teacher = DINOProjectionHead(**kw)
     teacher.load_state_dict(student.state_dict())
@@ -58,14 +59,16 @@ class DINO(Framework):
     def forward(self, views: Views, step: int) -> dict[str, torch.Tensor]:
         g, l = views.globals.shape[0], views.locals.shape[0]
         with torch.no_grad():
-            t_out = self.teacher_head(encode(self.teacher_backbone, views.globals))  # [G, B, K]
+            t_emb = encode(self.teacher_backbone, views.globals)
+            t_out = self.teacher_head(t_emb.flatten(0, 1)).view(g, t_emb.shape[1], -1)  # [G, B, K]
         s_glob = encode(self.backbone, views.globals)  # [G, B, D]
         s_emb = [s_glob]
         s_loc = None
         if l:
             s_loc = encode(self.backbone, views.locals)  # [L, B, D]
             s_emb.append(s_loc)
-        s_out = self.head(torch.cat(s_emb))  # [G + L, B, K]
+        s_all = torch.cat(s_emb)  # [G + L, B, D]
+        s_out = self.head(s_all.flatten(0, 1)).view(g + l, s_all.shape[1], -1)  # [G + L, B, K]
         temp = float(self.teacher_temp[step])
         with torch.no_grad():  # collapse indicators, before the loss updates the centre
             p = torch.softmax((t_out.float() - self.criterion.center) / temp, dim=-1)
