@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -29,15 +28,3 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return torch.load(path, map_location=map_location, weights_only=False)
-
-
-def file_hash(path: str | Path, n: int = 16) -> str:
-    """Short sha256 of a checkpoint file (recorded with every metric)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
