@@ -49,6 +49,7 @@ def bench(framework: str, sp: bool, small: bool, compile_: bool, steps: int, bat
     cfg = config.resolve(presets, [*ov, f"sp.enabled={str(sp).lower()}", f"train.steps={steps + 10}"])
     canvas = 48 if small else 256
     run = build(cfg, (canvas, canvas), device)
+    run.framework.collect_logs = False  # as on the trainer's non-logging steps
     b = cfg["train"]["batch_size"]
     g = torch.Generator(device).manual_seed(0)
     canvases = torch.randint(0, 256, (b, 3, canvas, canvas), dtype=torch.uint8, device=device, generator=g)

@@ -53,7 +53,7 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def sample_disjoint_pairs(n: int, canvas_hw: tuple[int, int], scale: tuple[float, float],
                           ratio: tuple[float, float], max_iou: float = 0.0, candidates: int = 16,
                           generator: torch.Generator | None = None,
-                          device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, int]:
+                          device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw ``n`` pairs of boxes (a, b) whose IoU is at most ``max_iou``.
 
     Vectorised rejection sampling *(our choice)*: box a is drawn once; ``candidates``
@@ -62,7 +62,8 @@ def sample_disjoint_pairs(n: int, canvas_hw: tuple[int, int], scale: tuple[float
     counted as a fallback.
 
     Returns:
-        a: float32 [n, 4], b: float32 [n, 4], number of fallbacks (int).
+        a: float32 [n, 4], b: float32 [n, 4], number of fallbacks (0-dim long tensor on the
+        boxes' device, so the training loop never waits for it).
     """
     a = sample_boxes(n, canvas_hw, scale, ratio, generator, device)
     cand = sample_boxes(n * candidates, canvas_hw, scale, ratio, generator, device).view(n, candidates, 4)
@@ -74,7 +75,7 @@ def sample_disjoint_pairs(n: int, canvas_hw: tuple[int, int], scale: tuple[float
     has_ok = first_ok < candidates
     pick = torch.where(has_ok, first_ok, least)
     b = cand[torch.arange(n, device=device), pick]
-    return a, b, int((~has_ok).sum())
+    return a, b, (~has_ok).sum()
 
 
 def flip_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:

@@ -38,7 +38,7 @@ class Views:
             (the flipped canvas for images flipped ``per_image``).
         sp_pairs: long [P, 2] indices into the local views: pairs drawn disjoint for SP.
         canvas_hw: (H, W) of the canvases.
-        fallbacks: pairs whose rejection sampling found no box under ``max_iou``.
+        fallbacks: pairs whose rejection sampling found no box under ``max_iou`` (0-dim tensor).
     """
 
     globals: torch.Tensor
@@ -47,7 +47,7 @@ class Views:
     local_boxes: torch.Tensor
     sp_pairs: torch.Tensor
     canvas_hw: tuple[int, int]
-    fallbacks: int = 0
+    fallbacks: torch.Tensor | int = 0
 
 
 def cut(canvases: torch.Tensor, boxes: torch.Tensor, size: int,
@@ -234,7 +234,7 @@ class MultiCrop:
 
         # local views: boxes drawn as disjoint pairs, flips by policy
         m = self.n_local
-        fallbacks = 0
+        fallbacks = torch.zeros((), dtype=torch.long, device=dev)
         if m > 0:
             n_pairs = m // 2 if self.pair_locals else 0
             boxes = []

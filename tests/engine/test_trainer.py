@@ -60,6 +60,8 @@ def test_sp_changes_nothing_when_off(tmp_path, tiny_overrides, random_canvases):
     assert state["sp"] is None
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert all("loss_sp" not in r and r["loss"] == pytest.approx(r["loss_fw"]) for r in rows)
+    # DINO's collapse indicators are computed on logging steps (here: every step)
+    assert all(0 < r["teacher_mean_entropy"] <= 5.546 for r in rows)  # log(256) = 5.545
     rows_sp = [json.loads(line) for line in open(pretrain(_cfg(tmp_path, "sp", tiny_overrides, "sp.enabled=true",
                                                                 "sp.weight=0.5"), data=random_canvases)
                                                  / "metrics.jsonl")]

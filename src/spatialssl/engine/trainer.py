@@ -12,6 +12,7 @@ from its checkpoint takes exactly the same path as one never interrupted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from pathlib import Path
@@ -55,15 +56,20 @@ def param_groups(modules: list[torch.nn.Module]) -> list[dict]:
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "weight_decay": 0.0, "apply_wd": False}]
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor:
-    """Indices of the batch at ``step``: a fresh permutation per epoch, seeded by (seed, epoch)."""
+    """Indices of the batch at ``step``: a fresh permutation per epoch, seeded by (seed, epoch)
+    (computed once per epoch; a batch may straddle two epochs)."""
     pos = torch.arange(step * batch_size, (step + 1) * batch_size)
     epochs = pos // n
     out = torch.empty_like(pos)
-    for e in epochs.unique().tolist():
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + e))
+    for e in range(int(epochs[0]), int(epochs[-1]) + 1):
         sel = epochs == e
-        out[sel] = perm[pos[sel] % n]
+        out[sel] = _epoch_permutation(n, seed, e)[pos[sel] % n]
     return out
 
 
@@ -158,7 +164,7 @@ def train_step(run: Run, canvases: torch.Tensor | None, step: int, views: Views 
     fw.after_step(step)
 
     terms["loss"] = total
-    terms["sp_fallbacks"] = torch.tensor(float(views.fallbacks))
+    terms["sp_fallbacks"] = torch.as_tensor(views.fallbacks).float()  # read at log steps only
     for k, v in out.items():
         if k not in ("loss", "local_emb", "emb") and torch.is_tensor(v) and v.numel() == 1:
             terms[k] = v
@@ -251,10 +257,12 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
     for step in bar:
         idx = batch_indices(step, t["batch_size"], n, cfg["seed"])
         batch = canvases[idx.to(canvases.device)].to(device, non_blocking=True)
+        done = step + 1
+        logging_step = done % t["log_every"] == 0 or done == end
+        run.framework.collect_logs = logging_step
         terms = train_step(run, batch, step)
         bad |= ~torch.isfinite(terms["loss"].detach())
-        done = step + 1
-        if done % t["log_every"] == 0 or done == end:
+        if logging_step:
             values = {k: float(v.detach()) for k, v in terms.items() if k != "_emb" and v is not None}
             _check_finite(bad, step, values, ckpt_path)
             now = time.perf_counter()

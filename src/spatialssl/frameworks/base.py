@@ -31,6 +31,9 @@ class Framework(nn.Module):
 
     name: str = ""
     uses_local_views: bool = False
+    # the trainer sets this True on logging steps only: diagnostics that cost a pass over
+    # the outputs (e.g. DINO's teacher entropies) are computed then and skipped otherwise
+    collect_logs: bool = True
 
     def __init__(self, cfg: dict, backbone: Backbone, total_steps: int) -> None:
         super().__init__()

@@ -70,14 +70,14 @@ class DINO(Framework):
         s_all = torch.cat(s_emb)  # [G + L, B, D]
         s_out = self.head(s_all.flatten(0, 1)).view(g + l, s_all.shape[1], -1)  # [G + L, B, K]
         temp = float(self.teacher_temp[step])
-        with torch.no_grad():  # collapse indicators, before the loss updates the centre
-            p = torch.softmax((t_out.float() - self.criterion.center) / temp, dim=-1)
-            t_ent = entropy(p).mean()
-            t_mean_ent = entropy(p.mean(dim=(0, 1)))
+        out = {"emb": s_glob[0].detach(), "teacher_temp": torch.tensor(temp)}
+        if self.collect_logs:
+            with torch.no_grad():  # collapse indicators, before the loss updates the centre
+                p = torch.softmax((t_out.float() - self.criterion.center) / temp, dim=-1)
+                out["teacher_entropy"] = entropy(p).mean()
+                out["teacher_mean_entropy"] = entropy(p.mean(dim=(0, 1)))
         # the loss in fp32 (under bf16 autocast the heads' outputs are bf16)
-        loss = self.criterion(list(t_out.float().unbind(0)), list(s_out.float().unbind(0)), teacher_temp=temp)
-        out = {"loss": loss, "emb": s_glob[0].detach(), "teacher_entropy": t_ent,
-               "teacher_mean_entropy": t_mean_ent, "teacher_temp": torch.tensor(temp)}
+        out["loss"] = self.criterion(list(t_out.float().unbind(0)), list(s_out.float().unbind(0)), teacher_temp=temp)
         if s_loc is not None:
             out["local_emb"] = s_loc
         return out

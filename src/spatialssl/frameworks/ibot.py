@@ -154,12 +154,14 @@ class IBOT(Framework):
             s_emb.append(s_loc)
         s_out = self.head(torch.cat(s_emb))  # [G + L, B, K]
 
-        with torch.no_grad():  # collapse indicators, before the loss updates the centre
-            pt = torch.softmax((t_out.float() - self.criterion.center) / temp, dim=-1)
-            t_ent, t_mean_ent = entropy(pt).mean(), entropy(pt.mean(dim=(0, 1)))
+        out = {"emb": s_glob[0].detach(), "teacher_temp": torch.tensor(temp)}
+        if self.collect_logs:
+            with torch.no_grad():  # collapse indicators, before the loss updates the centre
+                pt = torch.softmax((t_out.float() - self.criterion.center) / temp, dim=-1)
+                out["teacher_entropy"] = entropy(pt).mean()
+                out["teacher_mean_entropy"] = entropy(pt.mean(dim=(0, 1)))
         cls_loss = self.criterion(list(t_out.unbind(0)), list(s_out.unbind(0)), teacher_temp=temp)
-        out = {"cls_loss": cls_loss.detach(), "emb": s_glob[0].detach(), "teacher_entropy": t_ent,
-               "teacher_mean_entropy": t_mean_ent, "teacher_temp": torch.tensor(temp)}
+        out["cls_loss"] = cls_loss.detach()
         loss = cls_loss
         if masks is not None:
             flat = masks.flatten(1)  # [G*B, N]
