@@ -13,8 +13,11 @@ updates).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
+from lightly.models.utils import deactivate_requires_grad
 
 from ..backbones import Backbone, create_backbone
 from ..views import Views
@@ -43,11 +46,8 @@ class Framework(nn.Module):
         self.total_steps = total_steps
 
     def new_backbone(self) -> Backbone:
-        """A fresh backbone of the same architecture, loaded with the student's weights
-        (for teachers / momentum encoders; ``copy.deepcopy`` breaks on weight_norm heads)."""
-        b = create_backbone(self.cfg["backbone"])
-        b.load_state_dict(self.backbone.state_dict())
-        return b.to(next(self.backbone.parameters()).device)
+        """A teacher / momentum backbone: same architecture, the student's weights, no gradients."""
+        return frozen_copy(lambda: create_backbone(self.cfg["backbone"]), self.backbone)
 
     def eval_backbone(self) -> Backbone:
         """The backbone to evaluate and export (the teacher for DINO-like methods)."""
@@ -62,6 +62,16 @@ class Framework(nn.Module):
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         """Called after the optimiser step (momentum updates)."""
+
+
+def frozen_copy(make: Callable[[], nn.Module], source: nn.Module) -> nn.Module:
+    """``make()`` loaded with ``source``'s weights, on its device, with gradients off: a
+    teacher or momentum copy. Built anew because ``copy.deepcopy`` fails on weight-normed
+    heads (lightly's DINOProjectionHead) on current torch."""
+    copy = make()
+    copy.load_state_dict(source.state_dict())
+    deactivate_requires_grad(copy)
+    return copy.to(next(source.parameters()).device)
 
 
 def encode(backbone: nn.Module, views: torch.Tensor) -> torch.Tensor:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.models.utils import update_momentum
 
 from ..backbones import Backbone
 from ..engine import schedules
 from ..views import Views
 from . import register
-from .base import Framework, encode
+from .base import Framework, encode, frozen_copy
 
 
 @register("byol")
@@ -39,10 +39,7 @@ class BYOL(Framework):
         self.projection_head = BYOLProjectionHead(d, hid, out)
         self.prediction_head = BYOLPredictionHead(out, hid, out)
         self.momentum_backbone = self.new_backbone()
-        self.momentum_projection_head = BYOLProjectionHead(d, hid, out)
-        self.momentum_projection_head.load_state_dict(self.projection_head.state_dict())
-        deactivate_requires_grad(self.momentum_backbone)
-        deactivate_requires_grad(self.momentum_projection_head)
+        self.momentum_projection_head = frozen_copy(lambda: BYOLProjectionHead(d, hid, out), self.projection_head)
         self.criterion = NegativeCosineSimilarity()
         self.momentum = schedules.cosine(f["momentum"], f["momentum_end"], total_steps)
 

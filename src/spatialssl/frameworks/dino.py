@@ -20,12 +20,12 @@ from __future__ import annotations
 import torch
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.models.utils import update_momentum
 
 from ..engine import schedules
 from ..views import Views
 from . import register
-from .base import Framework, encode, entropy
+from .base import Framework, encode, entropy, frozen_copy
 
 
 def make_dino_heads(in_dim: int, f: dict) -> tuple[DINOProjectionHead, DINOProjectionHead]:
@@ -34,10 +34,7 @@ def make_dino_heads(in_dim: int, f: dict) -> tuple[DINOProjectionHead, DINOProje
               output_dim=f["out_dim"], norm_last_layer=f["norm_last_layer"],
               batch_norm=f.get("head_batch_norm", False))
     student = DINOProjectionHead(freeze_last_layer=f["freeze_last_layer_steps"], **kw)
-    teacher = DINOProjectionHead(**kw)
-    teacher.load_state_dict(student.state_dict())
-    deactivate_requires_grad(teacher)
-    return student, teacher
+    return student, frozen_copy(lambda: DINOProjectionHead(**kw), student)
 
 
 @register("dino")
@@ -49,7 +46,6 @@ class DINO(Framework):
         f = self.fcfg
         self.head, self.teacher_head = make_dino_heads(backbone.embed_dim, f)
         self.teacher_backbone = self.new_backbone()
-        deactivate_requires_grad(self.teacher_backbone)
         self.criterion = DINOLoss(output_dim=f["out_dim"], teacher_temp=f["teacher_temp"],
                                   student_temp=f["student_temp"], center_momentum=f["center_momentum"])
         warm = int(f["warmup_teacher_temp_frac"] * total_steps)

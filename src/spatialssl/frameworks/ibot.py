@@ -28,7 +28,7 @@ import random
 import torch
 import torch.nn as nn
 from lightly.loss import DINOLoss, IBOTPatchLoss
-from lightly.models.utils import deactivate_requires_grad, random_block_mask, update_momentum
+from lightly.models.utils import random_block_mask, update_momentum
 from lightly.utils import dist
 
 from ..backbones import Backbone
@@ -115,7 +115,6 @@ class IBOT(Framework):
             self.patch_head, self.teacher_patch_head = make_dino_heads(d, {**f, "out_dim": patch_dim})
         self.mask_token = nn.Parameter(torch.zeros(d))  # iBOT initialises it to zero
         self.teacher_backbone = self.new_backbone()
-        deactivate_requires_grad(self.teacher_backbone)
         self.criterion = DINOLoss(output_dim=f["out_dim"], teacher_temp=f["teacher_temp"],
                                   student_temp=f["student_temp"], center_momentum=f["center_momentum"])
         self.patch_criterion = IBOTPatchLoss(output_dim=patch_dim, teacher_temp=f["teacher_temp"],

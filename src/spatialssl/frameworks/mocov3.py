@@ -23,14 +23,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightly.models.modules import BYOLPredictionHead, MoCoProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.models.utils import update_momentum
 from lightly.utils import dist
 
 from ..backbones import Backbone
 from ..engine import schedules
 from ..views import Views
 from . import register
-from .base import Framework, encode
+from .base import Framework, encode, frozen_copy
 
 
 def contrastive_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -70,10 +70,7 @@ class MoCoV3(Framework):
         self.projection_head = MoCoProjectionHead(d, hid, out, num_layers=3, batch_norm=True)
         self.prediction_head = BYOLPredictionHead(out, hid, out)
         self.momentum_backbone = self.new_backbone()
-        self.momentum_projection_head = MoCoProjectionHead(d, hid, out, num_layers=3, batch_norm=True)
-        self.momentum_projection_head.load_state_dict(self.projection_head.state_dict())
-        deactivate_requires_grad(self.momentum_backbone)
-        deactivate_requires_grad(self.momentum_projection_head)
+        self.momentum_projection_head = frozen_copy(lambda: MoCoProjectionHead(d, hid, out, num_layers=3, batch_norm=True), self.projection_head)
         self.temperature = f["temperature"]
         self.momentum = schedules.cosine(f["momentum"], f["momentum_end"], total_steps)
 
