@@ -85,6 +85,10 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
 
 
+_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_FROM_YIQ = torch.linalg.inv(_TO_YIQ)
+
+
 def color_jitter(x: torch.Tensor, p: float, strength: list[float], g, ) -> torch.Tensor:
     """Batched brightness, contrast, saturation, hue jitter on [B, 3, H, W] in [0, 1].
 
@@ -106,9 +110,8 @@ def color_jitter(x: torch.Tensor, p: float, strength: list[float], g, ) -> torch
     gray = _gray(y)
     y = (gray + f_s.view(b, 1, 1, 1) * (y - gray)).clamp(0, 1)
     # hue: rotate the chroma (I, Q) plane by 2*pi*f_h
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                          device=dev, dtype=x.dtype)
-    from_yiq = torch.linalg.inv(to_yiq)
+    to_yiq = _TO_YIQ.to(dev, x.dtype)
+    from_yiq = _FROM_YIQ.to(dev, x.dtype)
     theta = 2 * torch.pi * f_h
     cos, sin = torch.cos(theta), torch.sin(theta)
     rot = torch.zeros(b, 3, 3, device=dev, dtype=x.dtype)

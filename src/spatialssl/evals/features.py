@@ -147,9 +147,11 @@ def context_from_checkpoint(path: str | Path, overrides: dict | None = None, dev
     """Rebuild the (frozen) evaluation backbone from a checkpoint."""
     state = load_checkpoint(path)
     cfg = copy.deepcopy(state["config"])
-    if overrides:
-        for section, values in overrides.items():
-            cfg[section].update(values) if isinstance(values, dict) else cfg.__setitem__(section, values)
+    for section, values in (overrides or {}).items():
+        if isinstance(values, dict):
+            cfg[section].update(values)
+        else:
+            cfg[section] = values
     backbone = create_backbone(cfg["backbone"])
     backbone.load_state_dict(state["backbone"])
     run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
