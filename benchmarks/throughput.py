@@ -9,14 +9,22 @@ GPU setting (default on CUDA): ViT-S/16, 2x224 + 6x96 views, batch 128, bf16 aut
 torch.compile, fused AdamW, 256 px canvases. CPU setting (``--small`` or no GPU): a tiny
 ViT at 32/16 px, batch 32.
 
+With ``--peer PATH`` (``../shared/bench/peer_dino_step.py``, copied where the GPU run can
+read it), the reference DINO steps (lightly's loss and head, bf16, and bf16 +
+torch.compile of the backbones) are measured first in a subprocess on the same card, and
+the table gains a column: our model-only img/s over the peer's best.
+
 Usage:
     python benchmarks/throughput.py [--framework dino] [--small] [--steps 20] [--no-compile]
+                                    [--compile] [--peer PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +43,8 @@ def settings(framework: str, small: bool, compile_: bool, batch: int | None) -> 
     if small:
         ov += ["backbone.name=vit_tiny", "backbone.patch_size=8", "backbone.img_size=32", "views.global_size=32",
                "views.local_size=16", f"train.batch_size={batch or 32}", "framework.out_dim=4096",
-               "framework.hidden_dim=512", "framework.patch_out_dim=4096", "views.local_scale=[0.05,0.25]"]
+               "framework.hidden_dim=512", "framework.patch_out_dim=4096", "views.local_scale=[0.05,0.25]",
+               f"train.compile={str(compile_).lower()}"]
     else:
         ov += ["backbone.name=vit_small", "backbone.patch_size=16", "backbone.img_size=224", "views.global_size=224",
                "views.local_size=96", f"train.batch_size={batch or 128}", f"train.compile={str(compile_).lower()}",
@@ -79,6 +88,24 @@ def bench(framework: str, sp: bool, small: bool, compile_: bool, steps: int, bat
     return out
 
 
+def peer_rates(path: str, batch: int, steps: int, small: bool) -> dict[str, float]:
+    """img/s of the reference DINO steps (``model bf16``, ``model compile``, ...), measured by
+    ``peer_dino_step.py`` in a subprocess (fp32 styles and augmentation benches skipped)."""
+    cmd = [sys.executable, path, "--batch", str(batch), "--steps", str(steps), "--skip", "peer,grouped,cpuaug,gpuaug"]
+    if small:
+        cmd.append("--small")
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    print(res.stdout[-2000:], res.stderr[-2000:] if res.returncode else "", flush=True)
+    if res.returncode:
+        raise SystemExit(f"peer benchmark {path} failed with exit code {res.returncode}")
+    rates = {}
+    for line in res.stdout.splitlines():
+        m = re.match(r"model (\w+) \|\s+([\d.]+) img/s", line)
+        if m:
+            rates[m.group(1)] = float(m.group(2))
+    return rates
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--framework", default="dino")
@@ -86,6 +113,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile in the small setting too")
+    p.add_argument("--peer", default="", help="path of peer_dino_step.py: measure it first, report the ratio")
     a = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     small = a.small or device.type == "cpu"
@@ -93,18 +122,26 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    compile_ = a.compile or (not small and not a.no_compile)
+    peer = peer_rates(a.peer, a.batch or 128, a.steps, small) if a.peer else {}
+    ref_style = "compile" if "compile" in peer else "bf16"
     rows = []
     for fw in a.framework.split(","):
-        res = {sp: bench(fw, sp, small, not a.no_compile, a.steps, a.batch, device) for sp in (False, True)}
+        res = {sp: bench(fw, sp, small, compile_, a.steps, a.batch, device) for sp in (False, True)}
         for mode in ("model", "e2e"):
             base, with_sp = res[False][mode], res[True][mode]
             rows.append((fw, mode, res[False]["views"], res[True]["views"], base, with_sp, 100 * (base / with_sp - 1)))
     print(f"\nthroughput on {name}, torch {torch.__version__}, {'small CPU setting' if small else 'ViT-S/16 bf16'}"
-          f"{'' if small or a.no_compile else ' + torch.compile'}")
-    print(f"| framework | measure | views (off) | views (+SP) | img/s | img/s + SP | SP overhead |")
-    print("|---|---|---|---|---:|---:|---:|")
+          f"{' + torch.compile' if compile_ else ''}")
+    if peer:
+        print("peer (peer_dino_step.py, model only, same card): "
+              + ", ".join(f"{k} {v:,.0f} img/s" for k, v in peer.items()) + f"; ratio column: ours / peer {ref_style}")
+    print(f"| framework | measure | views (off) | views (+SP) | img/s | img/s + SP | SP overhead |"
+          + (" ours / peer | ours + SP / peer |" if peer else ""))
+    print("|---|---|---|---|---:|---:|---:|" + ("---:|---:|" if peer else ""))
     for fw, mode, v0, v1, base, with_sp, ovh in rows:
-        print(f"| {fw} | {mode} | {v0} | {v1} | {base:,.0f} | {with_sp:,.0f} | {ovh:+.1f}% |")
+        ratio = f" {base / peer[ref_style]:.2f} | {with_sp / peer[ref_style]:.2f} |" if peer else ""
+        print(f"| {fw} | {mode} | {v0} | {v1} | {base:,.0f} | {with_sp:,.0f} | {ovh:+.1f}% |{ratio}")
 
 
 if __name__ == "__main__":

@@ -120,9 +120,12 @@ def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device) -> Run:
     lr = schedules.cosine(peak, t["min_lr"], steps, t["warmup_steps"])
     wd = schedules.cosine(t["weight_decay"], t["weight_decay_end"], steps)
     if t["compile"]:
+        # backbones only (student and teacher): heads, losses and SP stay eager. Static
+        # shapes: each view size (global, local) gets its own graph instead of one
+        # dynamic-shape graph after the second size is seen
         for m in framework.modules():
             if m.__class__.__name__ == "Backbone":
-                m.compile()
+                m.compile(dynamic=False)
     return Run(cfg, device, framework, sp, multicrop, optimizer, lr, wd)
 
 
