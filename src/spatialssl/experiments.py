@@ -124,13 +124,16 @@ def compare(frameworks: list[str], budget: str, out: Path, tasks: str, overrides
     """Each framework with and without SP under one seed and budget; one report.
 
     Settings: the framework's preset (heads, temperatures, momentum), then the demo's
-    data, backbone, views and optimiser (configs/demo.yaml), then the budget.
+    data, backbone, views and optimiser (configs/demo.yaml, or configs/demo_<framework>.yaml
+    where one exists), then the budget.
     """
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget '{budget}' (known: {', '.join(BUDGETS)})")
     dirs: list[Path] = []
     for fw in frameworks:
-        presets = ([fw] if (config_mod.CONFIG_DIR / f"{fw}.yaml").exists() else []) + ["demo"]
+        # the demo's settings, or the framework's own variant of them (demo_dino.yaml)
+        demo = f"demo_{fw}" if (config_mod.CONFIG_DIR / f"demo_{fw}.yaml").exists() else "demo"
+        presets = ([fw] if (config_mod.CONFIG_DIR / f"{fw}.yaml").exists() else []) + [demo]
         ov = [f"framework.name={fw}", *VIT_ONLY.get(fw, []), *BUDGETS[budget], *(overrides or [])]
         dirs += run_pair(fw, presets, ov, out, tasks, DEMO_EVAL + _eval_only(overrides or []))
     _report(dirs, out, f"spatialssl compare ({budget} budget)")
