@@ -215,3 +215,15 @@ def test_cuda_matches_cpu():
     assert (a.images.int() - b.images.int()).abs().float().mean() < 1.0
     near = a.depth < cfg.far
     assert ((a.depth - b.depth)[near].abs() < 1e-2).float().mean() > 0.99
+
+
+def test_cache_key_follows_the_generator_source(monkeypatch):
+    """An edit to partsworld.py changes the cache key: no stale images from an older generator."""
+    import hashlib
+
+    src_hash = hashlib.sha256(open(pw.__file__, "rb").read()).hexdigest()[:12]
+    assert src_hash in pw.GENERATOR_VERSION
+    cfg = pw.PartsWorldConfig(size=16, n_train=4)
+    before = cfg.key()
+    monkeypatch.setattr(pw, "GENERATOR_VERSION", "partsworld-3+edited")
+    assert cfg.key() != before

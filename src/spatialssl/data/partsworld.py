@@ -57,7 +57,10 @@ from .canvases import CanvasSet
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "partsworld-3"
+# the cache key covers this file's own bytes too, so an edit to the generator (shapes,
+# colours, camera, labels) is never served images cached by an older version of it
+_SOURCE_HASH = hashlib.sha256(open(__file__, "rb").read()).hexdigest()[:12]
+GENERATOR_VERSION = f"partsworld-3+{_SOURCE_HASH}"
 SPLITS = ("train", "val", "test", "ood")
 _SPLIT_ID = {s: i for i, s in enumerate(SPLITS)}
 
