@@ -38,6 +38,16 @@ def test_metrics_written_deterministic_and_spread_over_seeds(tiny_run):
     assert rec["std"]["r2_dx"] > 0  # probe seeds differ
 
 
+def test_out_dir_keeps_the_checkpoint_folder_untouched(tiny_run, tmp_path):
+    """Evaluating a checkpoint elsewhere (--out: e.g. a released one) writes metrics and the
+    feature cache there, and nothing next to the checkpoint."""
+    before = sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*"))
+    evaluate(tiny_run / "checkpoint.pt", "knn", out_dir=tmp_path / "ev", overrides=EV, progress=False)
+    assert (tmp_path / "ev" / "metrics" / "knn.json").exists()
+    assert list((tmp_path / "ev" / "features").glob("*.pt"))
+    assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before
+
+
 def test_unknown_task_is_named():
     with pytest.raises(ValueError, match="unknown eval task 'knnn'"):
         parse_tasks("knn,knnn")

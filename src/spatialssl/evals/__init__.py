@@ -75,11 +75,13 @@ def _aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
 def evaluate(checkpoint: str | Path, tasks: str | list[str], seeds: int = 1, out_dir: str | Path | None = None,
              overrides: dict | None = None, device: str = "cpu", progress: bool = True) -> dict[str, dict]:
     """Run ``tasks`` on a checkpoint; write ``metrics/<task>.json`` under ``out_dir``
-    (default: the checkpoint's run directory). Returns {task: mean values}."""
+    (default: the checkpoint's run directory), with the feature cache in ``out_dir/features``
+    (a checkpoint evaluated elsewhere, e.g. a released one, is left as it was).
+    Returns {task: mean values}."""
     ckpt = Path(checkpoint)
     out_dir = Path(out_dir) if out_dir else (ckpt if ckpt.is_dir() else ckpt.parent)
     names = parse_tasks(tasks)
-    base = context_from_checkpoint(ckpt, overrides, device, seed=0, progress=progress)
+    base = context_from_checkpoint(ckpt, overrides, device, seed=0, progress=progress, cache_dir=out_dir / "features")
     results: dict[str, dict] = {}
     for task in tqdm(names, desc="eval", disable=not progress):
         per_seed = []

@@ -143,8 +143,9 @@ class EvalContext:
 
 
 def context_from_checkpoint(path: str | Path, overrides: dict | None = None, device: str = "cpu",
-                            seed: int = 0, progress: bool = True) -> EvalContext:
-    """Rebuild the (frozen) evaluation backbone from a checkpoint."""
+                            seed: int = 0, progress: bool = True, cache_dir: Path | None = None) -> EvalContext:
+    """Rebuild the (frozen) evaluation backbone from a checkpoint; features are cached in
+    ``cache_dir`` (default: ``<run>/features``)."""
     state = load_checkpoint(path)
     cfg = copy.deepcopy(state["config"])
     for section, values in (overrides or {}).items():
@@ -155,7 +156,7 @@ def context_from_checkpoint(path: str | Path, overrides: dict | None = None, dev
     backbone = create_backbone(cfg["backbone"])
     backbone.load_state_dict(state["backbone"])
     run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
-    return EvalContext(cfg, backbone, checkpoint_hash(path), device, run_dir / "features", seed, progress)
+    return EvalContext(cfg, backbone, checkpoint_hash(path), device, cache_dir or run_dir / "features", seed, progress)
 
 
 def write_metrics(out_dir: Path, task: str, values: dict, ctx: EvalContext, extra: dict | None = None) -> Path:

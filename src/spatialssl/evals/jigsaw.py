@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from .features import EvalContext, extract
-from .probes import accuracy
+from .probes import accuracy, feature_stats
 from .robustness import linear_probe
 from .segmentation import example_index, save_examples
 
@@ -119,7 +119,7 @@ def solve(ctx: EvalContext, backbone, tr_tiles: torch.Tensor, te_tiles: torch.Te
     """
     e = ctx.ecfg
     z_tr, z_te = embed_tiles(ctx, backbone, tr_tiles), embed_tiles(ctx, backbone, te_tiles)
-    mean, std = z_tr.mean((0, 1)), z_tr.std((0, 1)).clamp(min=1e-6)
+    mean, std = feature_stats(z_tr, (0, 1))
     x_tr, x_te = probe_inputs((z_tr - mean) / std), probe_inputs((z_te - mean) / std)
     probe = fit_probe(x_tr, e["jigsaw_hidden"], e["jigsaw_epochs"], ctx.seed)
     x_sh = x_te[torch.arange(len(perm))[:, None], perm]  # shuffled order: position j holds tile perm[j]

@@ -7,7 +7,7 @@ probe-train split held out (never on test), then refit on the whole probe-train 
 from __future__ import annotations
 
 from .features import EvalContext
-from .probes import accuracy, train_linear
+from .probes import accuracy, feature_stats, train_linear
 
 
 def fit(ctx: EvalContext, labels: str = "labels"):
@@ -18,7 +18,7 @@ def fit(ctx: EvalContext, labels: str = "labels"):
     if y_tr is None:
         raise ValueError(f"linear probe needs {labels} on split {e['split_train']}")
     f_tr, _ = ctx.features(e["split_train"])
-    mean, std = f_tr.mean(0, keepdim=True), f_tr.std(0, keepdim=True).clamp(min=1e-6)
+    mean, std = feature_stats(f_tr, 0)
     n_cls = int(y_tr.max()) + 1
     head, info = train_linear((f_tr - mean) / std, y_tr, n_cls, e["linear_lr"], e["linear_epochs"], seed=ctx.seed)
     return head, (lambda f: (f - mean) / std), n_cls, info

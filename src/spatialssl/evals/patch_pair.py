@@ -21,6 +21,7 @@ from .. import geometry
 from ..sp import COMPONENTS, r2_score
 from ..views import cut, normalize
 from .features import EvalContext
+from .probes import feature_stats
 
 
 def make_pairs(images: torch.Tensor, pairs_per_image: int, scale: tuple[float, float], crop: int,
@@ -88,7 +89,7 @@ def probe_backbone(ctx: EvalContext, backbone) -> dict:
     za, zb = _embed(backbone, ca, ctx.device), _embed(backbone, cb, ctx.device)
     # standardise embeddings and targets by probe-train statistics
     half = (len(images) // 2) * e["pp_pairs_per_image"]
-    mean, std = torch.cat([za[:half], zb[:half]]).mean(0), torch.cat([za[:half], zb[:half]]).std(0).clamp(min=1e-6)
+    mean, std = feature_stats(torch.cat([za[:half], zb[:half]]), 0)
     za, zb = (za - mean) / std, (zb - mean) / std
     t_std = t[:half].std(0).clamp(min=1e-6)
     ts = t / t_std  # no centring: signs stay meaningful

@@ -11,6 +11,19 @@ import torch
 import torch.nn.functional as F
 
 
+def feature_stats(x: torch.Tensor, dim: int | tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and scale (std) of probe-train features over ``dim`` (kept), for ``(x - mean) / scale``.
+
+    Features that are (nearly) constant on probe-train get an infinite scale, so they
+    standardise to 0 on every split: a random-init CNN has dead ReLU units that are 0 on
+    every probe-train image but not on every test image, and dividing those by a clamped
+    ~0 std made test inputs of 1e3-1e4 (a patch-pair floor of R^2 = -6 on one seed).
+    """
+    mean, std = x.mean(dim, keepdim=True), x.std(dim, keepdim=True)
+    dead = std <= 1e-4 * std.median() + 1e-12
+    return mean, torch.where(dead, torch.full_like(std, float("inf")), std)
+
+
 def knn_predict(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, num_classes: int,
                 k: int = 20, t: float = 0.07, chunk: int = 1024) -> torch.Tensor:
     """Weighted k-NN (DINO's protocol) on L2-normalised features; returns labels [M]."""

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..data.canvases import CanvasSet
 from .features import EvalContext
+from .probes import feature_stats
 
 SEG_TARGETS = ("semantic", "parts")
 
@@ -108,8 +109,7 @@ def fit_dense(feats: torch.Tensor, target: torch.Tensor, out_ch: int,
     """
     g = torch.Generator().manual_seed(seed)
     d = feats.shape[1]
-    mean = feats.mean((0, 2, 3), keepdim=True)
-    std = feats.std((0, 2, 3), keepdim=True).clamp(min=1e-6)
+    mean, std = feature_stats(feats, (0, 2, 3))
     head = nn.Conv2d(d, out_ch, 1)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
