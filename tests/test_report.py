@@ -60,6 +60,17 @@ def test_pairs_and_differences(tmp_path):
     assert rmse[3] == "-0.100 ✓"  # lower is better
 
 
+def test_marks_respect_probe_spread_over_seeds(tmp_path):
+    """With several evaluation seeds, a difference within 2 combined stds is marked ≈, not ✓."""
+    runs = [report.read_run(fake_run(tmp_path, n, sp, seeds=3, offset=o)) for n, sp, o in
+            [("dino", False, 0.0), ("dino_sp", True, 0.02)]]  # std 0.01 each: 2 x 0.014 > 0.02
+    _, rows = report.table_rows(runs)
+    lin = next(r for r in rows if r[0].startswith("linear top-1"))
+    assert lin[1:4] == ["0.500 ± 0.010", "0.520 ± 0.010", "+0.020 ≈"]
+    assert report._diff(0.5, 0.6, 1, 0.01, 0.01) == "+0.100 ✓"
+    assert report._diff(0.5, 0.4, 1, 0.01, 0.01) == "-0.100 ✗"
+
+
 def test_write_report(tmp_path):
     dirs = [fake_run(tmp_path, "dino", False, seeds=3), fake_run(tmp_path, "dino_sp", True, seeds=3, offset=0.05)]
     md = report.write_report(dirs, tmp_path / "out", "test report")

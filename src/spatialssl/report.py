@@ -150,10 +150,14 @@ def _fmt(v: float | None, s: float | None = None) -> str:
     return f"{text} ± {s:.3f}" if s is not None else text
 
 
-def _diff(a: float | None, b: float | None, sign: int) -> str:
+def _diff(a: float | None, b: float | None, sign: int, sa: float | None = None, sb: float | None = None) -> str:
+    """SP minus baseline, marked ✓ (SP better) or ✗; with probe stds of both runs (several
+    evaluation seeds), marked only beyond 2 combined stds and ≈ within them."""
     if a is None or b is None:
         return "–"
     d = b - a
+    if sa is not None and sb is not None and abs(d) <= 2 * math.hypot(sa, sb):
+        return f"{d:+.3f} ≈"
     mark = "" if abs(d) < 5e-4 else (" ✓" if d * sign > 0 else " ✗")
     return f"{d:+.3f}{mark}"
 
@@ -177,7 +181,7 @@ def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = N
                 continue
             b, sb = sp.value(task, key)
             seen |= b is not None
-            cells += [_fmt(a, sa), _fmt(b, sb), _diff(a, b, sign)]
+            cells += [_fmt(a, sa), _fmt(b, sb), _diff(a, b, sign, sa, sb)]
         if seen:
             out.append(cells)
     return header, out
@@ -440,7 +444,9 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
     runs_rows = [[r.label, r.framework, "yes" if r.sp else "no", str(r.config.get("train", {}).get("steps", "?")),
                   str(r.config.get("backbone", {}).get("name", "?")), str(r.path)] for r in runs]
     note = ("Δ = (+ SP) − baseline; ✓ where SP is better (↑: higher is better, ↓: lower is better). "
-            "± is the standard deviation over evaluation seeds when more than one ran. "
+            "± is the standard deviation over evaluation seeds when more than one ran; then ✓ / ✗ "
+            "only where |Δ| exceeds twice the combined std, ≈ within it. With one seed a mark is the "
+            "sign of Δ, not a significance test (nor does any mark cover pretraining-seed spread). "
             "See docs/evaluations.md for what each number means.")
 
     md = [f"# {title}", "", "## Runs", "", _markdown(runs_header, runs_rows), "", "## Summary", "", note, "",
