@@ -72,3 +72,24 @@ def test_batch_indices_are_epoch_permutations():
     idx = torch.cat([batch_indices(s, 8, 20, seed=0) for s in range(5)])  # 40 = 2 epochs
     assert sorted(idx[:20].tolist()) == list(range(20)) and sorted(idx[20:].tolist()) == list(range(20))
     assert torch.equal(batch_indices(3, 8, 20, 0), batch_indices(3, 8, 20, 0))
+
+
+def test_uniform_collapse_warning_names_the_fix(caplog):
+    """A teacher at maximum entropy is reported, with the setting that keeps DINO off it."""
+    import logging
+    import math
+    from types import SimpleNamespace
+
+    from spatialssl.engine.trainer import _collapse_logs
+
+    cfg = config.resolve(["demo"], ["framework.name=dino"])
+    k = cfg["framework"]["out_dim"]
+    values = {"teacher_entropy": math.log(k) - 0.01, "teacher_mean_entropy": math.log(k)}
+    with caplog.at_level(logging.WARNING, logger="spatialssl"):
+        _collapse_logs(SimpleNamespace(cfg=cfg), {}, values)
+    assert "at its maximum" in caplog.text and "head_batch_norm=true" in caplog.text
+    caplog.clear()
+    values["teacher_entropy"] = 0.5 * math.log(k)
+    with caplog.at_level(logging.WARNING, logger="spatialssl"):
+        _collapse_logs(SimpleNamespace(cfg=cfg), {}, values)
+    assert "at its maximum" not in caplog.text

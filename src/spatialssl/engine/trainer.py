@@ -203,7 +203,9 @@ def _collapse_logs(run: Run, terms: dict, values: dict) -> None:
                         "(few prototypes in use)", values["teacher_mean_entropy"], max_ent)
         if values.get("teacher_entropy", 0.0) > 0.98 * max_ent:
             log.warning("collapse warning: per-sample teacher entropy %.2f nats is at its maximum %.2f "
-                        "(uniform outputs: the DINO loss gives no signal)", values["teacher_entropy"], max_ent)
+                        "(uniform outputs: the DINO loss gives no signal)%s", values["teacher_entropy"], max_ent,
+                        "" if run.cfg["framework"]["head_batch_norm"] else
+                        "; on small CNNs framework.head_batch_norm=true keeps DINO off this (configs/demo_dino.yaml)")
 
 
 def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data: CanvasSet | None = None) -> Path:
