@@ -28,7 +28,7 @@ from ..frameworks import create_framework
 from ..frameworks.base import Framework, encode
 from ..sp import SpatialPrediction
 from ..views import MultiCrop, Views
-from . import checkpoint, schedules
+from . import checkpoint, distributed, schedules
 from .monitor import RunLog, embedding_std, log, rankme
 
 
@@ -73,8 +73,15 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor
     return out
 
 
-def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device).manual_seed(seed * 1_000_003 + 7919 * step + 1)
+def local_batch_indices(step: int, batch_size: int, n: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This process's slice of the global batch at ``step`` (all of it with one process)."""
+    idx = batch_indices(step, batch_size, n, seed)
+    return idx if world == 1 else idx.view(world, -1)[rank]
+
+
+def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) -> torch.Generator:
+    """The views' randomness at ``step`` (each process cuts different views)."""
+    return torch.Generator(device).manual_seed(seed * 1_000_003 + 7919 * step + 1 + rank * 1_000_000_007)
 
 
 class Run:
@@ -87,6 +94,7 @@ class Run:
         precision = cfg["train"]["precision"]
         self.bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
         self.sp_weight = cfg["sp"]["weight"] if sp is not None else 0.0
+        self.rank, self.world = 0, 1  # data-parallel position (engine/distributed.py)
 
     def autocast(self):
         if not self.bf16:
@@ -143,7 +151,7 @@ def train_step(run: Run, canvases: torch.Tensor | None, step: int, views: Views 
             group["weight_decay"] = float(run.wd[step])
 
     if views is None:
-        views = run.multicrop(canvases, step_generator(cfg["seed"], step, run.device))
+        views = run.multicrop(canvases, step_generator(cfg["seed"], step, run.device, run.rank))
     with run.autocast():
         out = fw(views, step)
         terms = {"loss_fw": out["loss"]}
@@ -158,6 +166,8 @@ def train_step(run: Run, canvases: torch.Tensor | None, step: int, views: Views 
 
     run.optimizer.zero_grad(set_to_none=True)
     total.backward()
+    if run.world > 1:
+        distributed.all_reduce_grads([p for m in run.modules() for p in m.parameters()], run.world)
     fw.after_backward(step)
     clip = cfg["train"]["clip_grad"]
     if clip > 0:
@@ -218,16 +228,28 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
             interruption would; for tests and time-boxed runs.
         data: the train split, if already loaded (default: ``load_split(cfg["data"], "train")``).
     """
-    # --- set-up: output, device, data ---
+    # --- set-up: processes, output, device, data ---
     t = cfg["train"]
+    rank, world, local_rank = distributed.init(cfg["device"])
+    main = rank == 0  # only rank 0 writes the run directory
+    if t["batch_size"] % world:
+        raise config_mod.ConfigError(f"config key 'train.batch_size' ({t['batch_size']}) is the global batch: it "
+                                     f"must be divisible by the number of processes ({world})")
     out = Path(cfg["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    config_mod.save(cfg, out / "config.yaml")
+    if main:
+        config_mod.save(cfg, out / "config.yaml")
     device = pick_device(cfg)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
     if t["num_threads"]:
         torch.set_num_threads(t["num_threads"])
     if data is None:
-        data = load_split(cfg["data"], "train", progress=t["progress"])
+        if not main:
+            distributed.barrier(world)  # rank 0 renders / caches the data first
+        data = load_split(cfg["data"], "train", progress=t["progress"] and main)
+        if main:
+            distributed.barrier(world)
     canvases = data.images.to(device) if device.type == "cuda" and data.images.numel() < 2**31 else data.images
     n = len(data)
     if n < t["batch_size"]:
@@ -235,6 +257,7 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
 
     # --- model, optimiser, schedules ---
     run = build(cfg, data.size, device)
+    run.rank, run.world = rank, world
 
     # --- resume ---
     start = 0
@@ -246,21 +269,26 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
             run.sp.load_state_dict(state["sp"])
         run.optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-        _truncate_jsonl(out / "metrics.jsonl", start)
-        log.info("resumed from %s at step %d", ckpt_path, start)
-    runlog = RunLog(out)
+        if main:
+            _truncate_jsonl(out / "metrics.jsonl", start)
+            log.info("resumed from %s at step %d", ckpt_path, start)
+    distributed.barrier(world)  # every rank has read the checkpoint before rank 0 may write one
+    runlog = RunLog(out) if main else None
     log.info("pretrain %s: framework=%s sp=%s backbone=%s steps=%d batch=%d device=%s bf16=%s data=%s (%d imgs %dx%d)",
              cfg["name"], cfg["framework"]["name"], cfg["sp"]["enabled"], cfg["backbone"]["name"], t["steps"],
              t["batch_size"], device, run.bf16, cfg["data"]["name"], n, *data.size)
+    if world > 1:
+        log.info("rank %d of %d processes: %d images of each batch of %d", rank, world, t["batch_size"] // world,
+                 t["batch_size"])
 
     # --- loop ---
     end = t["steps"] if stop_after is None else min(t["steps"], start + stop_after)
-    bar = tqdm(range(start, end), initial=start, total=t["steps"], desc=cfg["name"], disable=not t["progress"],
-               dynamic_ncols=True)
+    bar = tqdm(range(start, end), initial=start, total=t["steps"], desc=cfg["name"],
+               disable=not (t["progress"] and main), dynamic_ncols=True)
     bad = torch.zeros((), dtype=torch.bool, device=device)
     t0, last_step = time.perf_counter(), start
     for step in bar:
-        idx = batch_indices(step, t["batch_size"], n, cfg["seed"])
+        idx = local_batch_indices(step, t["batch_size"], n, cfg["seed"], rank, world)
         batch = canvases[idx.to(canvases.device)].to(device, non_blocking=True)
         done = step + 1
         logging_step = done % t["log_every"] == 0 or done == end
@@ -274,20 +302,24 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
             values["img_per_s"] = (done - last_step) * t["batch_size"] / max(now - t0, 1e-9)
             values["lr"] = float(run.lr[step])
             t0, last_step = now, done
-            if done % t["collapse_every"] == 0 or done == end:
-                _collapse_logs(run, terms, values)
-            runlog.scalars(done, values)
-            log.info("step %d/%d %s", done, t["steps"],
-                     " ".join(f"{k} {v:.4g}" for k, v in values.items() if k in _SHOWN))
-            bar.set_postfix({k: f"{values[k]:.3g}" for k in ("loss_fw", "loss_sp") if k in values})
+            if main:
+                if done % t["collapse_every"] == 0 or done == end:
+                    _collapse_logs(run, terms, values)
+                runlog.scalars(done, values)
+                log.info("step %d/%d %s", done, t["steps"],
+                         " ".join(f"{k} {v:.4g}" for k, v in values.items() if k in _SHOWN))
+                bar.set_postfix({k: f"{values[k]:.3g}" for k in ("loss_fw", "loss_sp") if k in values})
         if done % t["checkpoint_every"] == 0 or done == end:
             _check_finite(bad, step, {}, ckpt_path)
-            checkpoint.save_atomic(_state(run, done), ckpt_path)
+            if main:
+                checkpoint.save_atomic(_state(run, done), ckpt_path)
     bar.close()
-    if end == t["steps"]:
+    if end == t["steps"] and main:
         export_timm_state_dict(run.framework.eval_backbone(), str(out / "backbone.safetensors"))
         log.info("done: %s", out)
-    runlog.close()
+    if main:
+        runlog.close()
+    distributed.barrier(world)  # no rank leaves (and may read the run) before rank 0 has written it
     return out
 
 
