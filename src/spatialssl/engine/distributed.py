@@ -43,6 +43,16 @@ def barrier(world: int) -> None:
         dist.barrier()
 
 
+def any_rank(flag: torch.Tensor, world: int) -> torch.Tensor:
+    """``flag`` (a bool tensor) true on any process: every rank stops together on a
+    non-finite loss instead of one waiting in a collective for a rank that stopped."""
+    if world <= 1:
+        return flag
+    x = flag.float()
+    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x > 0
+
+
 def all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
     """Average the gradients over processes, in one flat all-reduce.
 

@@ -297,7 +297,7 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
         bad |= ~torch.isfinite(terms["loss"].detach())
         if logging_step:
             values = {k: float(v.detach()) for k, v in terms.items() if k != "_emb" and v is not None}
-            _check_finite(bad, step, values, ckpt_path)
+            _check_finite(distributed.any_rank(bad, world), step, values, ckpt_path)
             now = time.perf_counter()
             values["img_per_s"] = (done - last_step) * t["batch_size"] / max(now - t0, 1e-9)
             values["lr"] = float(run.lr[step])
@@ -310,7 +310,7 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
                          " ".join(f"{k} {v:.4g}" for k, v in values.items() if k in _SHOWN))
                 bar.set_postfix({k: f"{values[k]:.3g}" for k in ("loss_fw", "loss_sp") if k in values})
         if done % t["checkpoint_every"] == 0 or done == end:
-            _check_finite(bad, step, {}, ckpt_path)
+            _check_finite(distributed.any_rank(bad, world), step, {}, ckpt_path)
             if main:
                 checkpoint.save_atomic(_state(run, done), ckpt_path)
     bar.close()
