@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from spatialssl import config  # noqa: E402
 from spatialssl.data import load_split  # noqa: E402
 from spatialssl.engine.trainer import build, train_step  # noqa: E402
+from spatialssl.frameworks.base import teacher_entropies  # noqa: E402
 
 JIT04 = "views.jitter_strength=[0.4,0.4,0.2,0.1]"
 VARIANTS = {
@@ -51,10 +52,10 @@ def probe(run, x: torch.Tensor) -> dict[str, float]:
     z = F.normalize(h.layers(fw.teacher_backbone(x)), dim=-1)
     b = z.shape[0]
     off = ~torch.eye(b, dtype=torch.bool)
-    logits = h.last_layer(z) - fw.criterion.center[0]
-    p = torch.softmax(logits / fw.criterion.teacher_temp, dim=-1)
-    return {"z_cos": (z @ z.T)[off].mean().item(), "logit_sd": logits.std(0).mean().item(),
-            "t_H": -(p * p.clamp(min=1e-12).log()).sum(-1).mean().item()}
+    logits = h.last_layer(z)
+    t_h = teacher_entropies(logits[None], fw.criterion.center, fw.criterion.teacher_temp)["teacher_entropy"]
+    return {"z_cos": (z @ z.T)[off].mean().item(), "logit_sd": (logits - fw.criterion.center[0]).std(0).mean().item(),
+            "t_H": t_h.item()}
 
 
 def run_variant(overrides: list[str], steps: int, every: int, data) -> list[tuple[int, dict]]:

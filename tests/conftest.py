@@ -16,6 +16,17 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread in every test, restored after (a test or library may change it):
+    tiny ops gain nothing from two, and on a shared, loaded CPU two threads made a
+    training step 15x slower, every op waiting at a barrier for a descheduled thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_overrides():
     """Overrides that make a run tiny (ViT 32 px, patch 8, small heads, 4 steps)."""

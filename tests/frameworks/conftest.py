@@ -1,13 +1,11 @@
 """Tiny ViTs for the framework tests: ``vit_tiny`` cut to 2 blocks (12 blocks cost seconds
-per test on 2 CPU cores), for students, teachers/momentum encoders and the trainer alike;
-one torch thread (tiny ops gain nothing from two, and on a shared, loaded CPU two threads
-made a training step 15x slower: every op waits at a barrier for a descheduled thread)."""
+per test on 2 CPU cores), for students, teachers/momentum encoders and the trainer alike
+(one torch thread: the root conftest's ``one_thread``)."""
 
 from __future__ import annotations
 
 import pytest
 import timm
-import torch
 
 from spatialssl import backbones
 from spatialssl.backbones import Backbone
@@ -29,10 +27,3 @@ def tiny_vits(monkeypatch):
     monkeypatch.setattr(fw_base, "create_backbone", create_backbone)
     monkeypatch.setattr(trainer, "create_backbone", create_backbone)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -83,3 +83,13 @@ def encode(backbone: nn.Module, views: torch.Tensor) -> torch.Tensor:
 def entropy(p: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) along the last dim of probabilities p."""
     return -(p * torch.log(p.clamp(min=1e-12))).sum(-1)
+
+
+@torch.no_grad()
+def teacher_entropies(t_out: torch.Tensor, center: torch.Tensor, temp: float) -> dict[str, torch.Tensor]:
+    """DINO-style collapse indicators of teacher outputs [G, B, K] (centred, sharpened as the
+    loss does; call before the loss updates the centre): ``teacher_entropy``, the mean
+    per-image entropy (log K: uniform collapse), and ``teacher_mean_entropy``, the entropy
+    of the batch-mean distribution (small: few prototypes in use)."""
+    p = torch.softmax((t_out.float() - center) / temp, dim=-1)
+    return {"teacher_entropy": entropy(p).mean(), "teacher_mean_entropy": entropy(p.mean(dim=(0, 1)))}

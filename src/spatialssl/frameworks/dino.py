@@ -25,7 +25,7 @@ from lightly.models.utils import update_momentum
 from ..engine import schedules
 from ..views import Views
 from . import register
-from .base import Framework, encode, entropy, frozen_copy
+from .base import Framework, encode, frozen_copy, teacher_entropies
 
 
 def make_dino_heads(in_dim: int, f: dict) -> tuple[DINOProjectionHead, DINOProjectionHead]:
@@ -67,11 +67,8 @@ class DINO(Framework):
         s_out = self.head(s_all.flatten(0, 1)).view(g + l, s_all.shape[1], -1)  # [G + L, B, K]
         temp = float(self.teacher_temp[step])
         out = {"emb": s_glob[0].detach(), "teacher_temp": torch.tensor(temp)}
-        if self.collect_logs:
-            with torch.no_grad():  # collapse indicators, before the loss updates the centre
-                p = torch.softmax((t_out.float() - self.criterion.center) / temp, dim=-1)
-                out["teacher_entropy"] = entropy(p).mean()
-                out["teacher_mean_entropy"] = entropy(p.mean(dim=(0, 1)))
+        if self.collect_logs:  # collapse indicators, before the loss updates the centre
+            out.update(teacher_entropies(t_out, self.criterion.center, temp))
         # the loss in fp32 (under bf16 autocast the heads' outputs are bf16)
         out["loss"] = self.criterion(list(t_out.float().unbind(0)), list(s_out.float().unbind(0)), teacher_temp=temp)
         if s_loc is not None:

@@ -35,7 +35,7 @@ from ..backbones import Backbone
 from ..engine import schedules
 from ..views import Views
 from . import register
-from .base import Framework, encode, entropy
+from .base import Framework, encode, teacher_entropies
 from .dino import make_dino_heads
 
 
@@ -154,11 +154,8 @@ class IBOT(Framework):
         s_out = self.head(torch.cat(s_emb))  # [G + L, B, K]
 
         out = {"emb": s_glob[0].detach(), "teacher_temp": torch.tensor(temp)}
-        if self.collect_logs:
-            with torch.no_grad():  # collapse indicators, before the loss updates the centre
-                pt = torch.softmax((t_out.float() - self.criterion.center) / temp, dim=-1)
-                out["teacher_entropy"] = entropy(pt).mean()
-                out["teacher_mean_entropy"] = entropy(pt.mean(dim=(0, 1)))
+        if self.collect_logs:  # collapse indicators, before the loss updates the centre
+            out.update(teacher_entropies(t_out, self.criterion.center, temp))
         cls_loss = self.criterion(list(t_out.unbind(0)), list(s_out.unbind(0)), teacher_temp=temp)
         out["cls_loss"] = cls_loss.detach()
         loss = cls_loss
