@@ -7,7 +7,8 @@
   sizes: 224 px eval input -> 14 x 14 x 384 patch features, 256 px masks, 150 classes,
   500 test images (``eval.dense_n_test``'s default); the probe trains 1 epoch on 64 images
   (batch 8): the benchmark is about scoring, which reduces each chunk of logits (argmax,
-  per-image counts) instead of holding [500, 150, 256, 256] logits (19.7 GB in fp32).
+  per-image counts) instead of holding [500, 150, 256, 256] logits (19.7 GB in fp32);
+  ``segmentation_vits_100`` is the same with 100 test images (the peak should not move).
 - ``patch_pair``: the whole protocol (``patch_pair.run``) at the preset's sizes: 2,000 test
   images (``eval.n_test``) of 256 px, 8 pairs each, 96 px crops (``views.local_size``),
   crops cut and embedded in streamed batches of ``eval.batch_size`` (the 32,000 crops at
@@ -37,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CASES = ["knn_10k", "knn_100k", "knn_1m", "segmentation_vits", "patch_pair_vits"]
+CASES = ["knn_10k", "knn_100k", "knn_1m", "segmentation_vits_100", "segmentation_vits", "patch_pair_vits"]
 
 
 def rss_mb() -> float:
@@ -93,8 +94,8 @@ def run_case(case: str, device: str) -> dict:
         from spatialssl.data.canvases import CanvasSet
         from spatialssl.evals import patch_pair, segmentation
 
-        if case == "segmentation_vits":
-            n_tr, n_te, size, c = 64, 500, 256, 150
+        if case.startswith("segmentation_vits"):
+            n_tr, n_te, size, c = 64, 100 if case.endswith("_100") else 500, 256, 150
             mk = lambda n: CanvasSet(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8),  # noqa: E731
                                      labels=torch.zeros(n, dtype=torch.long),
                                      semantic=torch.randint(0, c, (n, size, size)))

@@ -130,7 +130,7 @@ def solve(ctx: EvalContext, backbone, tr_tiles: torch.Tensor, te_tiles: torch.Te
     mean, std = feature_stats(z_tr, (0, 1))
     x_tr, x_te = probe_inputs((z_tr - mean) / std), probe_inputs((z_te - mean) / std)
     probe = fit_probe(x_tr, e["jigsaw_hidden"], e["jigsaw_epochs"], ctx.seed)
-    x_sh = x_te[torch.arange(len(perm))[:, None], perm.to(ctx.device)]  # position j holds tile perm[j]
+    x_sh = x_te[torch.arange(len(perm), device=ctx.device)[:, None], perm.to(ctx.device)]  # position j holds tile perm[j]
     with torch.no_grad():
         logp = probe(x_sh).log_softmax(-1).cpu()  # [N, K tiles, K slots]
     slots = decode(logp)
