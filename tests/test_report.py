@@ -246,6 +246,8 @@ def test_metric_kinds_known_answers():
     assert float(report.metric_from_counts("rmse", arr(sq=[1, 4, 9, 2]), ones)) == pytest.approx(2.0)
     kind, a = report._outcome({"kind": "r2", "err2": [1.0, 1, 1, 1], "target": [10.0, 12, 14, 16]}, "r2")
     assert float(report.metric_from_counts(kind, a, ones)) == pytest.approx(1 - 4 / 20)  # centred
+    raw = arr(err2=[1, 1, 1, 1], target=[10, 12, 14, 16])  # centred by the formula too, not only by _outcome
+    assert float(report.metric_from_counts("r2", raw, ones)) == pytest.approx(1 - 4 / 20)
     # class 2 never present (union 0): left out of the mean, not counted as 0
     inter = [[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 0]]
     union = [[2, 1, 0], [1, 1, 0], [1, 2, 0], [0, 0, 0]]
@@ -351,6 +353,10 @@ def test_incomplete_run_is_marked(tmp_path):
         del rec["step"], rec["complete"]
         p.write_text(json.dumps(rec))
     assert report.read_run(old).incomplete() == "step 20 of 30"
+    # complete: false is enough, also where the config does not say how long the run was
+    bare = fake_run(tmp_path / "bare", "dino", False, figures=False, step=10, complete=False)
+    (bare / "config.yaml").unlink()
+    assert report.read_run(bare).incomplete() == "step 10"
     assert report.read_run(dirs[0]).incomplete() is None
 
 
