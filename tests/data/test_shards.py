@@ -107,3 +107,28 @@ def test_stream_batches_follow_the_index_function_and_resume(tmp_path):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="data prepare"):
         shards.ShardSet(tmp_path / "nothing", "train")
+
+
+def test_training_on_shards_resumes_mid_epoch_exactly(tmp_path, tiny_overrides):
+    """Pretraining reads prepared shards through DataLoader workers; a run interrupted mid-epoch
+    and resumed ends with the same weights as one never interrupted (same batches)."""
+    from spatialssl import config
+    from spatialssl.data.canvases import CanvasSet
+    from spatialssl.engine import checkpoint
+    from spatialssl.engine.trainer import pretrain
+
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (20, 3, 48, 48), dtype=torch.uint8, generator=g)
+    shards.prepare_canvases(CanvasSet(imgs), tmp_path / "sh", "train", shard_size=6, progress=False)
+    ov = [*tiny_overrides, "data.name=shards", f"data.root={tmp_path / 'sh'}", "train.steps=5",
+          "train.checkpoint_every=100"]
+    # decoded in this process for one run, in a DataLoader worker for the other: the same batches
+    full = pretrain(config.resolve([], [*ov, "data.workers=0", f"out_dir={tmp_path / 'full'}"]))
+    cfg = config.resolve([], [*ov, "data.workers=1", f"out_dir={tmp_path / 'cut'}"])
+    pretrain(cfg, stop_after=3)  # 20 images, batch 8: step 3 is in the middle of the second epoch
+    assert checkpoint.load(tmp_path / "cut")["step"] == 3
+    pretrain(cfg)
+    a, b = checkpoint.load(full), checkpoint.load(tmp_path / "cut")
+    assert a["step"] == b["step"] == 5
+    for k in a["framework"]:
+        assert torch.equal(a["framework"][k], b["framework"][k]), f"framework.{k} differs after resume"

@@ -3,7 +3,9 @@
 ``load_split(data_cfg, split)`` is the one entry point the trainer and the evaluations
 use: ``data.name: partsworld`` renders (once, cached) the built-in PartsWorld set;
 ``data.name: folder`` reads ``<root>/<split>`` in ImageFolder layout (or ``<root>`` itself
-for ``train`` when it has no split folders).
+for ``train`` when it has no split folders); ``data.name: shards`` opens a folder prepared by
+``spatialssl data prepare`` lazily (``shards.ShardSet``: same attributes, images decoded per
+batch; ``subset`` gives an in-memory ``CanvasSet``).
 """
 
 from __future__ import annotations
@@ -23,9 +25,15 @@ def partsworld_config(data_cfg: dict):
                             n_ood=n, seed=data_cfg["seed"])
 
 
-def load_split(data_cfg: dict, split: str, progress: bool = True) -> CanvasSet:
-    """One split of the configured data set as a CanvasSet."""
+def load_split(data_cfg: dict, split: str, progress: bool = True):
+    """One split of the configured data set: a CanvasSet (in memory) or a ShardSet (prepared shards)."""
     name = data_cfg["name"]
+    if name == "shards":
+        from .shards import ShardSet
+
+        if not data_cfg["root"]:
+            raise ValueError("config key 'data.root' must name a prepared shards folder when data.name is 'shards'")
+        return ShardSet(data_cfg["root"], split)
     if name == "partsworld":
         from . import partsworld
 
@@ -46,4 +54,4 @@ def load_split(data_cfg: dict, split: str, progress: bool = True) -> CanvasSet:
             path = root
         return folders.load_classification(str(path), canvas_size=data_cfg["canvas_size"],
                                            on_error=data_cfg["on_error"], progress=progress)
-    raise ValueError(f"config key 'data.name' must be partsworld or folder, got {name!r}")
+    raise ValueError(f"config key 'data.name' must be partsworld, folder or shards, got {name!r}")
