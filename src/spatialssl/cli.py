@@ -4,6 +4,7 @@
     spatialssl eval --checkpoint runs/x --tasks knn,linear,patch_pair [--seeds 3]
     spatialssl report runs/dino runs/dino_sp --out runs/report
     spatialssl data preview --dataset partsworld --out preview.png
+    spatialssl data prepare --root IMAGEFOLDER --out SHARDS [--canvas 256]   (then data.name=shards data.root=SHARDS)
     spatialssl demo [--out runs/demo]
     spatialssl compare --frameworks dino,simclr --budget small
     spatialssl config [-c PRESET ...] [--set k=v ...]   (print the resolved config)
@@ -87,6 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--split", default="train")
     q.add_argument("-n", type=int, default=16)
     q.add_argument("--size", type=int, default=64)
+    q = dsub.add_parser("prepare", help="decode a data set once into shards on disk (read lazily by training and evals)")
+    q.add_argument("--root", default="", help="ImageFolder root (root/<split>/<class>/... or root/<class>/...)")
+    q.add_argument("--dataset", default="folder", choices=["folder", "partsworld"],
+                   help="partsworld: render the built-in set (with -c/--set data.* for its size) and shard it")
+    q.add_argument("--out", required=True, help="shards folder to write (resumable: rerun to finish)")
+    q.add_argument("--canvas", type=int, default=256, help="canvas side in px (folder data)")
+    q.add_argument("--splits", default="", help="comma-separated splits (default: every one found)")
+    q.add_argument("--shard-size", type=int, default=1024, help="images per shard")
+    q.add_argument("--quality", type=int, default=95, help="JPEG quality of the stored canvases")
+    q.add_argument("--workers", type=int, default=4, help="decode/encode threads")
+    q.add_argument("--on-error", default="skip", choices=["skip", "raise"], help="unreadable files")
+    _add_config_args(q)
 
     p = sub.add_parser("demo", help="framework vs framework + SP on PartsWorld, on a CPU, in minutes")
     p.add_argument("--out", default="runs/demo")
@@ -185,6 +198,8 @@ def _dispatch(a: argparse.Namespace) -> int:
         print(summary_table(a.runs))
         print(f"report: {path}")
         return 0
+    if a.cmd == "data" and a.data_cmd == "prepare":
+        return _prepare(a)
     if a.cmd == "data":
         from .data import partsworld
 
@@ -202,6 +217,30 @@ def _dispatch(a: argparse.Namespace) -> int:
         compare(a.frameworks.split(","), a.budget, Path(a.out), a.tasks, a.overrides)
         return 0
     raise AssertionError(a.cmd)
+
+
+def _prepare(a: argparse.Namespace) -> int:
+    from .data import shards
+
+    splits = tuple(s for s in a.splits.split(",") if s)
+    if a.dataset == "folder":
+        if not a.root:
+            raise ValueError("data prepare: give --root IMAGEFOLDER (or --dataset partsworld)")
+        entries = shards.prepare_folder(a.root, a.out, a.canvas, splits or None, a.shard_size, a.quality,
+                                        a.on_error, a.workers)
+    else:
+        from .data import SPLITS, load_split
+
+        data_cfg = config_mod.resolve(a.config, a.overrides)["data"]
+        if data_cfg["name"] != "partsworld":
+            raise ValueError("data prepare --dataset partsworld: data.name must be partsworld")
+        entries = {s: shards.prepare_canvases(load_split(data_cfg, s), a.out, s, a.shard_size, a.quality, a.workers,
+                                              source={"partsworld": data_cfg})
+                   for s in (splits or SPLITS)}
+    for split, e in entries.items():
+        print(f"{split}: {e['n']} images in {len(e['shards'])} shard(s), {len(e['skipped'])} skipped")
+    print(f"shards: {a.out}  (train with --set data.name=shards --set data.root={a.out})")
+    return 0
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "out_dir": "runs/run",
     "device": "auto",  # auto | cpu | cuda
     "data": {
-        "name": "partsworld",  # partsworld | folder
-        "root": "",  # folder data set root (ImageFolder layout; labels used by evals only)
+        "name": "partsworld",  # partsworld | folder | shards (a folder made by `spatialssl data prepare`)
+        "root": "",  # folder data set root (ImageFolder layout; labels used by evals only), or the shards folder
         "canvas_size": 64,  # folder data: canvas side in px; partsworld: render size
         "n_train": 20000,  # partsworld only
         "n_eval": 2000,  # partsworld only: val/test/ood size
@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
         "cache_dir": "",  # "" = $SPATIALSSL_CACHE or ~/.cache/spatialssl
         "on_error": "skip",  # skip | raise  (unreadable files in folder data)
         "max_pixels": 64_000_000,  # folder data: larger images (w x h) are refused before decoding; 0 = no limit
+        "workers": 2,  # shards: DataLoader processes decoding training batches (0 = in the training process)
+        "prefetch": 2,  # shards: batches each worker decodes ahead (memory: workers x prefetch batches)
     },
     "backbone": {
         "name": "vit_tiny",  # vit_tiny | vit_small | vit_base | resnet18 | resnet50 | resnet_mini
@@ -167,7 +169,7 @@ DEFAULTS: dict[str, Any] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
-    "data.name": ("partsworld", "folder"),
+    "data.name": ("partsworld", "folder", "shards"),
     "data.on_error": ("skip", "raise"),
     "backbone.name": ("vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50", "resnet_mini"),
     "views.local_flip": ("auto", "per_image", "per_view", "none"),

@@ -4,7 +4,9 @@
 use: ``data.name: partsworld`` renders (once, cached) the built-in PartsWorld set;
 ``data.name: folder`` reads ``<root>/<split>`` in ImageFolder layout (or ``<root>`` itself
 for ``train`` when it has no ``train`` folder), every split labelled by the train split's
-class names.
+class names; ``data.name: shards`` opens a folder prepared by
+``spatialssl data prepare`` lazily (``shards.ShardSet``: same attributes, images decoded per
+batch; ``subset`` gives an in-memory ``CanvasSet``).
 """
 
 from __future__ import annotations
@@ -33,9 +35,15 @@ def train_folder(root: Path) -> tuple[Path, tuple[str, ...]]:
     return root, tuple(s for s in SPLITS if (root / s).is_dir())
 
 
-def load_split(data_cfg: dict, split: str, progress: bool = True) -> CanvasSet:
-    """One split of the configured data set as a CanvasSet."""
+def load_split(data_cfg: dict, split: str, progress: bool = True):
+    """One split of the configured data set: a CanvasSet (in memory) or a ShardSet (prepared shards)."""
     name = data_cfg["name"]
+    if name == "shards":
+        from .shards import ShardSet
+
+        if not data_cfg["root"]:
+            raise ValueError("config key 'data.root' must name a prepared shards folder when data.name is 'shards'")
+        return ShardSet(data_cfg["root"], split)
     if name == "partsworld":
         from . import partsworld
 
@@ -60,4 +68,4 @@ def load_split(data_cfg: dict, split: str, progress: bool = True) -> CanvasSet:
                                            on_error=data_cfg["on_error"], progress=progress, classes=classes,
                                            ignore=ignore if split == "train" else (),
                                            max_pixels=data_cfg.get("max_pixels", folders.DEFAULT_MAX_PIXELS))
-    raise ValueError(f"config key 'data.name' must be partsworld or folder, got {name!r}")
+    raise ValueError(f"config key 'data.name' must be partsworld, folder or shards, got {name!r}")

@@ -16,6 +16,7 @@ import functools
 import math
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tqdm import tqdm
@@ -24,6 +25,7 @@ from .. import config as config_mod
 from ..backbones import create_backbone, export_timm_state_dict
 from ..data import load_split
 from ..data.canvases import CanvasSet
+from ..data.shards import ShardSet, stream_batches
 from ..frameworks import create_framework
 from ..frameworks.base import Framework, encode
 from ..sp import SpatialPrediction
@@ -78,6 +80,29 @@ def local_batch_indices(step: int, batch_size: int, n: int, seed: int, rank: int
     """This process's slice of the global batch at ``step`` (all of it with one process)."""
     idx = batch_indices(step, batch_size, n, seed)
     return idx if world == 1 else idx.view(world, -1)[rank]
+
+
+def step_batches(data: CanvasSet | ShardSet, cfg: dict, device: torch.device, start: int, end: int,
+                 rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
+    """This process's uint8 canvases [B / world, 3, H, W] of each step's batch, on the device, for
+    steps ``start .. end - 1``: indexed from memory (a CanvasSet, moved to the GPU once when it
+    fits), or decoded from prepared shards in DataLoader workers (a ShardSet: memory bounded by
+    ``data.workers x data.prefetch`` batches). Either way the batch is a pure function of
+    (seed, step), so a resumed run reads exactly the batches an uninterrupted one would."""
+    t = cfg["train"]
+    n = len(data)
+
+    def index(step: int) -> torch.Tensor:
+        return local_batch_indices(step, t["batch_size"], n, cfg["seed"], rank, world)
+
+    if isinstance(data, ShardSet):
+        pin = device.type == "cuda"
+        for b in stream_batches(data, index, start, end, cfg["data"]["workers"], cfg["data"]["prefetch"]):
+            yield (b.pin_memory() if pin else b).to(device, non_blocking=True)
+        return
+    canvases = data.images.to(device) if device.type == "cuda" and data.images.numel() < 2**31 else data.images
+    for step in range(start, end):
+        yield canvases[index(step).to(canvases.device)].to(device, non_blocking=True)
 
 
 def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) -> torch.Generator:
@@ -400,7 +425,6 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
         data = load_split(cfg["data"], "train", progress=t["progress"] and main)
         if main:
             distributed.barrier(world)
-    canvases = data.images.to(device) if device.type == "cuda" and data.images.numel() < 2**31 else data.images
     n = len(data)
     skipped = data.meta.get("skip_reasons") or {}
     if skipped and main:
@@ -433,9 +457,9 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
                disable=not (t["progress"] and main), dynamic_ncols=True)
     bad = torch.zeros((), dtype=torch.bool, device=device)
     t0, last_step = time.perf_counter(), start
+    batches = step_batches(data, cfg, device, start, end, rank, world)
     for step in bar:
-        idx = local_batch_indices(step, t["batch_size"], n, cfg["seed"], rank, world)
-        batch = canvases[idx.to(canvases.device)].to(device, non_blocking=True)
+        batch = next(batches)
         done = step + 1
         logging_step = done % t["log_every"] == 0 or done == end
         run.framework.collect_logs = logging_step
