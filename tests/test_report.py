@@ -30,7 +30,7 @@ def config(name, sp, **changes):
 
 
 def fake_run(root, name, sp, seeds=1, offset=0.0, step=30, complete=True, eval_config=None, values=None,
-             figures=True, **changes):
+             figures=True, data_config=None, **changes):
     """A run folder as pretrain + evaluate write it (values only, no outcomes files)."""
     d = root / name
     (d / "metrics").mkdir(parents=True)
@@ -46,7 +46,8 @@ def fake_run(root, name, sp, seeds=1, offset=0.0, step=30, complete=True, eval_c
 
     def write(task, vals, std=None):
         rec = {"task": task, "values": vals, "framework": "dino", "sp": sp, "checkpoint": "abc", "seed": 0,
-               "eval_config": dict(eval_config or EVAL), "step": step, "complete": complete, "n_test": 200}
+               "eval_config": dict(eval_config or EVAL), "step": step,
+               "data_config": dict(data_config or cfg["data"]), "complete": complete, "n_test": 200}
         if seeds > 1:
             rec.update({"seeds": seeds, "std": std or {k: 0.01 for k in vals}})
         (d / "metrics" / f"{task}.json").write_text(json.dumps(rec))
@@ -296,6 +297,7 @@ def test_outcomes_that_cannot_be_paired_give_no_test(tmp_path):
     ({"train__steps": 60, "step": 60}, "train.steps"),
     ({"views__local_flip": "per_view"}, "views.local_flip"),
     ({"eval_config": {**EVAL, "knn_k": 10}}, "eval_config[knn].knn_k"),
+    ({"data_config": {"name": "partsworld", "seed": 0, "n_eval": 50}}, "data_config[knn].n_eval"),
 ])
 def test_mismatched_pair_is_refused(tmp_path, change, key):
     dirs = [fake_run(tmp_path, "dino", False, figures=False), fake_run(tmp_path, "dino_sp", True, figures=False,

@@ -156,7 +156,7 @@ class Run:
         evaluated = [int(s) for s in (_finite(r.get("step")) for r in self.metrics.values()) if s is not None]
         logged = [int(s) for s in (_finite(row.get("step")) for row in self.curve) if s is not None]
         at = min(evaluated) if evaluated else (max(logged) if logged else None)
-        where = f"step {at}{total}" if at is not None else f"not finished{total}"
+        where = f"step {at}{total}" if at is not None else f"no step recorded, not known to have finished{total}"
         if any(r.get("complete") is False for r in self.metrics.values()):
             return where
         if steps is not None and at is not None and at < steps:
@@ -250,7 +250,8 @@ def _differ(a: dict, b: dict) -> list[tuple[str, object, object]]:
 def pair_differences(base: Run, sp: Run) -> tuple[list[str], list[str]]:
     """(blocking, other): the settings in which a baseline / + SP pair differs, as
     "key (baseline value vs SP value)". Blocking: the backbone and data sections,
-    ``train.steps``, ``views.local_flip``, the eval config of a task both evaluated. Other:
+    ``train.steps``, ``views.local_flip``, the eval config, eval data (``data_config``) and
+    test-set size of a task both evaluated. Other:
     any further config key outside ``sp.*``, the name, folder and logging settings."""
     blocking, other = [], []
     fmt = "{} ({!r} vs {!r})".format
@@ -265,6 +266,9 @@ def pair_differences(base: Run, sp: Run) -> tuple[list[str], list[str]]:
         ea = {k: v for k, v in (base.metrics[task].get("eval_config") or {}).items() if k not in EVAL_KEYS_IGNORED}
         eb = {k: v for k, v in (sp.metrics[task].get("eval_config") or {}).items() if k not in EVAL_KEYS_IGNORED}
         blocking += [fmt(f"eval_config[{task}].{k}", x, y) for k, x, y in _differ(ea, eb)]
+        da, db = base.metrics[task].get("data_config"), sp.metrics[task].get("data_config")
+        if da is not None or db is not None:  # the data the evaluation read (may be overridden at eval time)
+            blocking += [fmt(f"data_config[{task}].{k}", x, y) for k, x, y in _differ(da or {}, db or {})]
         na, nb = base.metrics[task].get("n_test"), sp.metrics[task].get("n_test")
         if na is not None and nb is not None and na != nb:
             blocking.append(fmt(f"{task}.n_test", na, nb))
