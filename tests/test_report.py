@@ -163,6 +163,9 @@ def test_nan_is_a_dash_never_a_signed_mark(tmp_path):
     assert row(rows, "depth RMSE")[1:] == ["–", "2.000", "–"]
     assert not any("nan" in c.lower() or "inf" in c.lower() for r in rows for c in r)
     assert report._diff(float("nan"), 0.5, 1) == "–" and report._diff(0.5, None, 1) == "–"
+    assert [report._fmt(v, s, True) for v, s in [(20.0, None), (256.0, 0.0), (0.1, None), (float("nan"), 0.1)]] \
+        == ["20", "256 ± 0", "0.100", "–"]
+    assert [report._fmt(v, s) for v, s in [(2.0, None), (2.5, 0.01)]] == ["2.000", "2.500 ± 0.010"]
 
 
 def test_identical_outcomes_are_not_significant(tmp_path):

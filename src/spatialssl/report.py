@@ -454,12 +454,17 @@ NO_TEST = "†"  # Δ without a test: no per-item outcomes of both runs (or they
 MISMATCH = "‡"  # Δ of a pair that differs in more than SP (allow_mismatch): not tested
 
 
-def _fmt(v: float | None, s: float | None = None) -> str:
+def _fmt(v: float | None, s: float | None = None, count: bool = False) -> str:
+    """A value (± its std over seeds); ``count``: a diagnostic row, where an integral value is a
+    count (n_test, k) and is shown without decimals."""
     v = _finite(v)
     if v is None:
         return "–"
+    s = _finite(s)
+    if count and v.is_integer() and not s:
+        return f"{int(v)}" if s is None else f"{int(v)} ± 0"
     text = f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
-    return f"{text} ± {s:.3f}" if _finite(s) is not None else text
+    return f"{text} ± {s:.3f}" if s is not None else text
 
 
 def _test(base: Run, sp: Run, task: str, key: str) -> Test | str:
@@ -521,7 +526,7 @@ def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = N
             a, sa = base.value(task, key)
             seen |= a is not None
             if sp is None:
-                cells.append(_fmt(a, sa))
+                cells.append(_fmt(a, sa, sign == 0))
                 continue
             b, sb = sp.value(task, key)
             seen |= b is not None
@@ -531,7 +536,7 @@ def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = N
                 test = _test(base, sp, task, key)
                 if tests is not None:
                     tests[(base.label, sp.label, task, key)] = test
-            cells += [_fmt(a, sa), _fmt(b, sb), _diff(a, b, sign, test, mis) if compare else "–"]
+            cells += [_fmt(a, sa, sign == 0), _fmt(b, sb, sign == 0), _diff(a, b, sign, test, mis) if compare else "–"]
         return cells if seen else None
 
     for task, key, label, sign in rows:
