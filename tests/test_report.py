@@ -317,7 +317,8 @@ def test_mismatched_pair_is_refused(tmp_path, change, key):
     assert header[3] == "Δ (SP − base) ⚠ NOT COMPARABLE" and row(rows, "kNN top-1")[3] == "+0.000 ‡"
     if key == "views.local_flip":  # the whole report once (figures cost seconds)
         text = report.write_report(dirs, tmp_path / "out", allow_mismatch=True).read_text()
-        assert "dino and dino_sp are NOT COMPARABLE: they differ in views.local_flip ('per_image' vs 'per_view')" in text
+        assert ("dino and dino_sp are NOT COMPARABLE: they differ in views.local_flip ('per_image' vs 'per_view')"
+                in text)
         assert "| dino / dino_sp | per_image / per_view | ⚠ NOT COMPARABLE: views.local_flip" in text
 
 
@@ -334,8 +335,8 @@ def test_sp_name_and_folder_may_differ_and_flip_policy_is_stated(tmp_path):
 
 def test_pairing_prefers_a_comparable_mate(tmp_path):
     """A baseline trained on other data does not take the SP run's comparable baseline."""
-    dirs = [fake_run(tmp_path, "other", False, figures=False, data__seed=5), fake_run(tmp_path, "dino_sp", True, figures=False),
-            fake_run(tmp_path, "dino", False, figures=False)]
+    dirs = [fake_run(tmp_path, "other", False, figures=False, data__seed=5),
+            fake_run(tmp_path, "dino_sp", True, figures=False), fake_run(tmp_path, "dino", False, figures=False)]
     cols = report.columns(report.read_runs(dirs))
     assert [(b.name, s.name if s else None) for b, s in cols] == [("other", None), ("dino", "dino_sp")]
     report.write_report(dirs, tmp_path / "out")  # no pair differs: not refused

@@ -536,7 +536,8 @@ def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = N
                 test = _test(base, sp, task, key)
                 if tests is not None:
                     tests[(base.label, sp.label, task, key)] = test
-            cells += [_fmt(a, sa, sign == 0), _fmt(b, sb, sign == 0), _diff(a, b, sign, test, mis) if compare else "–"]
+            cells += [_fmt(a, sa, sign == 0), _fmt(b, sb, sign == 0),
+                      _diff(a, b, sign, test, mis) if compare else "–"]
         return cells if seen else None
 
     for task, key, label, sign in rows:
@@ -815,6 +816,29 @@ def _pairs_section(cols, mismatched) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _runs_section(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    header = ["run", "framework", "SP", "steps", "status", "backbone", "local-view flip", "eval seeds", "directory"]
+    rows = []
+    for r in runs:
+        seeds = sorted({int(s) for s in (_finite(m.get("seeds")) or 1 for m in r.metrics.values())})
+        inc = r.incomplete()
+        rows.append([r.label, r.framework, "yes" if r.sp else "no", str(r.config.get("train", {}).get("steps", "?")),
+                     f"⚠ INCOMPLETE: {inc}" if inc else "complete",
+                     str(r.config.get("backbone", {}).get("name", "?")), r.local_flip,
+                     "/".join(map(str, seeds)) or "–", str(r.path)])
+    return header, rows
+
+
+def _warnings(runs: list[Run], cols, mismatched) -> list[str]:
+    out = [f"⚠ {r.label} is incomplete: {r.incomplete()} (its numbers are not those of the finished run)."
+           for r in runs if r.incomplete()]
+    for base, sp in cols:
+        if sp is not None and mismatched.get((id(base), id(sp))):
+            out.append(f"⚠ {base.label} and {sp.label} are NOT COMPARABLE: they differ in "
+                       f"{'; '.join(mismatched[(id(base), id(sp))])}; their Δ is not tested.")
+    return out
+
+
 def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "spatialssl report",
                  allow_mismatch: bool = False) -> Path:
     """Write ``report.md``, ``report.html`` and the PNG figures into ``out_dir``; returns the .md path.
@@ -842,25 +866,12 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
     tests: dict = {}
     header, rows = table_rows(runs, allow_mismatch=allow_mismatch, tests=tests)
     details = detail_tables(runs, allow_mismatch, tests)
-    runs_header = ["run", "framework", "SP", "steps", "status", "backbone", "local-view flip", "eval seeds",
-                   "directory"]
-    runs_rows = []
-    for r in runs:
-        seeds = sorted({int(s) for s in (_finite(m.get("seeds")) or 1 for m in r.metrics.values())})
-        inc = r.incomplete()
-        runs_rows.append([r.label, r.framework, "yes" if r.sp else "no", str(r.config.get("train", {}).get("steps", "?")),
-                          f"⚠ INCOMPLETE: {inc}" if inc else "complete", str(r.config.get("backbone", {}).get("name", "?")),
-                          r.local_flip, "/".join(map(str, seeds)) or "–", str(r.path)])
+    runs_header, runs_rows = _runs_section(runs)
     pairs_header, pairs_rows = _pairs_section(cols, mismatched)
-    warnings = [f"⚠ {r.label} is incomplete: {r.incomplete()} (its numbers are not those of the finished run)."
-                for r in runs if r.incomplete()]
-    for base, sp in cols:
-        if sp is not None and mismatched.get((id(base), id(sp))):
-            warnings.append(f"⚠ {base.label} and {sp.label} are NOT COMPARABLE: they differ in "
-                            f"{'; '.join(mismatched[(id(base), id(sp))])}; their Δ is not tested.")
+    warnings = _warnings(runs, cols, mismatched)
     untested = sorted({why for why in tests.values() if isinstance(why, str)})
-    why = [f"{NO_TEST} no test: " + "; ".join(untested[:8]) + (f"; and {len(untested) - 8} more" if len(untested) > 8 else "")
-           ] if untested else []
+    more = f"; and {len(untested) - 8} more" if len(untested) > 8 else ""
+    why = [f"{NO_TEST} no test: " + "; ".join(untested[:8]) + more] if untested else []
 
     md = [f"# {title}", "", "## Runs", "", _markdown(runs_header, runs_rows), ""]
     if pairs_rows:
@@ -883,8 +894,10 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
          "<h2>Runs</h2>", _html_table(runs_header, runs_rows)]
     if pairs_rows:
         h += ["<h2>Pairs</h2>", _html_table(pairs_header, pairs_rows)]
-    h += ["<h2>Summary</h2>", f"<p>{html.escape(NOTE)}</p>"] + [f"<p class='warn'>{html.escape(w)}</p>" for w in warnings]
-    h += [_html_table(header, rows) if rows else "<p>(no metrics found)</p>"] + [f"<p>{html.escape(w)}</p>" for w in why]
+    h += ["<h2>Summary</h2>", f"<p>{html.escape(NOTE)}</p>"]
+    h += [f"<p class='warn'>{html.escape(w)}</p>" for w in warnings]
+    h += [_html_table(header, rows) if rows else "<p>(no metrics found)</p>"]
+    h += [f"<p>{html.escape(w)}</p>" for w in why]
     h.append("<h2>Figures</h2>")
     h += [f"<figure><img src='{p.name}' alt='{html.escape(cap)}'><figcaption>{html.escape(cap)}</figcaption></figure>"
           for cap, p in figures]
