@@ -315,6 +315,12 @@ def test_mismatched_pair_is_refused(tmp_path, change, key):
     # allowed: marked loudly, Δ untested
     header, rows = report.table_rows(report.read_runs(dirs), allow_mismatch=True)
     assert header[3] == "Δ (SP − base) ⚠ NOT COMPARABLE" and row(rows, "kNN top-1")[3] == "+0.000 ‡"
+    allowed = [key.split("[")[0], "data_config"]  # data.seed changes the eval's data_config too
+    header, _ = report.table_rows(report.read_runs(dirs), allow_mismatch=allowed)
+    assert header[3].endswith("NOT COMPARABLE")  # this key allowed: marked
+    other = "data" if key.startswith("backbone") else "backbone"
+    with pytest.raises(ValueError, match=key.split("[")[0]):  # another key allowed: still refused
+        report.table_rows(report.read_runs(dirs), allow_mismatch=[other])
     if key == "views.local_flip":  # the whole report once (figures cost seconds)
         text = report.write_report(dirs, tmp_path / "out", allow_mismatch=True).read_text()
         assert ("dino and dino_sp are NOT COMPARABLE: they differ in views.local_flip ('per_image' vs 'per_view')"

@@ -11,8 +11,9 @@ optional ``metrics/<task>_examples.pt`` (example arrays for the figures).
 Runs are paired by framework: a run without SP and one with SP of the same framework
 become "baseline | + SP | difference" columns; other runs get a column each. A pair must
 differ by SP alone: ``pair_differences`` lists what else differs, and ``write_report``
-refuses such a pair unless ``allow_mismatch=True`` (then it is marked, and left unmarked
-by the test).
+refuses such a pair unless ``allow_mismatch`` allows its differences (True: any; or a list
+of keys such as ``["views.local_flip"]``); an allowed pair is marked NOT COMPARABLE and its
+Δ left untested.
 
 Significance (``paired_bootstrap``): Δ = SP − baseline gets ✓ (SP better) or ✗ (worse)
 only when the 95% paired-bootstrap interval over test items excludes 0 (Efron &
@@ -30,6 +31,7 @@ import html
 import json
 import math
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -305,18 +307,23 @@ def columns(runs: list[Run]) -> list[tuple[Run, Run | None]]:
     return out
 
 
-def check_pairs(cols: list[tuple[Run, Run | None]], allow_mismatch: bool = False) -> dict[tuple[int, int], list[str]]:
-    """{(id(base), id(sp)): blocking differences} of each pair; raises ValueError naming both
-    runs and the keys when a pair differs in more than SP and ``allow_mismatch`` is False."""
+def check_pairs(cols: list[tuple[Run, Run | None]], allow_mismatch: bool | Iterable[str] = False
+                ) -> dict[tuple[int, int], list[str]]:
+    """{(id(base), id(sp)): blocking differences} of each pair. Raises ValueError naming both
+    runs and the keys when a pair differs in more than SP, unless ``allow_mismatch`` is True
+    (any difference is then marked instead) or names the keys (prefixes, e.g.
+    ``["views.local_flip"]``) that may differ: those are marked, any other still refused."""
+    allowed = None if allow_mismatch is True else () if allow_mismatch is False else tuple(allow_mismatch)
     found = {}
     for base, sp in cols:
         if sp is None:
             continue
         blocking, _ = pair_differences(base, sp)
-        if blocking and not allow_mismatch:
+        refused = [] if allowed is None else [d for d in blocking if not d.startswith(allowed)]
+        if refused:
             raise ValueError(f"runs '{base.path}' and '{sp.path}' are not comparable: they differ in "
-                             f"{'; '.join(blocking)} (only sp.*, name and out_dir may differ; "
-                             "allow_mismatch=True reports them marked instead)")
+                             f"{'; '.join(refused)} (only sp.*, name and out_dir may differ; "
+                             "allow_mismatch reports them marked instead)")
         found[(id(base), id(sp))] = blocking
     return found
 
@@ -508,7 +515,8 @@ def _col_label(r: Run) -> str:
     return r.label if inc is None else f"{r.label} ⚠ INCOMPLETE ({inc})"
 
 
-def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = None, allow_mismatch: bool = False,
+def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = None,
+               allow_mismatch: bool | Iterable[str] = False,
                floors: bool = True, tests: dict | None = None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the side-by-side table (rows where no run has a value are left out).
 
@@ -567,7 +575,7 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def summary_table(run_dirs: list[str | Path], allow_mismatch: bool = False) -> str:
+def summary_table(run_dirs: list[str | Path], allow_mismatch: bool | Iterable[str] = False) -> str:
     """The key metrics of each run, side by side (Markdown), as the CLI prints it."""
     header, rows = table_rows(read_runs(run_dirs), allow_mismatch=allow_mismatch)
     if not rows:
@@ -575,7 +583,7 @@ def summary_table(run_dirs: list[str | Path], allow_mismatch: bool = False) -> s
     return _markdown(header, rows)
 
 
-def detail_tables(runs: list[Run], allow_mismatch: bool = False, tests: dict | None = None
+def detail_tables(runs: list[Run], allow_mismatch: bool | Iterable[str] = False, tests: dict | None = None
                   ) -> list[tuple[str, list[str], list[list[str]]]]:
     """Every numeric value of every task, one table per task: (task, header, rows); Δ marked
     only on keys with a direction (``direction``), "–" on diagnostics."""
@@ -840,12 +848,13 @@ def _warnings(runs: list[Run], cols, mismatched) -> list[str]:
 
 
 def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "spatialssl report",
-                 allow_mismatch: bool = False) -> Path:
+                 allow_mismatch: bool | Iterable[str] = False) -> Path:
     """Write ``report.md``, ``report.html`` and the PNG figures into ``out_dir``; returns the .md path.
 
     Raises FileNotFoundError for a run folder that does not exist, and ValueError for a pair
-    that differs in more than SP (``pair_differences``) unless ``allow_mismatch`` (then the
-    pair is marked NOT COMPARABLE and its Δ left untested)."""
+    that differs in more than SP (``pair_differences``) unless ``allow_mismatch`` allows it
+    (True, or the keys that may differ: see ``check_pairs``); such a pair is marked NOT
+    COMPARABLE and its Δ left untested."""
     runs = read_runs(run_dirs)
     cols = columns(runs)
     mismatched = check_pairs(cols, allow_mismatch)  # refuse before writing anything
