@@ -30,7 +30,7 @@ def config(name, sp, **changes):
 
 
 def fake_run(root, name, sp, seeds=1, offset=0.0, step=30, complete=True, eval_config=None, values=None,
-             figures=True, **changes):
+             figures=True, data_config=None, **changes):
     """A run folder as pretrain + evaluate write it (values only, no outcomes files)."""
     d = root / name
     (d / "metrics").mkdir(parents=True)
@@ -46,7 +46,8 @@ def fake_run(root, name, sp, seeds=1, offset=0.0, step=30, complete=True, eval_c
 
     def write(task, vals, std=None):
         rec = {"task": task, "values": vals, "framework": "dino", "sp": sp, "checkpoint": "abc", "seed": 0,
-               "eval_config": dict(eval_config or EVAL), "step": step, "complete": complete, "n_test": 200}
+               "eval_config": dict(eval_config or EVAL), "step": step,
+               "data_config": dict(data_config or cfg["data"]), "complete": complete, "n_test": 200}
         if seeds > 1:
             rec.update({"seeds": seeds, "std": std or {k: 0.01 for k in vals}})
         (d / "metrics" / f"{task}.json").write_text(json.dumps(rec))
@@ -162,6 +163,9 @@ def test_nan_is_a_dash_never_a_signed_mark(tmp_path):
     assert row(rows, "depth RMSE")[1:] == ["–", "2.000", "–"]
     assert not any("nan" in c.lower() or "inf" in c.lower() for r in rows for c in r)
     assert report._diff(float("nan"), 0.5, 1) == "–" and report._diff(0.5, None, 1) == "–"
+    assert [report._fmt(v, s, True) for v, s in [(20.0, None), (256.0, 0.0), (0.1, None), (float("nan"), 0.1)]] \
+        == ["20", "256 ± 0", "0.100", "–"]
+    assert [report._fmt(v, s) for v, s in [(2.0, None), (2.5, 0.01)]] == ["2.000", "2.500 ± 0.010"]
 
 
 def test_identical_outcomes_are_not_significant(tmp_path):
@@ -296,6 +300,7 @@ def test_outcomes_that_cannot_be_paired_give_no_test(tmp_path):
     ({"train__steps": 60, "step": 60}, "train.steps"),
     ({"views__local_flip": "per_view"}, "views.local_flip"),
     ({"eval_config": {**EVAL, "knn_k": 10}}, "eval_config[knn].knn_k"),
+    ({"data_config": {"name": "partsworld", "seed": 0, "n_eval": 50}}, "data_config[knn].n_eval"),
 ])
 def test_mismatched_pair_is_refused(tmp_path, change, key):
     dirs = [fake_run(tmp_path, "dino", False, figures=False), fake_run(tmp_path, "dino_sp", True, figures=False,
@@ -310,9 +315,16 @@ def test_mismatched_pair_is_refused(tmp_path, change, key):
     # allowed: marked loudly, Δ untested
     header, rows = report.table_rows(report.read_runs(dirs), allow_mismatch=True)
     assert header[3] == "Δ (SP − base) ⚠ NOT COMPARABLE" and row(rows, "kNN top-1")[3] == "+0.000 ‡"
+    allowed = [key.split("[")[0], "data_config"]  # data.seed changes the eval's data_config too
+    header, _ = report.table_rows(report.read_runs(dirs), allow_mismatch=allowed)
+    assert header[3].endswith("NOT COMPARABLE")  # this key allowed: marked
+    other = "data" if key.startswith("backbone") else "backbone"
+    with pytest.raises(ValueError, match=key.split("[")[0]):  # another key allowed: still refused
+        report.table_rows(report.read_runs(dirs), allow_mismatch=[other])
     if key == "views.local_flip":  # the whole report once (figures cost seconds)
         text = report.write_report(dirs, tmp_path / "out", allow_mismatch=True).read_text()
-        assert "dino and dino_sp are NOT COMPARABLE: they differ in views.local_flip ('per_image' vs 'per_view')" in text
+        assert ("dino and dino_sp are NOT COMPARABLE: they differ in views.local_flip ('per_image' vs 'per_view')"
+                in text)
         assert "| dino / dino_sp | per_image / per_view | ⚠ NOT COMPARABLE: views.local_flip" in text
 
 
@@ -329,8 +341,8 @@ def test_sp_name_and_folder_may_differ_and_flip_policy_is_stated(tmp_path):
 
 def test_pairing_prefers_a_comparable_mate(tmp_path):
     """A baseline trained on other data does not take the SP run's comparable baseline."""
-    dirs = [fake_run(tmp_path, "other", False, figures=False, data__seed=5), fake_run(tmp_path, "dino_sp", True, figures=False),
-            fake_run(tmp_path, "dino", False, figures=False)]
+    dirs = [fake_run(tmp_path, "other", False, figures=False, data__seed=5),
+            fake_run(tmp_path, "dino_sp", True, figures=False), fake_run(tmp_path, "dino", False, figures=False)]
     cols = report.columns(report.read_runs(dirs))
     assert [(b.name, s.name if s else None) for b, s in cols] == [("other", None), ("dino", "dino_sp")]
     report.write_report(dirs, tmp_path / "out")  # no pair differs: not refused

@@ -11,8 +11,9 @@ optional ``metrics/<task>_examples.pt`` (example arrays for the figures).
 Runs are paired by framework: a run without SP and one with SP of the same framework
 become "baseline | + SP | difference" columns; other runs get a column each. A pair must
 differ by SP alone: ``pair_differences`` lists what else differs, and ``write_report``
-refuses such a pair unless ``allow_mismatch=True`` (then it is marked, and left unmarked
-by the test).
+refuses such a pair unless ``allow_mismatch`` allows its differences (True: any; or a list
+of keys such as ``["views.local_flip"]``); an allowed pair is marked NOT COMPARABLE and its
+Δ left untested.
 
 Significance (``paired_bootstrap``): Δ = SP − baseline gets ✓ (SP better) or ✗ (worse)
 only when the 95% paired-bootstrap interval over test items excludes 0 (Efron &
@@ -30,6 +31,7 @@ import html
 import json
 import math
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -156,7 +158,7 @@ class Run:
         evaluated = [int(s) for s in (_finite(r.get("step")) for r in self.metrics.values()) if s is not None]
         logged = [int(s) for s in (_finite(row.get("step")) for row in self.curve) if s is not None]
         at = min(evaluated) if evaluated else (max(logged) if logged else None)
-        where = f"step {at}{total}" if at is not None else f"not finished{total}"
+        where = f"step {at}{total}" if at is not None else f"no step recorded, not known to have finished{total}"
         if any(r.get("complete") is False for r in self.metrics.values()):
             return where
         if steps is not None and at is not None and at < steps:
@@ -250,7 +252,8 @@ def _differ(a: dict, b: dict) -> list[tuple[str, object, object]]:
 def pair_differences(base: Run, sp: Run) -> tuple[list[str], list[str]]:
     """(blocking, other): the settings in which a baseline / + SP pair differs, as
     "key (baseline value vs SP value)". Blocking: the backbone and data sections,
-    ``train.steps``, ``views.local_flip``, the eval config of a task both evaluated. Other:
+    ``train.steps``, ``views.local_flip``, the eval config, eval data (``data_config``) and
+    test-set size of a task both evaluated. Other:
     any further config key outside ``sp.*``, the name, folder and logging settings."""
     blocking, other = [], []
     fmt = "{} ({!r} vs {!r})".format
@@ -265,6 +268,9 @@ def pair_differences(base: Run, sp: Run) -> tuple[list[str], list[str]]:
         ea = {k: v for k, v in (base.metrics[task].get("eval_config") or {}).items() if k not in EVAL_KEYS_IGNORED}
         eb = {k: v for k, v in (sp.metrics[task].get("eval_config") or {}).items() if k not in EVAL_KEYS_IGNORED}
         blocking += [fmt(f"eval_config[{task}].{k}", x, y) for k, x, y in _differ(ea, eb)]
+        da, db = base.metrics[task].get("data_config"), sp.metrics[task].get("data_config")
+        if da is not None or db is not None:  # the data the evaluation read (may be overridden at eval time)
+            blocking += [fmt(f"data_config[{task}].{k}", x, y) for k, x, y in _differ(da or {}, db or {})]
         na, nb = base.metrics[task].get("n_test"), sp.metrics[task].get("n_test")
         if na is not None and nb is not None and na != nb:
             blocking.append(fmt(f"{task}.n_test", na, nb))
@@ -301,18 +307,23 @@ def columns(runs: list[Run]) -> list[tuple[Run, Run | None]]:
     return out
 
 
-def check_pairs(cols: list[tuple[Run, Run | None]], allow_mismatch: bool = False) -> dict[tuple[int, int], list[str]]:
-    """{(id(base), id(sp)): blocking differences} of each pair; raises ValueError naming both
-    runs and the keys when a pair differs in more than SP and ``allow_mismatch`` is False."""
+def check_pairs(cols: list[tuple[Run, Run | None]], allow_mismatch: bool | Iterable[str] = False
+                ) -> dict[tuple[int, int], list[str]]:
+    """{(id(base), id(sp)): blocking differences} of each pair. Raises ValueError naming both
+    runs and the keys when a pair differs in more than SP, unless ``allow_mismatch`` is True
+    (any difference is then marked instead) or names the keys (prefixes, e.g.
+    ``["views.local_flip"]``) that may differ: those are marked, any other still refused."""
+    allowed = None if allow_mismatch is True else () if allow_mismatch is False else tuple(allow_mismatch)
     found = {}
     for base, sp in cols:
         if sp is None:
             continue
         blocking, _ = pair_differences(base, sp)
-        if blocking and not allow_mismatch:
+        refused = [] if allowed is None else [d for d in blocking if not d.startswith(allowed)]
+        if refused:
             raise ValueError(f"runs '{base.path}' and '{sp.path}' are not comparable: they differ in "
-                             f"{'; '.join(blocking)} (only sp.*, name and out_dir may differ; "
-                             "allow_mismatch=True reports them marked instead)")
+                             f"{'; '.join(refused)} (only sp.*, name and out_dir may differ; "
+                             "allow_mismatch reports them marked instead)")
         found[(id(base), id(sp))] = blocking
     return found
 
@@ -450,12 +461,17 @@ NO_TEST = "†"  # Δ without a test: no per-item outcomes of both runs (or they
 MISMATCH = "‡"  # Δ of a pair that differs in more than SP (allow_mismatch): not tested
 
 
-def _fmt(v: float | None, s: float | None = None) -> str:
+def _fmt(v: float | None, s: float | None = None, count: bool = False) -> str:
+    """A value (± its std over seeds); ``count``: a diagnostic row, where an integral value is a
+    count (n_test, k) and is shown without decimals."""
     v = _finite(v)
     if v is None:
         return "–"
+    s = _finite(s)
+    if count and v.is_integer() and not s:
+        return f"{int(v)}" if s is None else f"{int(v)} ± 0"
     text = f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
-    return f"{text} ± {s:.3f}" if _finite(s) is not None else text
+    return f"{text} ± {s:.3f}" if s is not None else text
 
 
 def _test(base: Run, sp: Run, task: str, key: str) -> Test | str:
@@ -499,7 +515,8 @@ def _col_label(r: Run) -> str:
     return r.label if inc is None else f"{r.label} ⚠ INCOMPLETE ({inc})"
 
 
-def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = None, allow_mismatch: bool = False,
+def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = None,
+               allow_mismatch: bool | Iterable[str] = False,
                floors: bool = True, tests: dict | None = None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the side-by-side table (rows where no run has a value are left out).
 
@@ -517,7 +534,7 @@ def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = N
             a, sa = base.value(task, key)
             seen |= a is not None
             if sp is None:
-                cells.append(_fmt(a, sa))
+                cells.append(_fmt(a, sa, sign == 0))
                 continue
             b, sb = sp.value(task, key)
             seen |= b is not None
@@ -527,7 +544,8 @@ def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = N
                 test = _test(base, sp, task, key)
                 if tests is not None:
                     tests[(base.label, sp.label, task, key)] = test
-            cells += [_fmt(a, sa), _fmt(b, sb), _diff(a, b, sign, test, mis) if compare else "–"]
+            cells += [_fmt(a, sa, sign == 0), _fmt(b, sb, sign == 0),
+                      _diff(a, b, sign, test, mis) if compare else "–"]
         return cells if seen else None
 
     for task, key, label, sign in rows:
@@ -557,7 +575,7 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def summary_table(run_dirs: list[str | Path], allow_mismatch: bool = False) -> str:
+def summary_table(run_dirs: list[str | Path], allow_mismatch: bool | Iterable[str] = False) -> str:
     """The key metrics of each run, side by side (Markdown), as the CLI prints it."""
     header, rows = table_rows(read_runs(run_dirs), allow_mismatch=allow_mismatch)
     if not rows:
@@ -565,7 +583,7 @@ def summary_table(run_dirs: list[str | Path], allow_mismatch: bool = False) -> s
     return _markdown(header, rows)
 
 
-def detail_tables(runs: list[Run], allow_mismatch: bool = False, tests: dict | None = None
+def detail_tables(runs: list[Run], allow_mismatch: bool | Iterable[str] = False, tests: dict | None = None
                   ) -> list[tuple[str, list[str], list[list[str]]]]:
     """Every numeric value of every task, one table per task: (task, header, rows); Δ marked
     only on keys with a direction (``direction``), "–" on diagnostics."""
@@ -806,13 +824,37 @@ def _pairs_section(cols, mismatched) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _runs_section(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    header = ["run", "framework", "SP", "steps", "status", "backbone", "local-view flip", "eval seeds", "directory"]
+    rows = []
+    for r in runs:
+        seeds = sorted({int(s) for s in (_finite(m.get("seeds")) or 1 for m in r.metrics.values())})
+        inc = r.incomplete()
+        rows.append([r.label, r.framework, "yes" if r.sp else "no", str(r.config.get("train", {}).get("steps", "?")),
+                     f"⚠ INCOMPLETE: {inc}" if inc else "complete",
+                     str(r.config.get("backbone", {}).get("name", "?")), r.local_flip,
+                     "/".join(map(str, seeds)) or "–", str(r.path)])
+    return header, rows
+
+
+def _warnings(runs: list[Run], cols, mismatched) -> list[str]:
+    out = [f"⚠ {r.label} is incomplete: {r.incomplete()} (its numbers are not those of the finished run)."
+           for r in runs if r.incomplete()]
+    for base, sp in cols:
+        if sp is not None and mismatched.get((id(base), id(sp))):
+            out.append(f"⚠ {base.label} and {sp.label} are NOT COMPARABLE: they differ in "
+                       f"{'; '.join(mismatched[(id(base), id(sp))])}; their Δ is not tested.")
+    return out
+
+
 def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "spatialssl report",
-                 allow_mismatch: bool = False) -> Path:
+                 allow_mismatch: bool | Iterable[str] = False) -> Path:
     """Write ``report.md``, ``report.html`` and the PNG figures into ``out_dir``; returns the .md path.
 
     Raises FileNotFoundError for a run folder that does not exist, and ValueError for a pair
-    that differs in more than SP (``pair_differences``) unless ``allow_mismatch`` (then the
-    pair is marked NOT COMPARABLE and its Δ left untested)."""
+    that differs in more than SP (``pair_differences``) unless ``allow_mismatch`` allows it
+    (True, or the keys that may differ: see ``check_pairs``); such a pair is marked NOT
+    COMPARABLE and its Δ left untested."""
     runs = read_runs(run_dirs)
     cols = columns(runs)
     mismatched = check_pairs(cols, allow_mismatch)  # refuse before writing anything
@@ -833,25 +875,12 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
     tests: dict = {}
     header, rows = table_rows(runs, allow_mismatch=allow_mismatch, tests=tests)
     details = detail_tables(runs, allow_mismatch, tests)
-    runs_header = ["run", "framework", "SP", "steps", "status", "backbone", "local-view flip", "eval seeds",
-                   "directory"]
-    runs_rows = []
-    for r in runs:
-        seeds = sorted({int(s) for s in (_finite(m.get("seeds")) or 1 for m in r.metrics.values())})
-        inc = r.incomplete()
-        runs_rows.append([r.label, r.framework, "yes" if r.sp else "no", str(r.config.get("train", {}).get("steps", "?")),
-                          f"⚠ INCOMPLETE: {inc}" if inc else "complete", str(r.config.get("backbone", {}).get("name", "?")),
-                          r.local_flip, "/".join(map(str, seeds)) or "–", str(r.path)])
+    runs_header, runs_rows = _runs_section(runs)
     pairs_header, pairs_rows = _pairs_section(cols, mismatched)
-    warnings = [f"⚠ {r.label} is incomplete: {r.incomplete()} (its numbers are not those of the finished run)."
-                for r in runs if r.incomplete()]
-    for base, sp in cols:
-        if sp is not None and mismatched.get((id(base), id(sp))):
-            warnings.append(f"⚠ {base.label} and {sp.label} are NOT COMPARABLE: they differ in "
-                            f"{'; '.join(mismatched[(id(base), id(sp))])}; their Δ is not tested.")
+    warnings = _warnings(runs, cols, mismatched)
     untested = sorted({why for why in tests.values() if isinstance(why, str)})
-    why = [f"{NO_TEST} no test: " + "; ".join(untested[:8]) + (f"; and {len(untested) - 8} more" if len(untested) > 8 else "")
-           ] if untested else []
+    more = f"; and {len(untested) - 8} more" if len(untested) > 8 else ""
+    why = [f"{NO_TEST} no test: " + "; ".join(untested[:8]) + more] if untested else []
 
     md = [f"# {title}", "", "## Runs", "", _markdown(runs_header, runs_rows), ""]
     if pairs_rows:
@@ -874,8 +903,10 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
          "<h2>Runs</h2>", _html_table(runs_header, runs_rows)]
     if pairs_rows:
         h += ["<h2>Pairs</h2>", _html_table(pairs_header, pairs_rows)]
-    h += ["<h2>Summary</h2>", f"<p>{html.escape(NOTE)}</p>"] + [f"<p class='warn'>{html.escape(w)}</p>" for w in warnings]
-    h += [_html_table(header, rows) if rows else "<p>(no metrics found)</p>"] + [f"<p>{html.escape(w)}</p>" for w in why]
+    h += ["<h2>Summary</h2>", f"<p>{html.escape(NOTE)}</p>"]
+    h += [f"<p class='warn'>{html.escape(w)}</p>" for w in warnings]
+    h += [_html_table(header, rows) if rows else "<p>(no metrics found)</p>"]
+    h += [f"<p>{html.escape(w)}</p>" for w in why]
     h.append("<h2>Figures</h2>")
     h += [f"<figure><img src='{p.name}' alt='{html.escape(cap)}'><figcaption>{html.escape(cap)}</figcaption></figure>"
           for cap, p in figures]
