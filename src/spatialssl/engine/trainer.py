@@ -356,7 +356,7 @@ def _resume_state(out: Path, cfg: dict, force: bool) -> tuple[dict | None, list[
         raise config_mod.ConfigError(
             f"resuming {out} (step {state['step']}) would change its config: {shown}. These change what is trained; "
             f"resume with the config saved there, add --force to continue with the changes (recorded in config.yaml), "
-            f"or --no-resume to start over (the old folder is moved aside)")
+            f"--no-resume to start over (the old folder is moved aside), or another out_dir")
     if unsafe:
         history.append({"step": int(state["step"]), "changes": {k: [a, b] for k, (a, b) in unsafe.items()}})
         notes.append(f"resumed with changed config (--force) at step {state['step']}: {shown}")
