@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="where metrics/ goes (default: the run directory)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override an eval or data key, e.g. --set eval.n_test=500")
+    p.add_argument("--reference", default=None, choices=["supervised"],
+                   help="also evaluate a reference: 'supervised' = the same backbone trained on the labels "
+                        "for the run's budget (values supervised_<metric>)")
 
     p = sub.add_parser("report", help="side-by-side report of evaluated runs")
     p.add_argument("runs", nargs="+")
@@ -185,8 +188,10 @@ def _dispatch(a: argparse.Namespace) -> int:
 
         if a.seeds < 1:
             raise config_mod.ConfigError(f"eval --seeds must be >= 1, got {a.seeds}")
-        _check_device(a.device)
-        res = evaluate(a.checkpoint, a.tasks, a.seeds, a.out, _eval_overrides(a.overrides), a.device)
+        _check_device(a.device,
+                       reference=a.reference)
+        res = evaluate(a.checkpoint, a.tasks, a.seeds, a.out, _eval_overrides(a.overrides), a.device,
+                       reference=a.reference)
         for task, values in res.items():
             shown = {k: round(v, 4) for k, v in values.items() if isinstance(v, float)}
             print(f"{task}: {shown}")

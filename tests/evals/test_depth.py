@@ -36,3 +36,33 @@ def test_far_plane_is_invalid(planted_tools):
     cs.meta["far"] = 30.0
     v = depth.valid_mask(cs)
     assert not v[0, :4].any() and not v[1, 0, 0] and v[2].all()
+
+
+def test_image_errors_score_valid_pixels_only():
+    gt = torch.tensor([[[1.0, 2.0], [4.0, 30.0]], [[2.0, 2.0], [2.0, 2.0]]])
+    pred = torch.tensor([[[1.0, 2.0], [5.0, 2.0]], [[2.0, 2.0], [2.0, 3.0]]])
+    valid = torch.tensor([[[True, True], [True, False]], [[True, True], [True, True]]])
+    e = depth.image_errors(pred, gt, valid)
+    assert torch.allclose(e["sq"], torch.tensor([1 / 3, 1 / 4], dtype=torch.float64))
+    assert torch.allclose(e["abs_rel"], torch.tensor([0.25 / 3, 0.5 / 4], dtype=torch.float64))
+    assert torch.allclose(e["delta1"], torch.tensor([2 / 3, 0.75], dtype=torch.float64))  # 5 / 4 is not < 1.25
+    assert e["n"].tolist() == [3, 4]
+
+
+def test_invalid_pixels_are_not_scored(planted_tools):
+    """A far-plane band (depth = far, invalid) whose pixels still show the ramp: the probe
+    predicts the ramp there, 20+ units off the stored 30. Scored on valid pixels only, the
+    error stays small; the per-image outcomes are over valid pixels too."""
+    t = planted_tools
+    splits = {}
+    for name, seed in (("train", 0), ("test", 1)):
+        cs = t["dense_set"](40, 4, seed)
+        cs.depth[:, :6] = 30.0
+        cs.meta["far"] = 30.0
+        splits[name] = cs
+    ctx = t["context"](t["Planted"](4, stride=2), splits, dense_epochs=100)
+    out = depth.run(ctx)
+    assert out["valid_frac"] < 0.8 and out["rmse"] < 0.1 * out["mean_rmse"] and out["delta1"] > 0.99
+    sq = ctx.outcomes["rmse"]["sq"]
+    assert ctx.outcomes["rmse"]["kind"] == "rmse" and sq.shape == (40,)
+    assert abs(float(sq.mean().sqrt()) - out["rmse"]) < 1e-5

@@ -1,25 +1,33 @@
-"""``evaluate``: metrics files, determinism given a seed, mean and std over seeds, feature cache."""
+"""``evaluate``: metrics and outcome files, determinism given a seed, spread over seeds,
+floors for every metric, the supervised reference, the feature cache per checkpoint."""
 
 import json
 
+import pytest
+import torch
+
 from spatialssl import config
 from spatialssl.engine.trainer import pretrain
-from spatialssl.evals import evaluate, parse_tasks
+from spatialssl.evals import evaluate, metric_keys, parse_tasks
 
-import pytest
+
+def _pretrain(out, steps=2, seed=0):
+    cfg = config.resolve(["demo"], [f"out_dir={out}", "data.n_train=64", "data.n_eval=32", f"train.steps={steps}",
+                                    "train.batch_size=16", "backbone.width=8", "backbone.stem_width=8",
+                                    "train.progress=false", "train.log_every=1", f"seed={seed}"])
+    return pretrain(cfg)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    cfg = config.resolve(["demo"], [f"out_dir={out}", "data.n_train=64", "data.n_eval=32", "train.steps=2",
-                                    "train.batch_size=16", "backbone.width=8", "backbone.stem_width=8",
-                                    "train.progress=false", "train.log_every=1"])
-    return pretrain(cfg)
+    return _pretrain(tmp_path_factory.mktemp("run"))
 
 
 EV = {"eval": {"n_train": 64, "n_test": 32, "linear_epochs": 10, "pp_epochs": 20, "pp_pairs_per_image": 2,
                "random_floor": False}}
+EV_ALL = {"eval": {"n_train": 48, "n_test": 24, "linear_epochs": 5, "pp_epochs": 20, "pp_pairs_per_image": 2,
+                   "dense_epochs": 2, "robust_corruptions": ["gaussian_noise", "fog"], "robust_severities": [1, 3],
+                   "jigsaw_epochs": 3, "random_floor": True}}
 
 
 def test_metrics_written_deterministic_and_spread_over_seeds(tiny_run):
@@ -27,7 +35,8 @@ def test_metrics_written_deterministic_and_spread_over_seeds(tiny_run):
     b = evaluate(tiny_run, "knn,linear,patch_pair", overrides=EV, progress=False)
     assert a == b  # same seed, same numbers
     rec = json.loads((tiny_run / "metrics" / "linear.json").read_text())
-    assert rec["values"] == a["linear"] and rec["seed"] == 0 and len(rec["checkpoint"]) == 16
+    assert rec["values"] == a["linear"] and rec["seed"] == 0 and rec["subset_seed"] == 0
+    assert rec["step"] == 2 and rec["complete"] is True and rec["n_test"] == 32
     assert list((tiny_run / "features").glob("*.pt"))  # features cached on disk per checkpoint
 
     evaluate(tiny_run, "linear,patch_pair", seeds=3, overrides=EV, progress=False)
@@ -36,6 +45,54 @@ def test_metrics_written_deterministic_and_spread_over_seeds(tiny_run):
     vals = [r["r2_dx"] for r in rec["per_seed"]]
     assert rec["values"]["r2_dx"] == pytest.approx(sum(vals) / 3)
     assert rec["std"]["r2_dx"] > 0  # probe seeds differ
+    out = torch.load(tiny_run / "metrics" / "patch_pair_outcomes.pt", weights_only=True)
+    assert len(out["seeds"]) == 3
+    for s, per in enumerate(out["seeds"]):
+        o = per["r2_ds"]
+        assert o["kind"] == "r2" and o["err2"].shape == o["target"].shape == (rec["per_seed"][s]["n_pairs_test"],)
+        r2 = 1 - o["err2"].sum() / (o["target"] - o["target"].mean()).pow(2).sum()
+        assert float(r2) == pytest.approx(rec["per_seed"][s]["r2_ds"], abs=1e-5)
+
+
+def test_eval_seeds_from_the_config(tiny_run, tmp_path):
+    evaluate(tiny_run, "knn", out_dir=tmp_path, overrides={"eval": {**EV["eval"], "seeds": 2, "n_test": 16}},
+             progress=False)
+    rec = json.loads((tmp_path / "metrics" / "knn.json").read_text())
+    assert rec["seeds"] == 2 and rec["subset_seeds"] == [0, 1]  # each seed its own test subset
+
+
+def test_floor_for_every_metric_and_supervised_reference(tiny_run, tmp_path):
+    """Every task: a random-init floor beside every metric, the supervised reference too, and
+    per-item outcomes for the run, the floor and the reference."""
+    res = evaluate(tiny_run, "all", out_dir=tmp_path, overrides=EV_ALL, progress=False, reference="supervised")
+    assert set(res) == set(parse_tasks("all"))
+    for task, values in res.items():
+        keys = metric_keys(values)
+        assert keys, task
+        for k in keys:
+            assert f"random_{k}" in values and f"supervised_{k}" in values, (task, k)
+        out = torch.load(tmp_path / "metrics" / f"{task}_outcomes.pt", weights_only=True)["seeds"][0]
+        for k in [k for k in out if not k.startswith(("random_", "supervised_"))]:
+            assert f"random_{k}" in out and f"supervised_{k}" in out
+            assert out[k]["kind"] in ("mean", "r2", "rmse", "miou")
+        json.loads((tmp_path / "metrics" / f"{task}.json").read_text())
+    assert res["robustness"]["random_mCA"] >= 0 and "random_ood_top1" in res["robustness"]
+    assert list((tmp_path / "features").glob("supervised_*.pt"))  # the reference is trained once, kept
+
+
+def test_two_checkpoints_same_items_different_features(tiny_run, tmp_path):
+    """A second checkpoint evaluated into the same folder: its own features (the checkpoint hash
+    is part of the key), and the same test items in the same order (outcomes pair up)."""
+    other = _pretrain(tmp_path / "other", steps=3, seed=1)
+    ev = tmp_path / "ev"
+    a = evaluate(tiny_run, "knn", out_dir=ev, overrides=EV, progress=False)
+    oa = torch.load(ev / "metrics" / "knn_outcomes.pt", weights_only=True)["seeds"][0]["top1"]["x"]
+    n_files = len(list((ev / "features").glob("*.pt")))
+    evaluate(other, "knn", out_dir=ev, overrides=EV, progress=False)
+    ob = torch.load(ev / "metrics" / "knn_outcomes.pt", weights_only=True)["seeds"][0]["top1"]["x"]
+    assert len(list((ev / "features").glob("*.pt"))) == 2 * n_files
+    rec = json.loads((ev / "metrics" / "knn.json").read_text())
+    assert rec["step"] == 3 and rec["complete"] is True and a["knn"]["n_test"] == rec["n_test"] == len(oa) == len(ob)
 
 
 def test_out_dir_keeps_the_checkpoint_folder_untouched(tiny_run, tmp_path):
@@ -48,7 +105,9 @@ def test_out_dir_keeps_the_checkpoint_folder_untouched(tiny_run, tmp_path):
     assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before
 
 
-def test_unknown_task_is_named():
+def test_unknown_task_and_reference_are_named(tiny_run):
     with pytest.raises(ValueError, match="unknown eval task 'knnn'"):
         parse_tasks("knn,knnn")
     assert "jigsaw" in parse_tasks("all")
+    with pytest.raises(ValueError, match="unknown reference 'oracle'"):
+        evaluate(tiny_run, "knn", overrides=EV, progress=False, reference="oracle")

@@ -53,3 +53,32 @@ def test_upsample_equals_interpolate():
     x = torch.randn(2, 3, 4, 5)
     ref = F.interpolate(x, size=(24, 17), mode="bilinear", align_corners=False)
     assert torch.allclose(segmentation.upsample(x, (24, 17)), ref, atol=1e-5)
+
+
+def test_miou_averages_over_present_classes_only():
+    """Class 3 appears in neither the masks nor the predictions: it is left out of the mean
+    (counting it as IoU 0 would give 3/4 of the right value)."""
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 2, 1]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 1]])
+    conf = segmentation.confusion(pred, target, 4)
+    s = segmentation.iou_scores(conf, ["bg", "a", "b", "c"])
+    # bg: tp 1 / union 3; a: 3 / 4; b: 2 / 3
+    assert abs(s["miou"] - (1 / 3 + 3 / 4 + 2 / 3) / 3) < 1e-9 and "iou_c" not in s
+    inter, union = segmentation.image_counts(pred[:, None], target[:, None], 4)  # two 1 x 4 images
+    assert inter.tolist() == [[1, 2, 0, 0], [0, 1, 2, 0]] and union.sum(0).tolist() == [3, 4, 3, 0]
+    assert segmentation.iou_from_counts(inter.sum(0), union.sum(0), ["bg", "a", "b", "c"])["miou"] == s["miou"]
+
+
+def test_prediction_chunks_do_not_change_the_scores(planted_tools, monkeypatch):
+    """Argmax per chunk of at most PREDICT_FLOATS logits: one image at a time scores as one big chunk."""
+    t = planted_tools
+    splits = {"train": t["dense_set"](20, 3, 0), "test": t["dense_set"](12, 3, 1)}
+    big = segmentation.run(t["context"](t["random_backbone"](), splits, dense_epochs=3))
+    monkeypatch.setattr(segmentation, "PREDICT_FLOATS", 3 * t["SIZE"] ** 2)  # one image's logits
+    ctx = t["context"](t["random_backbone"](), splits, dense_epochs=3)
+    small = segmentation.run(ctx)
+    assert small == big
+    o = ctx.outcomes["miou"]
+    assert o["kind"] == "miou" and o["inter"].shape == o["union"].shape == (12, 3)
+    pooled = segmentation.iou_from_counts(o["inter"].sum(0), o["union"].sum(0), ["a", "b", "c"])["miou"]
+    assert abs(pooled - small["miou"]) < 1e-6

@@ -1,8 +1,14 @@
 """Evaluations on frozen backbones: one protocol per file, over ``features.EvalContext``.
 
-Each protocol is ``run(ctx) -> dict`` of metrics; ``evaluate`` runs the chosen tasks over
-one or more seeds and writes ``<run>/metrics/<task>.json`` for each (values, spread over
-seeds, eval config, seed, checkpoint hash).
+Each protocol is ``run(ctx) -> dict`` of values, and records per-item outcomes of its
+metrics in ``ctx.outcomes`` (``EvalContext.record``). ``run_task`` runs one protocol, checks
+that every number is finite, and adds the random-init floor (``random_<metric>``: the same
+protocol, subsets and seed on a random-init backbone of the same architecture, one per
+seed shared by every task) and, when asked, the supervised reference
+(``supervised_<metric>``, ``reference.py``). ``evaluate`` runs the chosen tasks over
+``eval.seeds`` seeds (or ``seeds``) and writes, for each task, ``<run>/metrics/<task>.json``
+(values, spread over seeds, eval and data config, seed, checkpoint hash, training step)
+and ``<run>/metrics/<task>_outcomes.pt`` (per-item outcomes per seed; docs/evaluations.md).
 
 >>> evaluate("runs/demo/dino_sp", ["knn", "linear", "patch_pair"])
 """
@@ -15,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .features import EvalContext, context_from_checkpoint, write_metrics
+from .features import EvalContext, check_finite, context_from_checkpoint, write_metrics, write_outcomes
 
 # task name -> module in this package (each has ``run(ctx) -> dict``)
 TASKS: dict[str, str] = {
@@ -28,6 +34,16 @@ TASKS: dict[str, str] = {
     "robustness": "robustness",
     "jigsaw": "jigsaw",
 }
+
+# values that describe the setting, not the backbone: no floor, no reference, no mark
+DIAGNOSTIC = {"chance", "k", "t", "best_lr", "n", "majority_miou", "mean_rmse", "valid_frac"}
+
+
+def metric_keys(values: dict) -> list[str]:
+    """The keys of ``values`` that measure the backbone (numbers that are not diagnostics,
+    counts ``n_*``, chance levels ``chance*`` or already a floor / reference)."""
+    return [k for k, v in values.items()
+            if isinstance(v, float) and k not in DIAGNOSTIC and not k.startswith(("n_", "chance", "random_", "supervised_"))]
 
 
 def available_tasks() -> list[str]:
@@ -54,8 +70,34 @@ def parse_tasks(tasks: str | list[str]) -> list[str]:
     return names
 
 
-def run_task(ctx: EvalContext, task: str) -> dict:
-    return importlib.import_module(f"{__name__}.{TASKS[task]}").run(ctx)
+def run_protocol(ctx: EvalContext, task: str) -> dict:
+    """One protocol on one context; non-finite values raise (naming the run and the task).
+    Leaves the per-item outcomes in ``ctx.outcomes``."""
+    ctx.task, ctx.outcomes = task, {}
+    values = importlib.import_module(f"{__name__}.{TASKS[task]}").run(ctx)
+    check_finite(values, ctx)
+    return values
+
+
+def run_task(ctx: EvalContext, task: str, reference: EvalContext | None = None) -> dict:
+    """``task`` on ``ctx``, plus ``random_<metric>`` for every metric when ``eval.random_floor``
+    (``ctx.floor()``: one random-init backbone per seed, shared by every task) and
+    ``supervised_<metric>`` when a ``reference`` context is given. ``ctx.outcomes`` ends up
+    holding the run's outcomes and the floor's / reference's under the same prefixes."""
+    values = run_protocol(ctx, task)
+    outcomes = dict(ctx.outcomes)
+    if "skipped" not in values:
+        others = [("random", ctx.floor() if ctx.ecfg["random_floor"] else None), ("supervised", reference)]
+        for prefix, other in others:
+            if other is None:
+                continue
+            v = run_protocol(other, task)
+            for k in metric_keys(values):
+                if k in v:
+                    values[f"{prefix}_{k}"] = v[k]
+            outcomes.update({f"{prefix}_{k}": o for k, o in other.outcomes.items()})
+    ctx.task, ctx.outcomes = task, outcomes
+    return values
 
 
 def _aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
@@ -65,33 +107,55 @@ def _aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
     for k, v in per_seed[0].items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             vals = [float(r[k]) for r in per_seed]
-            mean[k] = statistics.fmean(vals)
+            mean[k] = v if isinstance(v, int) and len(set(vals)) == 1 else statistics.fmean(vals)
             std[k] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         else:
             mean[k] = v
     return mean, std
 
 
-def evaluate(checkpoint: str | Path, tasks: str | list[str], seeds: int = 1, out_dir: str | Path | None = None,
-             overrides: dict | None = None, device: str = "cpu", progress: bool = True) -> dict[str, dict]:
-    """Run ``tasks`` on a checkpoint; write ``metrics/<task>.json`` under ``out_dir``
-    (default: the checkpoint's run directory), with the feature cache in ``out_dir/features``
-    (a checkpoint evaluated elsewhere, e.g. a released one, is left as it was).
-    Returns {task: mean values}."""
+def evaluate(checkpoint: str | Path, tasks: str | list[str], seeds: int | None = None,
+             out_dir: str | Path | None = None, overrides: dict | None = None, device: str = "cpu",
+             progress: bool = True, reference: str | None = None) -> dict[str, dict]:
+    """Run ``tasks`` on a checkpoint; write ``metrics/<task>.json`` and
+    ``metrics/<task>_outcomes.pt`` under ``out_dir`` (default: the checkpoint's run
+    directory), with the feature cache in ``out_dir/features`` (a checkpoint evaluated
+    elsewhere, e.g. a released one, is left as it was).
+
+    Args:
+        seeds: evaluation seeds 0..seeds-1 (default: the config's ``eval.seeds``); each seed
+            draws its own subsets, probes, pairs and permutations.
+        reference: ``"supervised"`` to also evaluate the supervised reference (``reference.py``).
+    Returns:
+        {task: mean values}.
+    """
+    from .reference import REFERENCES, supervised_context
+
+    if reference is not None and reference not in REFERENCES:
+        raise ValueError(f"unknown reference '{reference}' (known: {', '.join(REFERENCES)})")
     ckpt = Path(checkpoint)
     out_dir = Path(out_dir) if out_dir else (ckpt if ckpt.is_dir() else ckpt.parent)
     names = parse_tasks(tasks)
     base = context_from_checkpoint(ckpt, overrides, device, seed=0, progress=progress, cache_dir=out_dir / "features")
+    seeds = int(base.ecfg["seeds"] if seeds is None else seeds)
+    if seeds < 1:
+        raise ValueError(f"eval seeds must be >= 1, got {seeds}")
+    ctxs = [base] + [base.for_seed(s) for s in range(1, seeds)]
+    refs: list[EvalContext | None] = [None] * seeds
+    if reference == "supervised":
+        sup = supervised_context(base)
+        refs = [sup] + [sup.for_seed(s) for s in range(1, seeds)]
     results: dict[str, dict] = {}
     for task in tqdm(names, desc="eval", disable=not progress):
-        per_seed = []
-        for s in range(seeds):
-            ctx = base if s == 0 else EvalContext(base.cfg, base.backbone, base.ckpt_hash, base.device,
-                                                  base.cache_dir, s, progress, base._splits)
-            ctx._feats = base._feats  # features do not depend on the probe seed
-            per_seed.append(run_task(ctx, task))
+        per_seed, outcomes = [], []
+        for ctx, ref in zip(ctxs, refs):
+            per_seed.append(run_task(ctx, task, ref))
+            outcomes.append(ctx.outcomes)
         mean, std = _aggregate(per_seed)
-        extra = {"seeds": seeds, "std": std, "per_seed": per_seed} if seeds > 1 else {}
+        extra = {"seeds": seeds, "subset_seeds": list(range(seeds)), "reference": reference}
+        if seeds > 1:
+            extra.update({"std": std, "per_seed": per_seed})
         write_metrics(out_dir, task, mean, base, extra)
+        write_outcomes(out_dir, task, outcomes)
         results[task] = mean
     return results

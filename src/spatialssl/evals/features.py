@@ -1,9 +1,20 @@
 """The shared frozen-feature extractor and its cache; the context every protocol gets.
 
-A checkpoint's backbone is rebuilt from the config saved in it and frozen. Features of
-a split (global [N, D], and patch [N, D, h, w] when a dense task asks) are computed once
-per (checkpoint hash, split, image size, count) and cached on disk under
-``<run>/features/``, so running all tasks does not recompute them.
+A checkpoint's backbone is rebuilt from the config saved in it and frozen. Features of a
+set of uint8 images (global [N, D], and patch [N, D, h, w] when a dense task asks) are
+computed once and cached in memory and on disk under ``<run>/features/``. The cache key
+is a hash of everything that decides the features: the checkpoint (or the random /
+reference backbone's weights), the **content** of the input uint8 tensor, the data
+config, the eval image size, the probe settings that shaped the input (jigsaw's
+reassembled images), and ``FEATURE_VERSION`` (bumped whenever this file's feature code
+changes). A stale file cannot be picked up after any of those change.
+
+Every subset a protocol uses (probe-train, test, dense, robustness, jigsaw, the two
+patch-pair halves) is a **seeded random sample, stratified by class** where the split has
+labels (``stratified_sample``): seeded by the evaluation seed and the subset's purpose,
+never by the checkpoint, so every run evaluated with the same eval config and data scores
+the same test items in the same order. Folder data sets are sorted by class; "the first n
+images" would hold a few classes only.
 """
 
 from __future__ import annotations
@@ -11,7 +22,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import sys
+import weakref
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +36,12 @@ from ..backbones import Backbone, create_backbone
 from ..data import load_split
 from ..data.canvases import CanvasSet
 from ..views import to_input
+
+FEATURE_VERSION = 2  # bump when extract(), to_input() or what a cache file holds changes
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """Non-finite features or metrics; the message names the run and the task."""
 
 
 def _read_checkpoint(path: Path) -> dict:
@@ -110,6 +130,7 @@ def _with_progress(state: dict) -> dict:
 
 
 def checkpoint_hash(path: str | Path, n: int = 16) -> str:
+    """SHA-256 of the checkpoint file's bytes (first ``n`` hex digits)."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
@@ -120,6 +141,65 @@ def checkpoint_hash(path: str | Path, n: int = 16) -> str:
     return h.hexdigest()[:n]
 
 
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-1 of a tensor's dtype, shape and bytes (content, not identity)."""
+    h = hashlib.sha1(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def state_digest(module: torch.nn.Module, n: int = 16) -> str:
+    """Hash of a module's weights (names and bytes): names a random or reference backbone."""
+    h = hashlib.sha1()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(tensor_digest(v).encode())
+    return h.hexdigest()[:n]
+
+
+# content digests of long-lived input tensors, so a split is hashed once per process; an
+# entry is used only while it is the same live tensor at the same in-place version
+_DIGESTS: dict[int, tuple[weakref.ref, int, str]] = {}
+
+
+def _digest_cached(t: torch.Tensor) -> str:
+    hit = _DIGESTS.get(id(t))
+    if hit is not None and hit[0]() is t and hit[1] == t._version:
+        return hit[2]
+    d = tensor_digest(t)
+    try:
+        _DIGESTS[id(t)] = (weakref.ref(t, lambda _r, i=id(t): _DIGESTS.pop(i, None)), t._version, d)
+    except TypeError:  # not weak-referenceable: just do not memoise
+        pass
+    return d
+
+
+def stratified_sample(n: int, k: int, labels: torch.Tensor | None, key: str) -> torch.Tensor:
+    """``k`` of ``n`` indices, a seeded random sample stratified by ``labels`` (sorted, long [k]).
+
+    Each class gets its share of ``k`` (largest remainders, ties to the lower class id);
+    within a class the images are drawn at random. ``k`` = 0 or >= ``n``: all indices.
+    The generator is seeded by ``key`` (name the subset's purpose and the eval seed).
+    """
+    if not k or k >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    if labels is None:
+        return torch.randperm(n, generator=g)[:k].sort().values
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * k / n
+    quota = exact.floor().long()
+    rest = k - int(quota.sum())
+    order = sorted(range(len(classes)), key=lambda i: (-(exact[i] - quota[i]).item(), i))
+    for i in order[:rest]:
+        quota[i] += 1
+    picks = []
+    for c, q in zip(classes.tolist(), quota.tolist()):
+        idx = (labels == c).nonzero().flatten()
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:q]])
+    return torch.cat(picks).sort().values
+
+
 @torch.no_grad()
 def extract(backbone: Backbone, images: torch.Tensor, img_size: int, batch_size: int = 256,
             device: torch.device | str = "cpu", patch: bool = False, desc: str = "features",
@@ -127,7 +207,8 @@ def extract(backbone: Backbone, images: torch.Tensor, img_size: int, batch_size:
     """Frozen features of uint8 images [N, 3, H, W], resized to ``img_size``.
 
     Returns:
-        global float32 [N, D] and, with ``patch=True``, patch float32 [N, D, h, w] (else None).
+        global float32 [N, D] and, with ``patch=True``, patch float32 [N, D, h, w] (else None),
+        on the CPU (moved to the device by the probes that use them).
     """
     backbone.eval().to(device)
     glob, patches = [], []
@@ -141,81 +222,165 @@ def extract(backbone: Backbone, images: torch.Tensor, img_size: int, batch_size:
 
 
 class EvalContext:
-    """What a protocol needs: config, frozen backbone, data splits and cached features.
+    """What a protocol needs: config, frozen backbone, data subsets and cached features.
 
     Attributes:
         cfg: the resolved config (the checkpoint's, with eval overrides).
         backbone: the frozen backbone (eval mode, on ``device``).
-        ckpt_hash: short hash of the checkpoint file ("random" for a random-init floor).
-        seed: the evaluation seed.
+        ckpt_hash: short hash naming the weights ("random-<hash>" for a random-init floor).
+        seed: the evaluation seed (probe initialisation, data order, and every subset).
+        run_name: names the run in errors.
+        step: the checkpoint's training step (None when not from a checkpoint).
+        task: the task being run (set by ``evals.run_task``; named in errors).
+        role: "run", "random" (the random-init floor) or "supervised" (the reference).
+        outcomes: per-item outcomes of the current task, by metric key (see ``record``).
     """
 
     def __init__(self, cfg: dict, backbone: Backbone, ckpt_hash: str, device: torch.device | str = "cpu",
                  cache_dir: Path | None = None, seed: int = 0, progress: bool = True,
-                 splits: dict[str, CanvasSet] | None = None) -> None:
+                 splits: dict[str, CanvasSet] | None = None, run_name: str = "") -> None:
         self.cfg = cfg
         self.ecfg = cfg["eval"]
-        self.backbone = backbone.eval().to(device)
+        self.device = torch.device(device)
+        self.backbone = backbone.eval().to(self.device)
         for p in self.backbone.parameters():
             p.requires_grad_(False)
         self.ckpt_hash = ckpt_hash
-        self.device = torch.device(device)
         self.cache_dir = cache_dir
         self.seed = seed
         self.progress = progress
-        self._splits: dict[str, CanvasSet] = dict(splits or {})
-        self._feats: dict[tuple, tuple] = {}
+        self.run_name = run_name or ckpt_hash
+        self.step: int | None = None
+        self.task = ""
+        self.outcomes: dict[str, dict] = {}
+        self._splits: dict[str, CanvasSet] = splits if splits is not None else {}
+        self._subsets: dict[tuple, CanvasSet] = {}
+        self._feats: dict[str, tuple] = {}
+        self._floor: EvalContext | None = None
+        self.role = "run"  # "run" | "random" (the random-init floor) | "supervised" (the reference)
+
+    def _derived(self, backbone: Backbone, ckpt_hash: str, seed: int) -> "EvalContext":
+        ctx = EvalContext(self.cfg, backbone, ckpt_hash, self.device, self.cache_dir, seed, self.progress,
+                          self._splits, self.run_name)
+        ctx._subsets, ctx._feats, ctx.step, ctx.role = self._subsets, self._feats, self.step, self.role
+        return ctx
 
     @property
     def img_size(self) -> int:
         return self.ecfg["img_size"] or self.cfg["views"]["global_size"]
 
-    def split(self, name: str) -> CanvasSet:
-        """A data split, limited to ``eval.n_train`` / ``eval.n_test`` images (first ones)."""
+    def fail(self, what: str) -> NonFiniteError:
+        """The error for non-finite numbers, naming the run and the task."""
+        who = f"run {self.run_name}" + {"run": "", "random": " (random-init floor)",
+                                         "supervised": " (supervised reference)"}[self.role]
+        return NonFiniteError(f"{who}, task {self.task or '?'}: {what}; evaluation stopped")
+
+    # ---- data subsets ----------------------------------------------------------------
+    def full_split(self, name: str) -> CanvasSet:
+        """A whole data split (loaded once, shared by every context of this evaluation)."""
         if name not in self._splits:
-            data = load_split(self.cfg["data"], name, progress=self.progress)
-            limit = self.ecfg["n_train"] if name == self.ecfg["split_train"] else self.ecfg["n_test"]
-            if limit and len(data) > limit:
-                data = data.subset(slice(0, limit))
-            self._splits[name] = data
+            self._splits[name] = load_split(self.cfg["data"], name, progress=self.progress)
         return self._splits[name]
 
+    def sample(self, cs: CanvasSet, n: int, purpose: str) -> CanvasSet:
+        """A seeded, class-stratified random subset of ``n`` rows of ``cs`` (0 or >= len: all of it).
+
+        Seeded by ``purpose`` and the evaluation seed, never by the checkpoint.
+        """
+        if not n or n >= len(cs):
+            return cs
+        key = (purpose, self.seed, n, len(cs))
+        if key not in self._subsets:
+            idx = stratified_sample(len(cs), n, cs.labels, f"{purpose}/n={n}/of={len(cs)}/seed={self.seed}")
+            self._subsets[key] = cs.subset(idx)
+        return self._subsets[key]
+
+    def split(self, name: str) -> CanvasSet:
+        """Split ``name`` limited to ``eval.n_train`` (the probe-train split) or ``eval.n_test``
+        (any other) images: a seeded, stratified random sample (see ``sample``)."""
+        limit = self.ecfg["n_train"] if name == self.ecfg["split_train"] else self.ecfg["n_test"]
+        return self.sample(self.full_split(name), limit, f"split:{name}")
+
+    # ---- features --------------------------------------------------------------------
+    def cache_key(self, images: torch.Tensor, patch: bool, settings: dict | None = None) -> str:
+        """Hash of everything that decides the features of ``images`` (see module docstring)."""
+        material = {"version": FEATURE_VERSION, "weights": self.ckpt_hash, "images": _digest_cached(images),
+                    "data": self.cfg["data"], "img_size": self.img_size, "patch": patch,
+                    "settings": settings or {}}
+        return hashlib.sha1(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
     def features(self, name: str, patch: bool = False, images: torch.Tensor | None = None,
-                 tag: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Features of split ``name`` (or of ``images``, cached under ``name`` + ``tag``)."""
+                 tag: str = "", settings: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Features of split ``name``'s subset (or of ``images``, e.g. corrupted or reassembled
+        ones; ``tag`` only names the cache file, ``settings`` are the probe settings that shaped
+        ``images`` and enter the key). Non-finite features raise ``NonFiniteError``."""
         imgs = images if images is not None else self.split(name).images
-        key = (name, tag, patch, self.img_size, len(imgs))
+        key = self.cache_key(imgs, patch, settings)
         if key in self._feats:
             return self._feats[key]
         path = None
-        if self.cache_dir is not None and self.ckpt_hash != "random":
-            stem = f"{self.ckpt_hash}_{name}{'_' + tag if tag else ''}_{self.img_size}px_{len(imgs)}{'_patch' if patch else ''}"
-            path = self.cache_dir / f"{stem}.pt"
+        out = None
+        if self.cache_dir is not None:
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{name}{'_' + tag if tag else ''}")
+            path = Path(self.cache_dir) / f"{self.ckpt_hash}_{safe}_{key}{'_patch' if patch else ''}.pt"
             if path.exists():
                 try:
-                    self._feats[key] = torch.load(path, weights_only=True)
-                    return self._feats[key]
+                    out = torch.load(path, weights_only=True)
                 except Exception:  # a damaged cache file is recomputed, never trusted
                     path.unlink()
-        out = extract(self.backbone, imgs, self.img_size, self.ecfg["batch_size"], self.device, patch,
-                      desc=f"features {name}{' ' + tag if tag else ''}", progress=self.progress)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(out, tmp)
-            tmp.replace(path)
+        if out is None:
+            out = extract(self.backbone, imgs, self.img_size, self.ecfg["batch_size"], self.device, patch,
+                          desc=f"features {name}{' ' + tag if tag else ''}", progress=self.progress)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                torch.save(out, tmp)
+                tmp.replace(path)
+        for what, t in zip(("global", "patch"), out):
+            if t is not None and not torch.isfinite(t).all():
+                bad = int((~torch.isfinite(t)).sum())
+                raise self.fail(f"{bad} of {t.numel()} {what} features of '{name}{' ' + tag if tag else ''}' "
+                                f"are not finite")
         self._feats[key] = out
         return out
 
+    # ---- outcomes --------------------------------------------------------------------
+    def record(self, key: str, kind: str, **tensors: torch.Tensor) -> None:
+        """Per-item outcomes of metric ``key`` over the test items (see docs/evaluations.md):
+        ``mean`` (x [N]), ``r2`` (err2 [N], target [N]), ``rmse`` (sq [N]),
+        ``miou`` (inter [N, C], union [N, C])."""
+        out = {"kind": kind}
+        for k, v in tensors.items():
+            v = v.detach().float().cpu()
+            if not torch.isfinite(v).all():
+                raise self.fail(f"non-finite per-item outcomes of '{key}'")
+            out[k] = v.clone()
+        self.outcomes[key] = out
+
+    # ---- other backbones over the same data --------------------------------------------
     def with_backbone(self, backbone: Backbone, ckpt_hash: str) -> "EvalContext":
-        """The same data and settings over another backbone (e.g. the random-init floor)."""
-        return EvalContext(self.cfg, backbone, ckpt_hash, self.device, self.cache_dir, self.seed, self.progress,
-                           self._splits)
+        """The same data, subsets and settings over another backbone (``ckpt_hash`` names it)."""
+        return self._derived(backbone, ckpt_hash, self.seed)
+
+    def for_seed(self, seed: int) -> "EvalContext":
+        """This backbone under another evaluation seed (other subsets, probes, permutations)."""
+        return self._derived(self.backbone, self.ckpt_hash, seed)
 
     def random_backbone(self) -> Backbone:
-        """A random-init backbone of the same architecture (seeded by the eval seed)."""
-        torch.manual_seed(self.seed)
-        return create_backbone(self.cfg["backbone"])
+        """A random-init backbone of the same architecture (seeded by the eval seed; the
+        global RNG is left as it was)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return create_backbone(self.cfg["backbone"])
+
+    def floor(self) -> "EvalContext":
+        """The random-init floor: one random backbone per seed, shared by every task (its
+        features are cached like any other, keyed by its weights)."""
+        if self._floor is None:
+            bb = self.random_backbone()
+            self._floor = self.with_backbone(bb, f"random-{state_digest(bb)}")
+            self._floor.role = "random"
+        return self._floor
 
 
 def context_from_checkpoint(path: str | Path, overrides: dict | None = None, device: str = "cpu",
@@ -239,18 +404,54 @@ def context_from_checkpoint(path: str | Path, overrides: dict | None = None, dev
     ctx = EvalContext(cfg, backbone, checkpoint_hash(state["_path"]), device, cache_dir or run_dir / "features", seed,
                       progress)
     ctx.step, ctx.complete = int(state["step"]), bool(state["complete"])  # how far the run had got
+    ctx.run_name = str(run_dir)
     return ctx
 
 
+def _check_json(value, where: str, ctx: EvalContext) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ctx.fail(f"metric '{where}' is {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_json(v, f"{where}.{k}" if where else k, ctx)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_json(v, f"{where}[{i}]", ctx)
+
+
+def check_finite(values: dict, ctx: EvalContext) -> None:
+    """Raise ``NonFiniteError`` (naming the run, the task and the key) on a NaN or Inf metric."""
+    _check_json(values, "", ctx)
+
+
 def write_metrics(out_dir: Path, task: str, values: dict, ctx: EvalContext, extra: dict | None = None) -> Path:
-    """``<out_dir>/metrics/<task>.json`` with values, eval config, seed and checkpoint hash."""
+    """``<out_dir>/metrics/<task>.json``: values, eval config, seed, checkpoint hash, training
+    step, whether training was complete, test-set size and subset seed (``allow_nan=False``)."""
     d = Path(out_dir) / "metrics"
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{task}.json"
-    record = {"task": task, "values": values, "eval_config": ctx.ecfg, "seed": ctx.seed,
-              "checkpoint": ctx.ckpt_hash, "framework": ctx.cfg["framework"]["name"],
-              "sp": ctx.cfg["sp"]["enabled"], **(extra or {})}
-    path.write_text(json.dumps(record, indent=2))
+    steps = ctx.cfg["train"]["steps"]
+    record = {"task": task, "values": values, "eval_config": ctx.ecfg, "data_config": ctx.cfg["data"],
+              "seed": ctx.seed, "subset_seed": ctx.seed, "checkpoint": ctx.ckpt_hash,
+              "framework": ctx.cfg["framework"]["name"], "sp": ctx.cfg["sp"]["enabled"],
+              "step": ctx.step, "complete": ctx.step is not None and ctx.step == steps,
+              "n_test": values.get("n_test") if isinstance(values, dict) else None, **(extra or {})}
+    check_finite(record, ctx)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, allow_nan=False))
+    tmp.replace(path)
+    return path
+
+
+def write_outcomes(out_dir: Path, task: str, per_seed: list[dict]) -> Path:
+    """``<out_dir>/metrics/<task>_outcomes.pt``: ``{"seeds": [{metric key: outcome}, ...]}``
+    (one dict per eval seed; loadable with ``torch.load(..., weights_only=True)``)."""
+    d = Path(out_dir) / "metrics"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{task}_outcomes.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({"seeds": per_seed}, tmp)
+    tmp.replace(path)
     return path
 
 

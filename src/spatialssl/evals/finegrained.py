@@ -19,6 +19,7 @@ import torch
 
 from . import knn, linear
 from .features import EvalContext
+from .probes import correct
 
 
 def fine_to_coarse(fine: torch.Tensor, coarse: torch.Tensor | None) -> torch.Tensor | None:
@@ -40,15 +41,19 @@ def run(ctx: EvalContext) -> dict:
         reason = "data set has no fine_labels"
         warnings.warn(f"finegrained skipped: {reason}")
         return {"skipped": reason}
-    k = knn.run(ctx, labels="fine_labels")
+    pred_k, y, _, n_tr = knn.predict(ctx, labels="fine_labels")
     head, norm, n_cls, info = linear.fit(ctx, labels="fine_labels")
     f_te, _ = ctx.features(e["split_test"])
-    pred = head(norm(f_te)).argmax(1).clamp(max=n_cls - 1)
-    y = te.fine_labels
-    out = {"knn_top1": k["top1"], "linear_top1": float((pred == y).float().mean()),
+    pred = linear.predict(head, norm, f_te).clamp(max=n_cls - 1)
+    k_right, l_right = correct(pred_k, y), correct(pred, y)
+    ctx.record("knn_top1", "mean", x=k_right)
+    ctx.record("linear_top1", "mean", x=l_right)
+    out = {"knn_top1": float(k_right.mean()), "linear_top1": float(l_right.mean()),
            "chance": 1.0 / max(n_cls, int(y.max()) + 1), "n_fine": n_cls, "best_lr": info["best_lr"],
-           "n_train": k["n_train"], "n_test": k["n_test"]}
+           "n_train": n_tr, "n_test": len(y)}
     table = fine_to_coarse(tr.fine_labels, tr.labels)
     if table is not None and te.labels is not None:
-        out["linear_coarse_consistent"] = float((table[pred] == te.labels).float().mean())
+        consistent = (table[pred] == te.labels).float()
+        ctx.record("linear_coarse_consistent", "mean", x=consistent)
+        out["linear_coarse_consistent"] = float(consistent.mean())
     return out

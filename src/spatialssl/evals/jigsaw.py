@@ -16,9 +16,11 @@ Values: ``tile_acc`` (tiles put in their true slot), ``puzzle_acc`` (every tile 
 ``tile_acc_greedy`` (each tile's argmax slot, no assignment), chance levels
 (1/n^2 and 1/(n^2)!), and, from the ``linear`` probe ("recognition after
 reconstruction"): ``top1_original``, ``top1_shuffled`` (tiles in shuffled order) and
-``top1_reconstructed`` (tiles where the jigsaw probe put them). With
-``eval.random_floor``, the puzzle scores of a random-init backbone (``random_*``): the
-floor is not chance when tile content gives position away (sky at the top, ground below).
+``top1_reconstructed`` (tiles where the jigsaw probe put them). The random-init floor
+(``random_*``, from ``evals.run_task``) is not chance when tile content gives position
+away (sky at the top, ground below). Probe-train and test images are seeded, stratified
+samples; the eval seed draws them, the test permutations and the probe.
+Per-image outcomes (``mean``): tile accuracy, puzzle solved (0/1), top-1 of each view.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from .features import EvalContext, extract
-from .probes import accuracy, feature_stats
+from . import linear
+from .probes import correct, feature_stats
 from .robustness import linear_probe
 from .segmentation import example_index, save_examples
 
@@ -58,7 +61,7 @@ def assemble(tiles: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
 def decode(logp: torch.Tensor) -> torch.Tensor:
     """Hungarian decoding: log-probs [N, K tiles, K slots] -> slot of each tile [N, K]."""
     out = torch.empty(logp.shape[:2], dtype=torch.long)
-    for i, lp in enumerate(logp.double().numpy()):
+    for i, lp in enumerate(logp.detach().double().cpu().numpy()):
         rows, cols = linear_sum_assignment(-lp)
         out[i, torch.as_tensor(rows)] = torch.as_tensor(cols)
     return out
@@ -85,16 +88,17 @@ def fit_probe(x: torch.Tensor, hidden: int, epochs: int, seed: int, batch_size: 
     """
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
+    dev = x.device
     nb, k, f = x.shape
     n_val = nb // 10 if nb >= 10 else 0
     x_tr, x_va = x[:nb - n_val].reshape(-1, f), x[nb - n_val:].reshape(-1, f)
-    y_tr, y_va = torch.arange(k).repeat(nb - n_val), torch.arange(k).repeat(n_val)
+    y_tr, y_va = torch.arange(k, device=dev).repeat(nb - n_val), torch.arange(k, device=dev).repeat(n_val)
     probe = (nn.Sequential(nn.Linear(f, hidden), nn.GELU(), nn.Linear(hidden, k)) if hidden
-             else nn.Linear(f, k))
+             else nn.Linear(f, k)).to(dev)
     opt = torch.optim.AdamW(probe.parameters(), lr=1e-3, weight_decay=0.05)
     best, best_state = float("inf"), None
     for _ in range(epochs):
-        perm = torch.randperm(len(x_tr), generator=g)
+        perm = torch.randperm(len(x_tr), generator=g).to(dev)
         for i in range(0, len(x_tr), batch_size):
             idx = perm[i:i + batch_size]
             loss = F.cross_entropy(probe(x_tr[idx]), y_tr[idx])
@@ -115,22 +119,39 @@ def solve(ctx: EvalContext, backbone, tr_tiles: torch.Tensor, te_tiles: torch.Te
           perm: torch.Tensor) -> tuple[dict, torch.Tensor]:
     """Train the probe on ``tr_tiles``; solve the test puzzles shuffled by ``perm`` [N, K].
 
-    Returns the scores and the predicted slot of each shuffled tile [N, K].
+    Returns the scores and the predicted slot of each shuffled tile [N, K] (Hungarian), and
+    records per-image outcomes (``tile_acc``, ``puzzle_acc``, ``tile_acc_greedy``).
     """
     e = ctx.ecfg
-    z_tr, z_te = embed_tiles(ctx, backbone, tr_tiles), embed_tiles(ctx, backbone, te_tiles)
+    z_tr = embed_tiles(ctx, backbone, tr_tiles).to(ctx.device)
+    z_te = embed_tiles(ctx, backbone, te_tiles).to(ctx.device)
+    if not (torch.isfinite(z_tr).all() and torch.isfinite(z_te).all()):
+        raise ctx.fail("non-finite tile embeddings")
     mean, std = feature_stats(z_tr, (0, 1))
     x_tr, x_te = probe_inputs((z_tr - mean) / std), probe_inputs((z_te - mean) / std)
     probe = fit_probe(x_tr, e["jigsaw_hidden"], e["jigsaw_epochs"], ctx.seed)
-    x_sh = x_te[torch.arange(len(perm))[:, None], perm]  # shuffled order: position j holds tile perm[j]
+    x_sh = x_te[torch.arange(len(perm))[:, None], perm.to(ctx.device)]  # position j holds tile perm[j]
     with torch.no_grad():
-        logp = probe(x_sh).log_softmax(-1)  # [N, K tiles, K slots]
+        logp = probe(x_sh).log_softmax(-1).cpu()  # [N, K tiles, K slots]
     slots = decode(logp)
-    right = slots == perm
+    right = (slots == perm).float()
+    greedy = (logp.argmax(-1) == perm).float()
+    ctx.record("tile_acc", "mean", x=right.mean(1))
+    ctx.record("puzzle_acc", "mean", x=right.min(1).values)
+    ctx.record("tile_acc_greedy", "mean", x=greedy.mean(1))
     k = perm.shape[1]
-    return {"tile_acc": float(right.float().mean()), "puzzle_acc": float(right.all(1).float().mean()),
-            "tile_acc_greedy": float((logp.argmax(-1) == perm).float().mean()),
+    return {"tile_acc": float(right.mean()), "puzzle_acc": float(right.min(1).values.mean()),
+            "tile_acc_greedy": float(greedy.mean()),
             "chance_tile": 1.0 / k, "chance_puzzle": 1.0 / math.factorial(k)}, slots
+
+
+def subsets(ctx: EvalContext):
+    """The jigsaw probe-train and test images: seeded, stratified samples of the probe-train
+    and test subsets (``eval.jigsaw_n_train`` / ``eval.jigsaw_n_test``; 0 = all)."""
+    e = ctx.ecfg
+    tr = ctx.sample(ctx.split(e["split_train"]), e["jigsaw_n_train"], "jigsaw:train")
+    te = ctx.sample(ctx.split(e["split_test"]), e["jigsaw_n_test"], "jigsaw:test")
+    return tr, te
 
 
 def run(ctx: EvalContext) -> dict:
@@ -138,9 +159,8 @@ def run(ctx: EvalContext) -> dict:
     n = e["jigsaw_n"]
     if n < 2:
         raise ValueError(f"config key 'eval.jigsaw_n' must be >= 2, got {n}")
-    tr, te = ctx.split(e["split_train"]), ctx.split(e["split_test"])
-    n_tr, n_te = e["jigsaw_n_train"] or len(tr), e["jigsaw_n_test"] or len(te)
-    tr_tiles, te_tiles = cut_tiles(tr.images[:n_tr], n), cut_tiles(te.images[:n_te], n)
+    tr, te = subsets(ctx)
+    tr_tiles, te_tiles = cut_tiles(tr.images, n), cut_tiles(te.images, n)
     k = n * n
     g = torch.Generator().manual_seed(ctx.seed)
     perm = torch.stack([torch.randperm(k, generator=g) for _ in range(len(te_tiles))])
@@ -153,15 +173,16 @@ def run(ctx: EvalContext) -> dict:
              "reconstructed": assemble(shuffled_tiles, slots)}
     if te.labels is not None and tr.labels is not None:
         head, norm, _, _ = linear_probe(ctx)
-        y = te.labels[:len(perm)]
+        # the probe settings that shaped the reassembled images enter the feature-cache key
+        shaped = {key: e[key] for key in ("jigsaw_n", "jigsaw_tile_size", "jigsaw_hidden", "jigsaw_epochs",
+                                          "jigsaw_n_train", "jigsaw_n_test")}
+        shaped["seed"] = ctx.seed
         for name, imgs in views.items():
-            tag = f"jigsaw{n}_{name}" + ("" if name == "original" else f"_s{ctx.seed}")
-            f, _ = ctx.features(e["split_test"], images=imgs, tag=tag)
-            with torch.no_grad():
-                out[f"top1_{name}"] = accuracy(head(norm(f)).argmax(1), y)
-    if e["random_floor"]:
-        floor, _ = solve(ctx, ctx.random_backbone(), tr_tiles, te_tiles, perm)
-        out.update({f"random_{kk}": floor[kk] for kk in ("tile_acc", "puzzle_acc")})
+            f, _ = ctx.features(e["split_test"], images=imgs, tag=f"jigsaw{n}_{name}",
+                                settings=None if name == "original" else shaped)
+            right = correct(linear.predict(head, norm, f), te.labels)
+            ctx.record(f"top1_{name}", "mean", x=right)
+            out[f"top1_{name}"] = float(right.mean())
     out.update({"n": n, "n_train": len(tr_tiles), "n_test": len(te_tiles)})
     i = example_index(len(perm), e["n_examples"])
     placed = perm.gather(1, slots.argsort(1))  # true slot of the tile put in each slot

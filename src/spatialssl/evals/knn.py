@@ -1,16 +1,20 @@
 """``knn``: weighted k-NN (k=20, T=0.07) on L2-normalised frozen global features.
 
-DINO's protocol (Caron et al., 2021, arXiv:2104.14294); top-1 on the test split with the
-probe-train split as memory.
+DINO's protocol (Caron et al., 2021, arXiv:2104.14294); top-1 on the test subset with the
+probe-train subset as memory. Runs on ``ctx.device`` with a top-k chunked over queries and
+bank (``probes.knn_votes``). Per-item outcome: 0/1 correctness of each test image.
 """
 
 from __future__ import annotations
 
+import torch
+
 from .features import EvalContext
-from .probes import accuracy, knn_predict
+from .probes import correct, knn_predict
 
 
-def run(ctx: EvalContext, labels: str = "labels") -> dict:
+def predict(ctx: EvalContext, labels: str = "labels") -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(predictions [M], test labels [M], number of classes, probe-train size)."""
     e = ctx.ecfg
     tr, te = ctx.split(e["split_train"]), ctx.split(e["split_test"])
     y_tr, y_te = getattr(tr, labels), getattr(te, labels)
@@ -19,6 +23,14 @@ def run(ctx: EvalContext, labels: str = "labels") -> dict:
     f_tr, _ = ctx.features(e["split_train"])
     f_te, _ = ctx.features(e["split_test"])
     n_cls = int(max(y_tr.max(), y_te.max())) + 1
-    pred = knn_predict(f_tr, y_tr, f_te, n_cls, e["knn_k"], e["knn_t"])
-    return {"top1": accuracy(pred, y_te), "chance": 1.0 / n_cls, "k": e["knn_k"], "t": e["knn_t"],
-            "n_train": len(f_tr), "n_test": len(f_te)}
+    pred = knn_predict(f_tr.to(ctx.device), y_tr, f_te, n_cls, e["knn_k"], e["knn_t"])
+    return pred, y_te, n_cls, len(f_tr)
+
+
+def run(ctx: EvalContext, labels: str = "labels") -> dict:
+    pred, y_te, n_cls, n_tr = predict(ctx, labels)
+    right = correct(pred, y_te)
+    ctx.record("top1", "mean", x=right)
+    e = ctx.ecfg
+    return {"top1": float(right.mean()), "chance": 1.0 / n_cls, "k": e["knn_k"], "t": e["knn_t"],
+            "n_train": n_tr, "n_test": len(y_te)}

@@ -7,6 +7,8 @@ of the probe-train set (never on the test set).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -24,20 +26,44 @@ def feature_stats(x: torch.Tensor, dim: int | tuple[int, ...]) -> tuple[torch.Te
     return mean, torch.where(dead, torch.full_like(std, float("inf")), std)
 
 
-def knn_predict(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, num_classes: int,
-                k: int = 20, t: float = 0.07, chunk: int = 1024) -> torch.Tensor:
-    """Weighted k-NN (DINO's protocol) on L2-normalised features; returns labels [M]."""
-    train = F.normalize(train, dim=1)
-    test = F.normalize(test, dim=1)
+def knn_votes(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, num_classes: int,
+              k: int = 20, t: float = 0.07, chunk: int = 1024, bank_chunk: int = 16384) -> torch.Tensor:
+    """Class votes of weighted k-NN (DINO's protocol, Caron et al. 2021, arXiv:2104.14294).
+
+    Features are L2-normalised; each of the k most similar probe-train features votes for
+    its class with weight exp(cos / t). The top-k is chunked over the queries (``chunk``) and
+    over the bank (``bank_chunk``), merging the running top-k with each bank chunk's, so the
+    memory beyond the bank is [chunk, bank_chunk + k], whatever N. Runs on ``train``'s device.
+
+    Args:
+        train: [N, D] bank, train_y: [N] labels, test: [M, D] queries.
+    Returns:
+        float votes [M, num_classes] on the CPU.
+    """
+    dev = train.device
+    train = F.normalize(train.float(), dim=1)
+    train_y = train_y.to(dev)
     k = min(k, len(train))
-    preds = []
+    out = []
     for i in range(0, len(test), chunk):
-        sim = test[i:i + chunk] @ train.T  # [m, N]
-        w, idx = sim.topk(k, dim=1)
-        w = (w / t).exp()
-        votes = torch.zeros(len(w), num_classes).scatter_add_(1, train_y[idx], w)
-        preds.append(votes.argmax(1))
-    return torch.cat(preds)
+        q = F.normalize(test[i:i + chunk].to(dev).float(), dim=1)
+        best_s = torch.full((len(q), 0), float("-inf"), device=dev)
+        best_i = torch.zeros((len(q), 0), dtype=torch.long, device=dev)
+        for j in range(0, len(train), bank_chunk):
+            sim = q @ train[j:j + bank_chunk].T  # [m, b]
+            s, idx = sim.topk(min(k, sim.shape[1]), dim=1)
+            best_s, pos = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
+            best_i = torch.cat([best_i, idx + j], 1).gather(1, pos)
+        w = (best_s / t).exp()
+        votes = torch.zeros(len(q), num_classes, device=dev).scatter_add_(1, train_y[best_i], w)
+        out.append(votes.cpu())
+    return torch.cat(out)
+
+
+def knn_predict(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, num_classes: int,
+                k: int = 20, t: float = 0.07, chunk: int = 1024, bank_chunk: int = 16384) -> torch.Tensor:
+    """Weighted k-NN labels [M] (see ``knn_votes``)."""
+    return knn_votes(train, train_y, test, num_classes, k, t, chunk, bank_chunk).argmax(1)
 
 
 def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: list[float], epochs: int = 100,
@@ -52,7 +78,7 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: list[f
     """
     g = torch.Generator().manual_seed(seed)
     n = len(x)
-    perm = torch.randperm(n, generator=g)
+    perm = torch.randperm(n, generator=g).to(x.device)
     n_val = max(1, int(val_frac * n)) if n >= 20 else 0
     val_idx, tr_idx = perm[:n_val], perm[n_val:]
     heads = _fit_grid(x[tr_idx], y[tr_idx], num_classes, lrs, epochs, g, batch_size, weight_decay)
@@ -67,24 +93,25 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: list[f
 
 
 def _fit_grid(x, y, num_classes, lrs, epochs, g, batch_size, weight_decay) -> list[torch.nn.Linear]:
-    d = x.shape[1]
+    """One SGD pass trains ``len(lrs)`` linear heads at once (on ``x``'s device)."""
+    d, dev = x.shape[1], x.device
     k = len(lrs)
-    w = torch.zeros(k, d, num_classes, requires_grad=True)
-    b = torch.zeros(k, num_classes, requires_grad=True)
-    lr_t = torch.tensor(lrs).view(k, 1, 1)
+    w = torch.zeros(k, d, num_classes, requires_grad=True, device=dev)
+    b = torch.zeros(k, num_classes, requires_grad=True, device=dev)
+    lr_t = torch.tensor(lrs, device=dev).view(k, 1, 1)
     opt = torch.optim.SGD([w, b], lr=1.0, momentum=0.9)  # per-head lr applied to the gradients
     steps_per_epoch = max(1, (len(x) + batch_size - 1) // batch_size)
     total = epochs * steps_per_epoch
     step = 0
     for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
+        perm = torch.randperm(len(x), generator=g).to(dev)
         for i in range(0, len(x), batch_size):
             idx = perm[i:i + batch_size]
             logits = torch.einsum("nd,kdc->knc", x[idx], w) + b[:, None, :]
             loss = F.cross_entropy(logits.reshape(-1, num_classes), y[idx].repeat(k), reduction="sum") / len(idx)
             opt.zero_grad()
             loss.backward()
-            cos = 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / total)))
+            cos = 0.5 * (1 + math.cos(math.pi * step / total))
             with torch.no_grad():
                 w.grad.add_(w, alpha=weight_decay).mul_(lr_t * cos)
                 b.grad.mul_(lr_t[:, :, 0] * cos)
@@ -92,7 +119,7 @@ def _fit_grid(x, y, num_classes, lrs, epochs, g, batch_size, weight_decay) -> li
             step += 1
     heads = []
     for i in range(k):
-        h = torch.nn.Linear(d, num_classes)
+        h = torch.nn.Linear(d, num_classes).to(dev)
         with torch.no_grad():
             h.weight.copy_(w[i].T)
             h.bias.copy_(b[i])
@@ -101,4 +128,9 @@ def _fit_grid(x, y, num_classes, lrs, epochs, g, batch_size, weight_decay) -> li
 
 
 def accuracy(pred: torch.Tensor, y: torch.Tensor) -> float:
-    return float((pred == y).float().mean())
+    return float((pred.cpu() == y.cpu()).float().mean())
+
+
+def correct(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """0/1 float [N] per test item (the per-item outcome of a top-1)."""
+    return (pred.cpu() == y.cpu()).float()

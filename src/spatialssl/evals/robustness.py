@@ -1,32 +1,36 @@
 """``robustness``: the linear probe under the 15 ImageNet-C corruptions, and on an OOD split.
 
 The probe of ``linear`` (trained on clean probe-train features; ``linear.fit``) is applied
-to frozen features of corrupted test images: the first ``eval.robust_n_test`` images of
-``eval.split_test``, corrupted by ``corruptions.corrupt`` (ImageNet-C, Hendrycks &
+to frozen features of corrupted test images: ``eval.robust_n_test`` images of the test
+subset (a seeded sample stratified by class), corrupted by ``corruptions.corrupt`` (ImageNet-C, Hendrycks &
 Dietterich, 2019, arXiv:1903.12261) for every corruption in ``eval.robust_corruptions``
 (all 15 by default) at every severity in ``eval.robust_severities`` (1..5 by default).
 
-Like ImageNet-C, the corrupted test set is fixed: each (corruption, severity) draws its
-noise from a generator seeded by its own name and severity, not by the eval seed, so
-seeds vary only the probe and corrupted features are cached once per checkpoint.
+Like ImageNet-C, the corruption of an image is fixed: each (corruption, severity) draws its
+noise from a generator seeded by its own name and severity, not by the eval seed (the
+eval seed draws which test images are used, and the probe).
 
 Values (accuracies in [0, 1]):
 
 - ``acc_<corruption>_s<k>``: per corruption and severity;
 - ``acc_<corruption>``: per corruption, mean over the severities;
 - ``acc_s<k>``: per severity, mean over the corruptions; ``acc_s0`` = ``clean_top1``, the
-  probe on the same clean images (severity 0 is the identity);
+  probe on the same clean images (severity 0 is the identity; kept for the severity plot);
 - ``mCA``: mean corruption accuracy over all corruptions and severities >= 1;
   ``rel_mCA`` = mCA / clean (1 = no loss). ImageNet-C's mCE normalises by AlexNet's
   errors, which have no counterpart here, so it is not reported.
-- ``ood_top1``: the probe on the ``ood`` split (PartsWorld: unseen palettes, textures,
-  lighting and skies), when the data set has one and ``eval.robust_ood`` is on.
+- ``ood_top1``: the probe on ``eval.robust_n_test`` images (seeded, stratified) of the ``ood``
+  split (PartsWorld: unseen palettes, textures, lighting and skies), when the data set has
+  one and ``eval.robust_ood`` is on.
+
+Per-image outcomes (``mean``): 0/1 correctness for ``clean_top1``, ``acc_<c>_s<k>`` and
+``ood_top1``; for the aggregates (``acc_<c>``, ``acc_s<k>``, ``mCA``) each image's mean
+correctness over the grid it averages. ``rel_mCA`` (a ratio) has none.
 """
 
 from __future__ import annotations
 
 import hashlib
-import statistics
 import zlib
 from pathlib import Path
 
@@ -34,10 +38,11 @@ import torch
 from tqdm import tqdm
 
 from ..data.canvases import CanvasSet
+from . import corruptions as _corruptions
 from . import linear
 from .corruptions import CORRUPTIONS, corrupt
-from .features import EvalContext
-from .probes import accuracy
+from .features import EvalContext, tensor_digest
+from .probes import correct
 
 
 def settings(ecfg: dict) -> tuple[list[str], list[int]]:
@@ -58,14 +63,17 @@ def corruption_generator(name: str, severity: int) -> torch.Generator:
 
 
 # corrupted test sets do not depend on the checkpoint: kept in memory (up to _CACHE_BYTES)
-# so that evaluating a second run in the same process (baseline, then + SP) reuses them
+# so that evaluating a second run in the same process (baseline, then + SP) reuses them;
+# keyed by the images' content, the corruption, and the corruption code (the source of
+# corruptions.py and the function called), so a code change never reuses old images
 _CACHE: dict[tuple, torch.Tensor] = {}
 _CACHE_BYTES = 1 << 30
+CORRUPTION_CODE = hashlib.sha1(Path(_corruptions.__file__).read_bytes()).hexdigest()[:12]
 
 
 def corrupted(images: torch.Tensor, name: str, severity: int, batch: int = 256) -> torch.Tensor:
     """uint8 [N, 3, H, W] -> the same images corrupted (batched; deterministic)."""
-    key = (hashlib.sha1(images.contiguous().numpy().tobytes()).hexdigest(), tuple(images.shape), name, severity)
+    key = (tensor_digest(images), name, severity, CORRUPTION_CODE, corrupt)
     if key in _CACHE:
         return _CACHE[key]
     g = corruption_generator(name, severity)
@@ -97,36 +105,47 @@ def run(ctx: EvalContext) -> dict:
     e = ctx.ecfg
     names, sevs = settings(e)
     split = e["split_test"]
-    te = ctx.split(split)
-    n = e["robust_n_test"] or len(te)
-    images, y = te.images[:n], te.labels[:n] if te.labels is not None else None
+    te = ctx.sample(ctx.split(split), e["robust_n_test"], "robustness:test")
+    images, y = te.images, te.labels
     if y is None:
         raise ValueError(f"robustness needs labels on split {split}")
     head, norm, _, _ = linear_probe(ctx)
 
-    def acc(imgs: torch.Tensor, tag: str, labels: torch.Tensor = y, name: str = split) -> float:
-        f, _ = ctx.features(name, images=imgs, tag=tag)
-        with torch.no_grad():
-            return accuracy(head(norm(f)).argmax(1), labels)
+    def right(imgs: torch.Tensor, tag: str, labels: torch.Tensor = y, name: str = split,
+              shaped: dict | None = None) -> torch.Tensor:
+        f, _ = ctx.features(name, images=imgs, tag=tag, settings=shaped)
+        return correct(linear.predict(head, norm, f), labels)
 
-    clean = acc(images, "")
-    out: dict = {"clean_top1": clean, "acc_s0": clean}
-    grid: dict[tuple[str, int], float] = {}
+    clean = right(images, "")
+    ctx.record("clean_top1", "mean", x=clean)
+    out: dict = {"clean_top1": float(clean.mean()), "acc_s0": float(clean.mean())}
+    grid: dict[tuple[str, int], torch.Tensor] = {}
     jobs = [(c, s) for c in names for s in sevs]
     for c, s in tqdm(jobs, desc="corruptions", disable=not ctx.progress, leave=False):
-        grid[c, s] = acc(corrupted(images, c, s), f"{c}{s}")
-        out[f"acc_{c}_s{s}"] = grid[c, s]
+        grid[c, s] = right(corrupted(images, c, s), f"{c}{s}",
+                           shaped={"corruption": c, "severity": s, "code": CORRUPTION_CODE})
+        ctx.record(f"acc_{c}_s{s}", "mean", x=grid[c, s])
+        out[f"acc_{c}_s{s}"] = float(grid[c, s].mean())
+    # aggregates as per-image means over the grid (so each is a mean over test images too)
     for c in names:
-        out[f"acc_{c}"] = statistics.fmean(grid[c, s] for s in sevs)
+        x = torch.stack([grid[c, s] for s in sevs]).mean(0)
+        ctx.record(f"acc_{c}", "mean", x=x)
+        out[f"acc_{c}"] = float(x.mean())
     for s in sevs:
-        out[f"acc_s{s}"] = statistics.fmean(grid[c, s] for c in names)
-    out["mCA"] = statistics.fmean(grid.values())
-    out["rel_mCA"] = out["mCA"] / clean if clean > 0 else 0.0
+        x = torch.stack([grid[c, s] for c in names]).mean(0)
+        ctx.record(f"acc_s{s}", "mean", x=x)
+        out[f"acc_s{s}"] = float(x.mean())
+    mca = torch.stack(list(grid.values())).mean(0)
+    ctx.record("mCA", "mean", x=mca)
+    out["mCA"] = float(mca.mean())
+    out["rel_mCA"] = out["mCA"] / out["clean_top1"] if out["clean_top1"] > 0 else 0.0
     if e["robust_ood"] and split != "ood":
         ood = ood_split(ctx)
         if ood is not None and ood.labels is not None:
-            m = e["robust_n_test"] or len(ood)
-            out["ood_top1"] = acc(ood.images[:m], "", ood.labels[:m], "ood")
-            out["n_ood"] = min(m, len(ood))
+            ood = ctx.sample(ood, e["robust_n_test"], "robustness:ood")
+            x = right(ood.images, "", ood.labels, "ood")
+            ctx.record("ood_top1", "mean", x=x)
+            out["ood_top1"] = float(x.mean())
+            out["n_ood"] = len(ood)
     out.update({"n_test": len(images), "corruptions": names, "severities": sevs})
     return out

@@ -4,18 +4,21 @@ The linear-probe protocol of DINOv2 (Oquab et al., 2023, arXiv:2304.07193, "line
 without multi-layer concatenation): a 1x1 convolution maps each patch feature
 (standardised by probe-train statistics) to class logits ``[B, C, h, w]``, which are
 upsampled bilinearly to the mask size ``[B, C, H, W]`` and trained with per-pixel
-cross-entropy (AdamW, cosine lr, ``eval.dense_epochs``). Reported on the test images:
-mIoU over the classes present in the test masks or the predictions (**background
-included**, as class 0), per-class IoU, pixel accuracy, the mIoU of always predicting the
-most frequent probe-train class, and (``eval.random_floor``) the same probe on a
-random-init backbone of the same architecture.
+cross-entropy (AdamW, cosine lr, ``eval.dense_epochs``), on ``ctx.device``. Reported on
+the test images: mIoU over the classes present in the test masks or the predictions
+(**background included**, as class 0; intersections and unions summed over the images),
+per-class IoU, pixel accuracy (mean over images of each image's share of right pixels)
+and the mIoU of always predicting the most frequent probe-train class. The random-init
+floor (``random_*``) comes from ``evals.run_task``. Predictions are reduced (argmax,
+per-image counts) chunk by chunk: full-size logits of the whole test set never exist.
+Per-image outcomes: ``miou`` as intersections and unions [N, C], ``pixel_acc`` as [N].
 
 Data: PartsWorld masks (``eval.seg_target``: ``semantic`` = object category + background,
 ``parts`` = every part of every category + background), or a folder data set
 ``eval.seg_root/<split>/{images,masks}`` (PNG masks, value = class id, 0 = background,
 ``eval.seg_ignore_index`` left out).
 
-``fit_dense`` (the probe) and ``dense_data`` are shared with ``depth``.
+``fit_dense`` (the probe), ``dense_data`` and ``dense_subsets`` are shared with ``depth``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -36,10 +39,10 @@ from .probes import feature_stats
 SEG_TARGETS = ("semantic", "parts")
 
 
-def dense_data(ctx: EvalContext, kind: str) -> tuple[str, str] | None:
-    """Split names (probe-train, test) of ``ctx`` that carry ``kind`` ("semantic", "parts",
-    "depth") targets, loading folder data from ``eval.seg_root`` / ``eval.depth_root`` when
-    set; None when the data set has none."""
+def dense_data(ctx: EvalContext, kind: str) -> tuple[tuple[str, CanvasSet], tuple[str, CanvasSet]] | None:
+    """(name, set) of the probe-train and test data that carry ``kind`` ("semantic", "parts",
+    "depth") targets: folder data from ``eval.seg_root`` / ``eval.depth_root`` when set (whole
+    folders), else the context's probe-train and test subsets; None when the data set has none."""
     e = ctx.ecfg
     root = e["depth_root"] if kind == "depth" else e["seg_root"]
     names = (e["split_train"], e["split_test"])
@@ -59,7 +62,7 @@ def dense_data(ctx: EvalContext, kind: str) -> tuple[str, str] | None:
                     cs = folders.load_segmentation(str(d / "images"), str(d / "masks"), size,
                                                    ctx.cfg["data"]["on_error"], progress=ctx.progress)
                 ctx._splits[key] = cs
-            out.append(key)
+            out.append((key, ctx._splits[key]))
         return out[0], out[1]
     try:
         tr, te = ctx.split(names[0]), ctx.split(names[1])
@@ -67,50 +70,59 @@ def dense_data(ctx: EvalContext, kind: str) -> tuple[str, str] | None:
         return None
     if getattr(tr, kind) is None or getattr(te, kind) is None:
         return None
-    return names
+    return (names[0], tr), (names[1], te)
 
 
-def first(ctx: EvalContext, split: str, n: int) -> CanvasSet:
-    """The first ``n`` images of a split (0 = all)."""
-    cs = ctx.split(split)
-    return cs if not n or n >= len(cs) else cs.subset(slice(0, n))
+def dense_subsets(ctx: EvalContext, data: tuple) -> tuple[CanvasSet, CanvasSet]:
+    """Seeded, stratified samples of ``eval.dense_n_train`` / ``eval.dense_n_test`` images of
+    the dense probe-train and test data (0 = all)."""
+    (n_tr, tr), (n_te, te) = data
+    e = ctx.ecfg
+    return ctx.sample(tr, e["dense_n_train"], f"dense:{n_tr}"), ctx.sample(te, e["dense_n_test"], f"dense:{n_te}")
 
 
 def patch_features(ctx: EvalContext, split: str, cs: CanvasSet) -> torch.Tensor:
-    """Cached patch features [N, D, h, w] of ``cs`` (the first rows of ``split``)."""
+    """Cached patch features [N, D, h, w] of ``cs`` (a subset of ``split``)."""
     return ctx.features(split, patch=True, images=cs.images)[1]
 
 
-def _interp_matrix(n_in: int, n_out: int) -> torch.Tensor:
+def _interp_matrix(n_in: int, n_out: int, device=None) -> torch.Tensor:
     """[n_out, n_in]: 1-D linear interpolation as ``F.interpolate(..., align_corners=False)`` does it."""
-    return F.interpolate(torch.eye(n_in)[None], size=n_out, mode="linear", align_corners=False)[0].T
+    return F.interpolate(torch.eye(n_in, device=device)[None], size=n_out, mode="linear", align_corners=False)[0].T
 
 
 def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear upsampling [B, C, h, w] -> [B, C, H, W], equal to ``F.interpolate(mode="bilinear",
     align_corners=False)``, written as two small matrix products (bilinear is separable):
     on CPU, forward and backward together run ~2x faster than ``upsample_bilinear2d``."""
-    ry, rx = _interp_matrix(x.shape[-2], size[0]), _interp_matrix(x.shape[-1], size[1])
+    ry, rx = _interp_matrix(x.shape[-2], size[0], x.device), _interp_matrix(x.shape[-1], size[1], x.device)
     return torch.einsum("Hh,bchw,Ww->bcHW", ry, x, rx)
+
+
+PREDICT_FLOATS = 1 << 25  # logits held at once when predicting (128 MB of fp32), whatever N
 
 
 def fit_dense(feats: torch.Tensor, target: torch.Tensor, out_ch: int,
               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], epochs: int, lr: float,
-              batch_size: int, seed: int) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
-    """Train a 1x1-conv head on patch features; logits upsampled bilinearly to the target size.
+              batch_size: int, seed: int, device: torch.device | str = "cpu"
+              ) -> Callable[[torch.Tensor, tuple[int, int]], Iterator[tuple[int, torch.Tensor]]]:
+    """Train a 1x1-conv head on patch features (on ``device``); logits upsampled bilinearly.
 
     Args:
-        feats: [N, D, h, w] frozen patch features (standardised here by their own statistics).
+        feats: [N, D, h, w] frozen patch features (standardised here by their own statistics;
+            kept where they are, moved to ``device`` one batch at a time).
         target: [N, H, W] per-pixel targets (what ``loss_fn`` expects).
         out_ch: output channels C.
         loss_fn: (prediction [B, C, H, W], target [B, H, W]) -> scalar.
     Returns:
-        ``predict(feats [M, D, h, w], size (H, W)) -> [M, C, H, W]`` (no grad).
+        ``predict(feats [M, D, h, w], size (H, W))``: yields ``(start, logits [m, C, H, W])``
+        chunk by chunk (no grad), at most ``PREDICT_FLOATS`` logits at a time: callers reduce
+        each chunk (argmax, per-image errors) and never hold all M maps of logits.
     """
     g = torch.Generator().manual_seed(seed)
     d = feats.shape[1]
-    mean, std = feature_stats(feats, (0, 2, 3))
-    head = nn.Conv2d(d, out_ch, 1)
+    mean, std = (t.to(device) for t in feature_stats(feats, (0, 2, 3)))
+    head = nn.Conv2d(d, out_ch, 1).to(device)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
@@ -122,16 +134,18 @@ def fit_dense(feats: torch.Tensor, target: torch.Tensor, out_ch: int,
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
-            logits = upsample(head((feats[idx] - mean) / std), size)
-            loss = loss_fn(logits, target[idx])
+            logits = upsample(head((feats[idx].to(device) - mean) / std), size)
+            loss = loss_fn(logits, target[idx].to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
 
     @torch.no_grad()
-    def predict(f: torch.Tensor, out_size: tuple[int, int], chunk: int = 256) -> torch.Tensor:
-        return torch.cat([upsample(head((f[i:i + chunk] - mean) / std), out_size) for i in range(0, len(f), chunk)])
+    def predict(f: torch.Tensor, out_size: tuple[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
+        chunk = max(1, PREDICT_FLOATS // (out_ch * out_size[0] * out_size[1]))
+        for i in range(0, len(f), chunk):
+            yield i, upsample(head((f[i:i + chunk].to(device) - mean) / std), out_size)
 
     return predict
 
@@ -144,17 +158,40 @@ def confusion(pred: torch.Tensor, target: torch.Tensor, n: int, ignore: int | No
     return torch.bincount(idx, minlength=n * n).view(n, n)
 
 
-def iou_scores(conf: torch.Tensor, names: list[str], prefix: str = "") -> dict:
-    """mIoU (classes present in ground truth or prediction), per-class IoU, pixel accuracy."""
-    conf = conf.double()
-    tp = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - tp
+def image_counts(pred: torch.Tensor, target: torch.Tensor, n: int, ignore: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image intersection and union of every class: pred, target [B, H, W] -> [B, n], [B, n]
+    (pixels with the ignore value, or outside 0..n-1, left out)."""
+    b = len(target)
+    keep = (target >= 0) & (target < n)
+    if ignore is not None:
+        keep &= target != ignore
+    img = torch.arange(b, device=target.device).view(b, 1, 1).expand_as(target)
+    t, p, i = target[keep], pred[keep], img[keep]
+    count = lambda v: torch.bincount(i * n + v, minlength=b * n).view(b, n)  # noqa: E731
+    inter = torch.bincount((i * n + t)[p == t], minlength=b * n).view(b, n)
+    return inter.cpu(), (count(t) + count(p) - inter).cpu()
+
+
+def iou_from_counts(inter: torch.Tensor, union: torch.Tensor, names: list[str], prefix: str = "") -> dict:
+    """mIoU over the classes **present** (non-zero union: in the ground truth or the
+    predictions), and per-class IoU, from summed counts [C]."""
+    inter, union = inter.double(), union.double()
     present = union > 0
-    iou = tp / union.clamp(min=1)
-    out = {f"{prefix}miou": float(iou[present].mean()) if present.any() else 0.0,
-           f"{prefix}pixel_acc": float(tp.sum() / conf.sum().clamp(min=1))}
+    iou = inter / union.clamp(min=1)
+    out = {f"{prefix}miou": float(iou[present].mean()) if present.any() else 0.0}
     if not prefix:
         out.update({f"iou_{names[c]}": float(iou[c]) for c in range(len(names)) if present[c]})
+    return out
+
+
+def iou_scores(conf: torch.Tensor, names: list[str], prefix: str = "") -> dict:
+    """mIoU (classes present in ground truth or prediction), per-class IoU, pixel accuracy,
+    from a confusion matrix [C, C]."""
+    conf = conf.double()
+    tp = conf.diag()
+    out = iou_from_counts(tp, conf.sum(0) + conf.sum(1) - tp, names, prefix)
+    out[f"{prefix}pixel_acc"] = float(tp.sum() / conf.sum().clamp(min=1))
     return out
 
 
@@ -167,31 +204,51 @@ def class_names(tr: CanvasSet, target: str) -> list[str]:
     return ["background"]
 
 
-def probe(ctx: EvalContext, splits: tuple[str, str], target: str, examples: bool = False) -> dict:
-    """Fit and score the segmentation probe on ``ctx``'s backbone."""
+def probe(ctx: EvalContext, data: tuple, target: str, examples: bool = False) -> dict:
+    """Fit and score the segmentation probe on ``ctx``'s backbone (records per-image outcomes)."""
     e = ctx.ecfg
     ignore = e["seg_ignore_index"]
-    tr = first(ctx, splits[0], e["dense_n_train"])
-    te = first(ctx, splits[1], e["dense_n_test"])
+    tr, te = dense_subsets(ctx, data)
     y_tr, y_te = getattr(tr, target), getattr(te, target)
     valid = torch.cat([y_tr[y_tr != ignore].unique(), y_te[y_te != ignore].unique()])
     known = class_names(tr, target)
     n_cls = max(int(valid.max()) + 1, len(known))
     names = [known[i] if i < len(known) else f"class{i}" for i in range(n_cls)]
-    f_tr = patch_features(ctx, splits[0], tr)
-    f_te = patch_features(ctx, splits[1], te)
+    f_tr = patch_features(ctx, data[0][0], tr)
+    f_te = patch_features(ctx, data[1][0], te)
     loss = lambda p, t: F.cross_entropy(p, t, ignore_index=ignore)  # noqa: E731
-    predict = fit_dense(f_tr, y_tr, n_cls, loss, e["dense_epochs"], e["dense_lr"], e["dense_batch_size"], ctx.seed)
-    pred = predict(f_te, tuple(y_te.shape[-2:])).argmax(1)
-    out = iou_scores(confusion(pred, y_te, n_cls, ignore), names)
+    predict = fit_dense(f_tr, y_tr, n_cls, loss, e["dense_epochs"], e["dense_lr"], e["dense_batch_size"], ctx.seed,
+                        ctx.device)
+    ex = example_index(len(te), e["n_examples"]) if examples else torch.zeros(0, dtype=torch.long)
+    inter, union, ex_pred = [], [], {}
+    for i, logits in predict(f_te, tuple(y_te.shape[-2:])):
+        pred = logits.argmax(1)  # per chunk: the full-size logits of all images never exist at once
+        tgt = y_te[i:i + len(pred)].to(pred.device)
+        a, b = image_counts(pred, tgt, n_cls, ignore)
+        inter.append(a)
+        union.append(b)
+        for j in ex.tolist():
+            if i <= j < i + len(pred):
+                ex_pred[j] = pred[j - i].cpu()
+    inter, union = torch.cat(inter), torch.cat(union)
+    ctx.record("miou", "miou", inter=inter, union=union)
+    out = iou_from_counts(inter.sum(0), union.sum(0), names)
+    # pixel accuracy: mean over test images of each image's share of right pixels (images with
+    # no scored pixel left out); equal to the pooled share when every image scores as many pixels
+    n_pix = ((y_te >= 0) & (y_te < n_cls) & (y_te != ignore)).flatten(1).sum(1)
+    has = n_pix > 0
+    acc = inter.sum(1)[has].double() / n_pix[has]
+    ctx.record("pixel_acc", "mean", x=acc)
+    out["pixel_acc"] = float(acc.mean())
     counts = torch.bincount(y_tr[(y_tr != ignore) & (y_tr < n_cls)].flatten(), minlength=n_cls)
     majority = torch.full_like(y_te, int(counts.argmax()))
-    out["majority_miou"] = iou_scores(confusion(majority, y_te, n_cls, ignore), names, "m_")["m_miou"]
+    m_inter, m_union = image_counts(majority, y_te, n_cls, ignore)
+    out["majority_miou"] = iou_from_counts(m_inter.sum(0), m_union.sum(0), names, "m_")["m_miou"]
     out.update({"n_classes": n_cls, "n_train": len(tr), "n_test": len(te),
                 "patch_grid": list(f_tr.shape[-2:]), "mask_size": list(y_te.shape[-2:])})
     if examples:
-        i = example_index(len(te), e["n_examples"])
-        save_examples(ctx, "segmentation", {"images": te.images[i], "target": y_te[i], "pred": pred[i],
+        save_examples(ctx, "segmentation", {"images": te.images[ex], "target": y_te[ex],
+                                            "pred": torch.stack([ex_pred[j] for j in ex.tolist()]),
                                             "class_names": names})
     return out
 
@@ -208,7 +265,7 @@ def save_examples(ctx: EvalContext, task: str, data: dict) -> Path | None:
     Written beside the metrics of a checkpoint's run directory (``ctx.cache_dir`` is
     ``<run>/features``); contexts without a cache directory save nothing.
     """
-    if ctx.cache_dir is None or ctx.seed != 0 or not ctx.ecfg["n_examples"]:
+    if ctx.cache_dir is None or ctx.seed != 0 or ctx.role != "run" or not ctx.ecfg["n_examples"]:
         return None
     path = Path(ctx.cache_dir).parent / "metrics" / f"{task}_examples.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,13 +281,9 @@ def run(ctx: EvalContext) -> dict:
         raise ValueError(f"config key 'eval.seg_target' must be one of {', '.join(SEG_TARGETS)}; got {target!r}")
     if e["seg_root"]:
         target = "semantic"
-    splits = dense_data(ctx, target)
-    if splits is None:
+    data = dense_data(ctx, target)
+    if data is None:
         reason = f"data set has no {target} masks (set eval.seg_root for folder data)"
         warnings.warn(f"segmentation skipped: {reason}")
         return {"skipped": reason}
-    out = {"target": target, **probe(ctx, splits, target, examples=True)}
-    if e["random_floor"]:
-        floor = probe(ctx.with_backbone(ctx.random_backbone(), "random"), splits, target)
-        out.update({f"random_{k}": v for k, v in floor.items() if k in ("miou", "pixel_acc")})
-    return out
+    return {"target": target, **probe(ctx, data, target, examples=True)}
