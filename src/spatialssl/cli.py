@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--tasks", default="knn,linear,patch_pair")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    p.add_argument("--flips", default="", metavar="POLICIES",
+                   help="flip-policy ablation: e.g. per_view,per_image,none, each with and without SP")
 
     p = sub.add_parser("config", help="print the resolved config")
     _add_config_args(p)
@@ -219,7 +221,8 @@ def _dispatch(a: argparse.Namespace) -> int:
     if a.cmd == "compare":
         from .experiments import compare
 
-        compare(a.frameworks.split(","), a.budget, Path(a.out), a.tasks, a.overrides)
+        compare(a.frameworks.split(","), a.budget, Path(a.out), a.tasks, a.overrides,
+                [f for f in a.flips.split(",") if f])
         return 0
     raise AssertionError(a.cmd)
 

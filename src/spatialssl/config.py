@@ -102,7 +102,8 @@ DEFAULTS: dict[str, Any] = {
         "antisymmetric": True,
         "hidden_dim": 256,
         "extra_local_views": 2,  # for frameworks without local views
-        "pair_candidates": 16,  # rejection-sampling candidates per pair
+        "pair_candidates": 64,  # rejection-sampling candidate pairs per pair (both boxes redrawn)
+        "min_gap": 3.0,  # canvas px between the two boxes of a pair (0 = touching allowed); docs/sp.md
         "beta": 1.0,  # smooth-L1 beta (on standardised targets)
     },
     "train": {
@@ -335,6 +336,9 @@ def derive(cfg: dict) -> dict:
         raise ConfigError("config key 'train.batch_size' must be >= 2")
     if not 0.0 <= sp["max_iou"] < 1.0:
         raise ConfigError(f"config key 'sp.max_iou' must be in [0, 1), got {sp['max_iou']}")
+    from .sp import log_config_warnings  # SP's checks: pair fallback rate, upsampled views
+
+    log_config_warnings(cfg)
     return cfg
 
 

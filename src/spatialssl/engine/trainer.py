@@ -156,7 +156,7 @@ def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device) -> Run:
     # local boxes are drawn as disjoint pairs with or without SP, so "framework" and
     # "framework + SP" see the same view distribution and differ by the SP loss alone
     multicrop = MultiCrop(cfg["views"], n_local=n_local, max_iou=cfg["sp"]["max_iou"],
-                          candidates=cfg["sp"]["pair_candidates"], pair_locals=True)
+                          candidates=cfg["sp"]["pair_candidates"], pair_locals=True, min_gap=cfg["sp"]["min_gap"])
     groups = param_groups([framework] + ([sp] if sp is not None else []))
     optimizer = torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, fused=device.type == "cuda")
     peak = t["lr"] * (t["batch_size"] / 256 if t["lr_scale_with_batch"] else 1.0)
@@ -195,7 +195,8 @@ def train_step(run: Run, canvases: torch.Tensor | None, step: int, views: Views 
             emb = out.get("local_emb")
             if emb is None:  # frameworks without local views: SP encodes its extra views
                 emb = encode(fw.backbone, views.locals)
-            sp_out = sp(emb.float(), views.local_boxes, views.sp_pairs)
+            # fallback pairs (no candidate met max_iou / min_gap) are left out of the SP loss
+            sp_out = sp(emb, views.local_boxes, views.sp_pairs, views.sp_valid)
             total = total + run.sp_weight * sp_out["loss"]
             terms.update({f"sp_{k}" if k != "loss" else "loss_sp": v for k, v in sp_out.items()})
 
@@ -212,7 +213,9 @@ def train_step(run: Run, canvases: torch.Tensor | None, step: int, views: Views 
     fw.after_step(step)
 
     terms["loss"] = total
-    terms["sp_fallbacks"] = torch.as_tensor(views.fallbacks).float()  # read at log steps only
+    # pair counts for sp_fallback_rate (summed between log steps by the loop; tensors, no sync)
+    terms["sp_fallbacks"] = torch.as_tensor(views.fallbacks, device=run.device).float()
+    terms["sp_pairs"] = torch.full((), float(views.sp_pairs.shape[0] * views.locals.shape[1]), device=run.device)
     for k, v in out.items():
         if k not in ("loss", "local_emb", "emb") and torch.is_tensor(v) and v.numel() == 1:
             terms[k] = v
@@ -456,6 +459,7 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
     bar = tqdm(range(start, end), initial=start, total=t["steps"], desc=cfg["name"],
                disable=not (t["progress"] and main), dynamic_ncols=True)
     bad = torch.zeros((), dtype=torch.bool, device=device)
+    pair_counts = torch.zeros(2, device=device)  # SP fallbacks, pairs since the last log step
     t0, last_step = time.perf_counter(), start
     batches = step_batches(data, cfg, device, start, end, rank, world)
     for step in bar:
@@ -465,8 +469,13 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
         run.framework.collect_logs = logging_step
         terms = train_step(run, batch, step)
         bad |= ~torch.isfinite(terms["loss"].detach())
+        pair_counts += torch.stack([terms.pop("sp_fallbacks"), terms.pop("sp_pairs")])
         if logging_step:
             values = {k: float(v.detach()) for k, v in terms.items() if k != "_emb" and v is not None}
+            if world > 1:
+                torch.distributed.all_reduce(pair_counts)  # every rank's pairs
+            values["sp_fallback_rate"] = float(pair_counts[0] / pair_counts[1].clamp(min=1))
+            pair_counts.zero_()
             _check_finite(distributed.any_rank(bad, world), step, values, ckpt_path)
             now = time.perf_counter()
             values["img_per_s"] = (done - last_step) * t["batch_size"] / max(now - t0, 1e-9)
@@ -497,7 +506,8 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
     return out
 
 
-_SHOWN = ("loss", "loss_fw", "loss_sp", "sp_loss_zero", "sp_r2_dx", "sp_r2_dy", "sp_r2_ds", "teacher_mean_entropy",
+_SHOWN = ("loss", "loss_fw", "loss_sp", "sp_loss_zero", "sp_r2_dx", "sp_r2_dy", "sp_r2_ds", "sp_fallback_rate",
+          "teacher_mean_entropy",
           "emb_std", "rankme", "img_per_s")
 
 
