@@ -190,8 +190,7 @@ def _dispatch(a: argparse.Namespace) -> int:
 
         if a.seeds < 1:
             raise config_mod.ConfigError(f"eval --seeds must be >= 1, got {a.seeds}")
-        _check_device(a.device,
-                       reference=a.reference)
+        _check_device(a.device)
         res = evaluate(a.checkpoint, a.tasks, a.seeds, a.out, _eval_overrides(a.overrides), a.device,
                        reference=a.reference)
         for task, values in res.items():
