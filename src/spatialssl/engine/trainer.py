@@ -323,7 +323,9 @@ def _claim_run_dir(out: Path, resume: bool, main: bool) -> tuple[checkpoint.RunL
         raise config_mod.ConfigError(f"config key 'out_dir': cannot create {out} ({e.strerror or e})") from None
     lock = checkpoint.RunLock(out).acquire()
     notes = []
-    if not resume and any(p.name != checkpoint.LOCK for p in out.iterdir()):
+    if resume or not any(p.name != checkpoint.LOCK for p in out.iterdir()):
+        return lock, notes
+    try:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = out.with_name(f"{out.name}.old-{stamp}")
         i = 1
@@ -333,10 +335,12 @@ def _claim_run_dir(out: Path, resume: bool, main: bool) -> tuple[checkpoint.RunL
         out.rename(aside)  # our lock (an open file) moves with it and stays held until the new one is
         out.mkdir()
         new = checkpoint.RunLock(out).acquire()
+    except BaseException:
         lock.release()
-        lock = new
-        notes.append(f"--no-resume: the previous contents of {out} were moved to {aside}")
-    return lock, notes
+        raise
+    lock.release()
+    notes.append(f"--no-resume: the previous contents of {out} were moved to {aside}")
+    return new, notes
 
 
 def _resume_state(out: Path, cfg: dict, force: bool) -> tuple[dict | None, list[str]]:
