@@ -331,9 +331,10 @@ def test_mismatched_pair_is_refused(tmp_path, change, key):
 def test_sp_name_and_folder_may_differ_and_flip_policy_is_stated(tmp_path):
     dirs = [fake_run(tmp_path, "dino", False, figures=False),
             fake_run(tmp_path, "dino_sp", True, figures=False, sp__weight=1.0, train__progress=True)]
-    text = report.write_report(dirs, tmp_path / "out").read_text()
-    assert "| dino / dino_sp | per_image / per_image | no (SP alone) |" in text
-    assert "NOT COMPARABLE" not in text
+    runs = report.read_runs(dirs)
+    cols = report.columns(runs)
+    _, pairs = report._pairs_section(cols, report.check_pairs(cols))
+    assert pairs == [["dino / dino_sp", "per_image / per_image", "no (SP alone)"]]
     dirs.append(fake_run(tmp_path, "dino_lr", False, figures=False, train__lr=0.1))
     base, _ = report.columns(report.read_runs(dirs))[0]
     assert base.name == "dino"
@@ -345,7 +346,7 @@ def test_pairing_prefers_a_comparable_mate(tmp_path):
             fake_run(tmp_path, "dino_sp", True, figures=False), fake_run(tmp_path, "dino", False, figures=False)]
     cols = report.columns(report.read_runs(dirs))
     assert [(b.name, s.name if s else None) for b, s in cols] == [("other", None), ("dino", "dino_sp")]
-    report.write_report(dirs, tmp_path / "out")  # no pair differs: not refused
+    report.table_rows(report.read_runs(dirs))  # no pair differs: not refused
 
 
 # ---------------------------------------------------------------------------- run folders

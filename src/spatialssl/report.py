@@ -27,6 +27,7 @@ PosixPath('runs/demo/report.md')
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
@@ -398,8 +399,25 @@ def _t_quantile(q: float, df: int) -> float:
     return float(t.ppf(q, df))
 
 
+def _draw_counts(seed: int, draw: int, n: int, r0: int, rc: int) -> torch.Tensor:
+    """Item counts [rc, n] of replicates r0 .. r0 + rc: n indices drawn with replacement per
+    replicate. A pure function of its arguments (its own generator), so every metric of a
+    task, and both runs, see the same resamples."""
+    g = torch.Generator().manual_seed(((seed * 1_000_003 + draw) * 1_000_003 + n) * 1_000_003 + r0)
+    idx = torch.randint(n, (rc, n), generator=g) + torch.arange(rc)[:, None] * n
+    return torch.bincount(idx.flatten(), minlength=rc * n).view(rc, n).to(torch.float64)
+
+
+_cached_counts = functools.lru_cache(maxsize=8)(_draw_counts)  # a task's many metrics share one draw
+
+
+def _counts(seed: int, draw: int, n: int, r0: int, rc: int, replicates: int) -> torch.Tensor:
+    small = replicates * n <= 8 << 20  # all chunks of a draw fit the cache (8 x 8 MB at most)
+    return (_cached_counts if small else _draw_counts)(seed, draw, n, r0, rc)
+
+
 def paired_bootstrap(base: list[dict], sp: list[dict], key: str, replicates: int = BOOT_REPLICATES,
-                     seed: int = BOOT_SEED, level: float = LEVEL, chunk: int = 1 << 21) -> Test:
+                     seed: int = BOOT_SEED, level: float = LEVEL, chunk: int = 1 << 20) -> Test:
     """Paired bootstrap over test items of Δ = metric(SP) − metric(baseline) for ``key``.
 
     ``base``, ``sp``: per-seed outcome dicts (``metrics/<task>_outcomes.pt``'s "seeds"); seed i
@@ -429,18 +447,14 @@ def paired_bootstrap(base: list[dict], sp: list[dict], key: str, replicates: int
     delta = sum(full) / n_seeds
     if not math.isfinite(delta):
         raise ValueError(f"'{key}' is undefined on the test items")
-    g = torch.Generator().manual_seed(seed)
     shared = len(set(ns)) == 1
     reps = []
     per = max(1, min(replicates, chunk // max(ns)))
     for r0 in range(0, replicates, per):
         rc = min(per, replicates - r0)
         acc = torch.zeros(rc, dtype=torch.float64)
-        w = None
-        for (k, a, b), n in zip(pairs, ns):
-            if w is None or not shared:
-                idx = torch.randint(n, (rc, n), generator=g)
-                w = torch.zeros(rc, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(rc, n, dtype=torch.float64))
+        for s, ((k, a, b), n) in enumerate(zip(pairs, ns)):
+            w = _counts(seed, 0 if shared else s, n, r0, rc, replicates)
             acc += metric_from_counts(k, b, w) - metric_from_counts(k, a, w)
         reps.append(acc / n_seeds)
     d = torch.cat(reps)
