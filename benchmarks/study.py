@@ -136,7 +136,7 @@ BUDGETS: dict[str, Budget] = {
                           "train.log_every=50"]},
         eval=["eval.n_train=5000", "eval.n_test=2000"], eval_seeds=3,  # n_test: all of a 2,000-image split
         expected={"cnn": (330.0, 120.0), "vit_tiny": (300.0, 120.0), "vits16": (360.0, 150.0)},
-        workers=4, num_threads=2, margin_s=45.0, device="cuda"),
+        workers=4, num_threads=2, margin_s=30.0, device="cuda"),
 }
 
 
