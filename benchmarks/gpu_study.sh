@@ -70,3 +70,4 @@ done
 [ ${#rel[@]} -gt 0 ] && tar czf "$OUT/release.tar.gz" --transform 's,^study_release/,runs/study_release/,' -C runs "${rel[@]}"
 ls -la "$OUT"
 echo "gpu_study: done in $(( $(date +%s) - T0 )) s"
+sleep 1  # let tee flush gpu_study.log into $OUT
