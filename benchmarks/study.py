@@ -124,17 +124,19 @@ BUDGETS: dict[str, Budget] = {
     # baseline reached linear 63.5% and kNN 50% (chance 10%); the real preset ~5 GPU minutes
     "gpu": Budget(
         "gpu",
+        # cnn: the released runs' CNN too (width 32, timm's stem width; the CPU demo's is 16 / 16)
         train={"cnn": ["train.steps=3000", "train.batch_size=256", "data.n_train=20000", "data.n_eval=2000",
-                       "train.checkpoint_every=250", "train.log_every=50"],
+                       "train.checkpoint_every=250", "train.log_every=50", "backbone.width=32",
+                       "backbone.stem_width=0"],
                "vit_tiny": ["train.steps=3000", "train.batch_size=256", "data.n_train=20000",
                             "data.n_eval=2000", "train.checkpoint_every=250", "train.log_every=50",
                             "train.warmup_steps=300"],
-               "vits16": ["train.steps=2000", "train.batch_size=128", "data.n_train=10000", "data.n_eval=2000",
+               "vits16": ["train.steps=2000", "train.batch_size=128", "data.n_train=5000", "data.n_eval=1000",
                           "train.warmup_steps=200", "train.compile=true", "train.checkpoint_every=250",
                           "train.log_every=50"]},
-        eval=["eval.n_train=5000", "eval.n_test=2000"], eval_seeds=3,
+        eval=["eval.n_train=5000", "eval.n_test=2000"], eval_seeds=3,  # n_test: all of a 2,000-image split
         expected={"cnn": (330.0, 120.0), "vit_tiny": (300.0, 120.0), "vits16": (360.0, 150.0)},
-        workers=4, num_threads=2, margin_s=45.0, device="cuda"),
+        workers=4, num_threads=2, margin_s=30.0, device="cuda"),
 }
 
 
@@ -217,8 +219,9 @@ def read_json(path: Path) -> dict:
 
 
 def cell_status(cell: Cell, results: Path, runs: Path, budget: Budget, tasks: list[str]) -> str:
-    """``done`` (results complete for these tasks and this budget), ``partial`` (a checkpoint
-    or some results exist) or ``new``."""
+    """``done`` (results complete for these tasks and this budget), ``failed`` (the worker
+    raised: see cell.json and worker.log; ``--retry-failed`` runs it again), ``partial`` (a
+    checkpoint or some results exist) or ``new``."""
     rec = read_json(results / cell.name / "cell.json")
     if rec and rec.get("budget") != budget.name:
         raise SystemExit(f"{results / cell.name} holds a cell run at budget '{rec.get('budget')}', not "
@@ -226,6 +229,8 @@ def cell_status(cell: Cell, results: Path, runs: Path, budget: Budget, tasks: li
     have = {p.stem for p in (results / cell.name / "metrics").glob("*.json")}
     if rec.get("complete") and set(tasks) <= have:
         return "done"
+    if rec.get("failed"):
+        return "failed"
     if (runs / cell.name / "checkpoint.pt").exists() or rec:
         return "partial"
     return "new"
@@ -312,8 +317,11 @@ def copy_small_files(run_dir: Path, res: Path) -> None:
             shutil.copy(run_dir / f, res / f)
     if (run_dir / "metrics").is_dir():
         (res / "metrics").mkdir(exist_ok=True)
-        for p in (run_dir / "metrics").glob("*.json"):
-            shutil.copy(p, res / "metrics" / p.name)
+        # metrics/<task>.json, and whatever small files the evaluations write beside them
+        # (examples for the report's figures, per-item outcomes for paired significance)
+        for p in (run_dir / "metrics").iterdir():
+            if p.is_file() and (p.suffix == ".json" or p.stat().st_size <= 2 * 2**20):
+                shutil.copy(p, res / "metrics" / p.name)
 
 
 def run_cell(cell: Cell, budget: Budget, results: Path, runs: Path, tasks: list[str], deadline: float,
@@ -379,6 +387,10 @@ def run_cell(cell: Cell, budget: Budget, results: Path, runs: Path, tasks: list[
     except Interrupted as e:
         rec["interrupted"] = f"{e} at step {done_steps(run_dir)}"
         return status
+    except Exception as e:  # a non-finite loss, a bug: recorded, so later calls skip the cell
+        status = "failed"
+        rec["failed"] = f"{type(e).__name__}: {e}"[:2000]
+        raise
     finally:
         copy_small_files(run_dir, res)
         rec["steps_done"] = done_steps(run_dir)
@@ -421,7 +433,8 @@ def prepare_data(cfg: dict, device: str) -> None:
 
 
 def schedule(cells: list[Cell], budget: Budget, results: Path, runs: Path, tasks: list[str], workers: int,
-             time_limit: float, allow_partial: bool = False, poll_s: float = 0.5) -> CallLog:
+             time_limit: float, allow_partial: bool = False, poll_s: float = 0.5, retry_failed: bool = False
+             ) -> CallLog:
     """Run the cells not yet done, ``workers`` at a time, and return before ``time_limit`` s."""
     t_start = time.time()
     m = budget.margin_s
@@ -431,8 +444,19 @@ def schedule(cells: list[Cell], budget: Budget, results: Path, runs: Path, tasks
     results.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
     calllog = CallLog()
-    pending = [c for c in cells if cell_status(c, results, runs, budget, tasks) != "done"]
-    print(f"study: {len(cells) - len(pending)} of {len(cells)} cells done; {len(pending)} to run; "
+    status = {c.name: cell_status(c, results, runs, budget, tasks) for c in cells}
+    failed = [n for n, s in status.items() if s == "failed"]
+    if retry_failed:
+        for n in failed:  # forget the failure: the cell runs (and resumes) again
+            rec = read_json(results / n / "cell.json")
+            rec.pop("failed", None)
+            (results / n / "cell.json").write_text(json.dumps(rec, indent=2) + "\n")
+    elif failed:
+        print(f"study: skipping {len(failed)} failed cell(s) ({', '.join(failed)}; see their cell.json and "
+              f"worker.log; --retry-failed runs them again)", flush=True)
+    skip = {"done"} | (set() if retry_failed else {"failed"})
+    pending = [c for c in cells if status[c.name] not in skip]
+    print(f"study: {sum(s == 'done' for s in status.values())} of {len(cells)} cells done; {len(pending)} to run; "
           f"{workers} at a time; time limit {time_limit:.0f}s", flush=True)
     running: list[Worker] = []
     stop = {"now": False}
@@ -462,6 +486,8 @@ def schedule(cells: list[Cell], budget: Budget, results: Path, runs: Path, tasks
                 cell = pending.pop(0)
                 cfg = cell_config(cell, budget, runs, tasks)
                 need = remaining_time(cell, budget, runs, measured, cfg["train"]["steps"])
+                if cfg["data"]["name"] == "partsworld" and need <= deadline - time.time():
+                    prepare_data(cfg, device)  # before the check below, which then counts its time
                 left = deadline - time.time()
                 if need > left and not (allow_partial and left > 0.25 * need and left > 30):
                     calllog.skipped.append(cell.name)
@@ -469,7 +495,7 @@ def schedule(cells: list[Cell], budget: Budget, results: Path, runs: Path, tasks
                           flush=True)
                     continue
                 if cfg["data"]["name"] == "partsworld":
-                    prepare_data(cfg, device)
+                    prepare_data(cfg, device)  # (a no-op when done above)
                 running.append(start_worker(cell, budget, results, runs, tasks, deadline))
                 calllog.started.append(cell.name)
                 print(f"study: started {cell.name} (expected {need:.0f}s, {left:.0f}s left)", flush=True)
@@ -666,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs/study", help="scratch: checkpoints, feature caches")
     p.add_argument("--allow-partial", action="store_true",
                    help="also start cells that cannot finish in time (they stop with a checkpoint)")
+    p.add_argument("--retry-failed", action="store_true", help="run cells whose worker failed again")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--list", action="store_true", help="print the cells in order with status and expected s")
     p.add_argument("--cell", default="", help=argparse.SUPPRESS)  # worker: run this one cell
@@ -699,7 +726,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not a.report_only:
         (results).mkdir(parents=True, exist_ok=True)
-        schedule(cells, budget, results, runs, tasks, a.workers or budget.workers, a.time_limit, a.allow_partial)
+        schedule(cells, budget, results, runs, tasks, a.workers or budget.workers, a.time_limit, a.allow_partial,
+                 retry_failed=a.retry_failed)
     write_tables(cells, results, budget, tasks)
     return 0
 

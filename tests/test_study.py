@@ -100,7 +100,8 @@ def test_study_tiny_end_to_end(study, tmp_path):
         assert sorted(p.stem for p in (d / "metrics").glob("*.json")) == sorted(tasks)
         assert json.loads((d / "metrics" / "linear.json").read_text())["seeds"] == budget.eval_seeds
         assert (d / "card.txt").read_text().strip() == "cpu"
-        assert not list(d.rglob("*.pt")), "checkpoints stay in --runs"
+        assert not [p for p in d.rglob("*") if p.name == "checkpoint.pt" or p.name.endswith(".safetensors")
+                    or p.name in ("features", "tb")], "checkpoints, feature caches, TensorBoard stay in --runs"
         rec = json.loads((d / "cell.json").read_text())
         assert rec["complete"] and rec["steps_done"] == steps
         assert (runs / name / "checkpoint.pt").exists()
@@ -125,3 +126,20 @@ def test_study_tiny_end_to_end(study, tmp_path):
     last = _calls(results)[-1]
     assert last["started"] == [] and last["not_started"] == ["dino-cnn-s1", "dino_sp-cnn-s1"]
     assert not (runs / "dino-cnn-s1").exists()
+
+
+def test_failed_cells_are_skipped(study, tmp_path, capsys):
+    """A cell whose worker raised (a non-finite loss, a bug) is not run again on every call."""
+    results = tmp_path / "results"
+    for name in ("dino-cnn-s0", "dino_sp-cnn-s0"):
+        (results / name).mkdir(parents=True)
+        (results / name / "cell.json").write_text(json.dumps({"budget": "tiny", "failed": "NonFiniteLoss: x"}))
+    argv = ["--budget", "tiny", "--frameworks", "dino", "--backbones", "cnn", "--seeds", "0", "--tasks", "knn",
+            "--results", str(results), "--runs", str(tmp_path / "runs")]
+    assert study.main(argv) == 0
+    assert _calls(results)[-1]["started"] == [] and _calls(results)[-1]["not_started"] == []
+    assert "skipping 2 failed cell(s)" in capsys.readouterr().out
+    # a cell of another budget in the same folder is an error, not silently reused
+    (results / "dino-cnn-s0" / "cell.json").write_text(json.dumps({"budget": "gpu", "complete": True}))
+    with pytest.raises(SystemExit, match="budget 'gpu'"):
+        study.main(argv)
