@@ -53,6 +53,7 @@ def test_upsample_equals_interpolate():
     x = torch.randn(2, 3, 4, 5)
     ref = F.interpolate(x, size=(24, 17), mode="bilinear", align_corners=False)
     assert torch.allclose(segmentation.upsample(x, (24, 17)), ref, atol=1e-5)
+    assert torch.allclose(segmentation.upsample_last(x, (24, 17)), ref.permute(0, 2, 3, 1), atol=1e-5)
 
 
 def test_miou_averages_over_present_classes_only():

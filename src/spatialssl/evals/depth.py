@@ -87,7 +87,7 @@ def probe(ctx: EvalContext, data: tuple, examples: bool = False) -> dict:
     ex = example_index(len(te), e["n_examples"]) if examples else torch.zeros(0, dtype=torch.long)
     errs, ex_pred = [], {}
     for i, out in predict(patch_features(ctx, data[1][0], te), tuple(te.depth.shape[-2:])):
-        pred = (out[:, 0].cpu() * sd + mu).clamp(lo, hi)
+        pred = (out[..., 0].cpu() * sd + mu).clamp(lo, hi)
         sl = slice(i, i + len(pred))
         errs.append(image_errors(pred, te.depth[sl], v_te[sl]))
         for j in ex.tolist():
@@ -104,7 +104,7 @@ def probe(ctx: EvalContext, data: tuple, examples: bool = False) -> dict:
     out["mean_rmse"] = float(base["sq"][has].mean().sqrt())
     out.update({"valid_frac": float(v_te.float().mean()), "n_train": len(tr), "n_test": len(te),
                 "n_scored": int(has.sum())})
-    if examples:
+    if examples and len(ex):
         save_examples(ctx, "depth", {"images": te.images[ex], "target": te.depth[ex],
                                      "pred": torch.stack([ex_pred[j] for j in ex.tolist()]), "valid": v_te[ex]})
     return out

@@ -33,7 +33,8 @@ def knn_votes(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, nu
     Features are L2-normalised; each of the k most similar probe-train features votes for
     its class with weight exp(cos / t). The top-k is chunked over the queries (``chunk``) and
     over the bank (``bank_chunk``), merging the running top-k with each bank chunk's, so the
-    memory beyond the bank is [chunk, bank_chunk + k], whatever N. Runs on ``train``'s device.
+    memory beyond the bank is O(chunk x bank_chunk + bank_chunk x D), whatever N (the bank is
+    normalised chunk by chunk, never copied whole). Runs on ``train``'s device.
 
     Args:
         train: [N, D] bank, train_y: [N] labels, test: [M, D] queries.
@@ -41,7 +42,6 @@ def knn_votes(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, nu
         float votes [M, num_classes] on the CPU.
     """
     dev = train.device
-    train = F.normalize(train.float(), dim=1)
     train_y = train_y.to(dev)
     k = min(k, len(train))
     out = []
@@ -50,8 +50,11 @@ def knn_votes(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, nu
         best_s = torch.full((len(q), 0), float("-inf"), device=dev)
         best_i = torch.zeros((len(q), 0), dtype=torch.long, device=dev)
         for j in range(0, len(train), bank_chunk):
-            sim = q @ train[j:j + bank_chunk].T  # [m, b]
+            # normalised per chunk (O(N D) per query chunk, against O(chunk N D) for the products):
+            # a normalised copy of the whole bank would double its memory
+            sim = q @ F.normalize(train[j:j + bank_chunk].float(), dim=1).T  # [m, b]
             s, idx = sim.topk(min(k, sim.shape[1]), dim=1)
+            del sim  # freed before the next chunk's product is allocated
             best_s, pos = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
             best_i = torch.cat([best_i, idx + j], 1).gather(1, pos)
         w = (best_s / t).exp()

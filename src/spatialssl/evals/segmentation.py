@@ -99,6 +99,16 @@ def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.einsum("Hh,bchw,Ww->bcHW", ry, x, rx)
 
 
+def upsample_last(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``upsample`` with channels last: [B, C, h, w] -> [B, H, W, C], as two batched matrix
+    products (the layout makes a per-pixel argmax over C a contiguous reduction: ~10x faster
+    on CPU than an argmax over dim 1 of [B, C, H, W])."""
+    b, c, h, w = x.shape
+    ry, rx = _interp_matrix(h, size[0], x.device), _interp_matrix(w, size[1], x.device)
+    t = torch.matmul(rx, x.permute(0, 2, 3, 1))  # [B, h, W, C]
+    return torch.matmul(ry, t.reshape(b, h, -1)).view(b, size[0], size[1], c)
+
+
 PREDICT_FLOATS = 1 << 25  # logits held at once when predicting (128 MB of fp32), whatever N
 
 
@@ -115,9 +125,9 @@ def fit_dense(feats: torch.Tensor, target: torch.Tensor, out_ch: int,
         out_ch: output channels C.
         loss_fn: (prediction [B, C, H, W], target [B, H, W]) -> scalar.
     Returns:
-        ``predict(feats [M, D, h, w], size (H, W))``: yields ``(start, logits [m, C, H, W])``
-        chunk by chunk (no grad), at most ``PREDICT_FLOATS`` logits at a time: callers reduce
-        each chunk (argmax, per-image errors) and never hold all M maps of logits.
+        ``predict(feats [M, D, h, w], size (H, W))``: yields ``(start, logits [m, H, W, C])``
+        (channels last) chunk by chunk (no grad), at most ``PREDICT_FLOATS`` logits at a time:
+        callers reduce each chunk (argmax, per-image errors) and never hold all M maps.
     """
     g = torch.Generator().manual_seed(seed)
     d = feats.shape[1]
@@ -145,7 +155,7 @@ def fit_dense(feats: torch.Tensor, target: torch.Tensor, out_ch: int,
     def predict(f: torch.Tensor, out_size: tuple[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
         chunk = max(1, PREDICT_FLOATS // (out_ch * out_size[0] * out_size[1]))
         for i in range(0, len(f), chunk):
-            yield i, upsample(head((f[i:i + chunk].to(device) - mean) / std), out_size)
+            yield i, upsample_last(head((f[i:i + chunk].to(device) - mean) / std), out_size)
 
     return predict
 
@@ -156,6 +166,16 @@ def confusion(pred: torch.Tensor, target: torch.Tensor, n: int, ignore: int | No
     keep &= (target >= 0) & (target < n)
     idx = target[keep] * n + pred[keep]
     return torch.bincount(idx, minlength=n * n).view(n, n)
+
+
+def _max_label(y: torch.Tensor, ignore: int | None, chunk: int = 64) -> int:
+    """Largest class id in masks [N, H, W] other than ``ignore`` (-1 if none), chunk by chunk."""
+    best = -1
+    for part in y.split(chunk):
+        keep = part[part != ignore] if ignore is not None else part.flatten()
+        if keep.numel():
+            best = max(best, int(keep.max()))
+    return best
 
 
 def image_counts(pred: torch.Tensor, target: torch.Tensor, n: int, ignore: int | None = None
@@ -210,9 +230,9 @@ def probe(ctx: EvalContext, data: tuple, target: str, examples: bool = False) ->
     ignore = e["seg_ignore_index"]
     tr, te = dense_subsets(ctx, data)
     y_tr, y_te = getattr(tr, target), getattr(te, target)
-    valid = torch.cat([y_tr[y_tr != ignore].unique(), y_te[y_te != ignore].unique()])
     known = class_names(tr, target)
-    n_cls = max(int(valid.max()) + 1, len(known))
+    n_cls = max(_max_label(y_tr, ignore), _max_label(y_te, ignore)) + 1
+    n_cls = max(n_cls, len(known))
     names = [known[i] if i < len(known) else f"class{i}" for i in range(n_cls)]
     f_tr = patch_features(ctx, data[0][0], tr)
     f_te = patch_features(ctx, data[1][0], te)
@@ -222,7 +242,7 @@ def probe(ctx: EvalContext, data: tuple, target: str, examples: bool = False) ->
     ex = example_index(len(te), e["n_examples"]) if examples else torch.zeros(0, dtype=torch.long)
     inter, union, ex_pred = [], [], {}
     for i, logits in predict(f_te, tuple(y_te.shape[-2:])):
-        pred = logits.argmax(1)  # per chunk: the full-size logits of all images never exist at once
+        pred = logits.argmax(-1)  # per chunk: the full-size logits of all images never exist at once
         tgt = y_te[i:i + len(pred)].to(pred.device)
         a, b = image_counts(pred, tgt, n_cls, ignore)
         inter.append(a)
@@ -235,18 +255,21 @@ def probe(ctx: EvalContext, data: tuple, target: str, examples: bool = False) ->
     out = iou_from_counts(inter.sum(0), union.sum(0), names)
     # pixel accuracy: mean over test images of each image's share of right pixels (images with
     # no scored pixel left out); equal to the pooled share when every image scores as many pixels
-    n_pix = ((y_te >= 0) & (y_te < n_cls) & (y_te != ignore)).flatten(1).sum(1)
+    n_pix = torch.cat([((y >= 0) & (y < n_cls) & (y != ignore)).flatten(1).sum(1) for y in y_te.split(64)])
     has = n_pix > 0
     acc = inter.sum(1)[has].double() / n_pix[has]
     ctx.record("pixel_acc", "mean", x=acc)
     out["pixel_acc"] = float(acc.mean())
-    counts = torch.bincount(y_tr[(y_tr != ignore) & (y_tr < n_cls)].flatten(), minlength=n_cls)
-    majority = torch.full_like(y_te, int(counts.argmax()))
-    m_inter, m_union = image_counts(majority, y_te, n_cls, ignore)
-    out["majority_miou"] = iou_from_counts(m_inter.sum(0), m_union.sum(0), names, "m_")["m_miou"]
+    counts = sum(torch.bincount(y[(y != ignore) & (y >= 0) & (y < n_cls)], minlength=n_cls) for y in y_tr.split(64))
+    m_inter = torch.zeros(n_cls, dtype=torch.long)
+    m_union = torch.zeros(n_cls, dtype=torch.long)
+    for y in y_te.split(64):  # chunked: per-pixel temporaries stay bounded whatever N
+        a, b = image_counts(torch.full_like(y, int(counts.argmax())), y, n_cls, ignore)
+        m_inter, m_union = m_inter + a.sum(0), m_union + b.sum(0)
+    out["majority_miou"] = iou_from_counts(m_inter, m_union, names, "m_")["m_miou"]
     out.update({"n_classes": n_cls, "n_train": len(tr), "n_test": len(te),
                 "patch_grid": list(f_tr.shape[-2:]), "mask_size": list(y_te.shape[-2:])})
-    if examples:
+    if examples and len(ex):
         save_examples(ctx, "segmentation", {"images": te.images[ex], "target": y_te[ex],
                                             "pred": torch.stack([ex_pred[j] for j in ex.tolist()]),
                                             "class_names": names})
