@@ -16,7 +16,12 @@ the table gains a column: our model-only img/s over the peer's best.
 
 Usage:
     python benchmarks/throughput.py [--framework dino] [--small] [--steps 20] [--no-compile]
-                                    [--compile] [--peer PATH]
+                                    [--compile] [--peer PATH] [--profile N] [--json PATH]
+
+Both arms pin ``views.local_flip=per_image``, so the SP overhead is SP's alone (not a
+different flip path). ``e2e`` gathers each step's batch from a pool of 4 x batch canvases
+on the device, as the trainer does. ``--profile N`` adds a torch.profiler table of N
+end-to-end steps per setting (the issue's "where it falls short, profile").
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from spatialssl.engine.trainer import build, train_step  # noqa: E402
 
 def settings(framework: str, small: bool, compile_: bool, batch: int | None) -> list[str]:
     presets = [framework] if (config.CONFIG_DIR / f"{framework}.yaml").exists() else []
-    ov = [f"framework.name={framework}", "train.progress=false"]
+    # one local-flip policy in both arms (SP needs per-image flips): the overhead is SP's alone
+    ov = [f"framework.name={framework}", "train.progress=false", "views.local_flip=per_image"]
     if small:
         ov += ["backbone.name=vit_tiny", "backbone.patch_size=8", "backbone.img_size=32", "views.global_size=32",
                "views.local_size=16", f"train.batch_size={batch or 32}", "framework.out_dim=4096",
@@ -53,15 +59,18 @@ def settings(framework: str, small: bool, compile_: bool, batch: int | None) -> 
 
 
 def bench(framework: str, sp: bool, small: bool, compile_: bool, steps: int, batch: int | None,
-          device: torch.device) -> dict:
+          device: torch.device, profile: int = 0) -> dict:
     presets, ov = settings(framework, small, compile_, batch)
-    cfg = config.resolve(presets, [*ov, f"sp.enabled={str(sp).lower()}", f"train.steps={steps + 10}"])
+    cfg = config.resolve(presets, [*ov, f"sp.enabled={str(sp).lower()}", f"train.steps={steps + 10 + profile}"])
     canvas = 48 if small else 256
     run = build(cfg, (canvas, canvas), device)
     run.framework.collect_logs = False  # as on the trainer's non-logging steps
     b = cfg["train"]["batch_size"]
     g = torch.Generator(device).manual_seed(0)
-    canvases = torch.randint(0, 256, (b, 3, canvas, canvas), dtype=torch.uint8, device=device, generator=g)
+    # a pool of uint8 canvases on the device, indexed per step as the trainer does (end to end:
+    # gather -> multi-crop + augmentation -> model)
+    pool = torch.randint(0, 256, (4 * b, 3, canvas, canvas), dtype=torch.uint8, device=device, generator=g)
+    canvases = pool[:b]
     fixed_views = run.multicrop(canvases, g)
 
     def sync():
@@ -77,7 +86,8 @@ def bench(framework: str, sp: bool, small: bool, compile_: bool, steps: int, bat
             if mode == "model":
                 train_step(run, None, i, views=fixed_views)
             else:
-                train_step(run, canvases, i)
+                idx = torch.randint(0, len(pool), (b,), device=device, generator=g)
+                train_step(run, pool[idx], i)
             sync()
             if i >= 5:
                 times.append(time.perf_counter() - t)
@@ -85,7 +95,25 @@ def bench(framework: str, sp: bool, small: bool, compile_: bool, steps: int, bat
         out[mode] = b / med
         out[mode + "_ms"] = med * 1000
     out["views"] = f"{cfg['views']['n_global']}x{cfg['views']['global_size']}+{run.multicrop.n_local}x{cfg['views']['local_size']}"
+    if profile:
+        out["profile"] = profile_steps(run, pool, b, profile, device, g)
     return out
+
+
+def profile_steps(run, pool: torch.Tensor, b: int, n: int, device: torch.device, g: torch.Generator) -> str:
+    """torch.profiler over ``n`` end-to-end steps (after the timed ones, so compiled): the
+    operators by total device time (CPU time on a CPU), as a text table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for i in range(n):
+            idx = torch.randint(0, len(pool), (b,), device=device, generator=g)
+            train_step(run, pool[idx], i)  # a step index inside the schedules
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=25)
 
 
 def peer_rates(path: str, batch: int, steps: int, small: bool) -> dict[str, float]:
@@ -115,6 +143,9 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile in the small setting too")
     p.add_argument("--peer", default="", help="path of peer_dino_step.py: measure it first, report the ratio")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile N end-to-end steps of each setting (torch.profiler table, by device time)")
+    p.add_argument("--json", default="", help="write the figures (and profiles) to this JSON file")
     a = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     small = a.small or device.type == "cpu"
@@ -125,9 +156,12 @@ def main() -> None:
     compile_ = a.compile or (not small and not a.no_compile)
     peer = peer_rates(a.peer, a.batch or 128, a.steps, small) if a.peer else {}
     ref_style = "compile" if "compile" in peer else "bf16"
-    rows = []
+    rows, profiles = [], {}
     for fw in a.framework.split(","):
-        res = {sp: bench(fw, sp, small, compile_, a.steps, a.batch, device) for sp in (False, True)}
+        res = {sp: bench(fw, sp, small, compile_, a.steps, a.batch, device, a.profile) for sp in (False, True)}
+        for sp in (False, True):
+            if "profile" in res[sp]:
+                profiles[f"{fw}{' + SP' if sp else ''}"] = res[sp].pop("profile")
         for mode in ("model", "e2e"):
             base, with_sp = res[False][mode], res[True][mode]
             rows.append((fw, mode, res[False]["views"], res[True]["views"], base, with_sp, 100 * (base / with_sp - 1)))
@@ -142,6 +176,16 @@ def main() -> None:
     for fw, mode, v0, v1, base, with_sp, ovh in rows:
         ratio = f" {base / peer[ref_style]:.2f} | {with_sp / peer[ref_style]:.2f} |" if peer else ""
         print(f"| {fw} | {mode} | {v0} | {v1} | {base:,.0f} | {with_sp:,.0f} | {ovh:+.1f}% |{ratio}")
+    for k, table in profiles.items():
+        print(f"\nprofile, {k}, {a.profile} end-to-end steps (torch.profiler, by total device time):\n{table}")
+    if a.json:
+        import json
+
+        Path(a.json).write_text(json.dumps({
+            "card": name, "torch": torch.__version__, "setting": "small CPU" if small else "ViT-S/16 bf16",
+            "compile": compile_, "steps": a.steps, "batch": a.batch or (32 if small else 128), "peer": peer,
+            "rows": [dict(zip(("framework", "measure", "views", "views_sp", "img_s", "img_s_sp", "sp_overhead_pct"), r))
+                     for r in rows], "profiles": profiles}, indent=2))
 
 
 if __name__ == "__main__":

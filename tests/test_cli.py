@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from spatialssl.cli import main
 
 
@@ -32,3 +34,51 @@ def test_compare_tiny_pretrains_evaluates_and_reports(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "simclr_sp" in report and "kNN top-1" in report
     assert "kNN top-1" in capsys.readouterr().out
+
+
+def _one_line_error(capsys, argv, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err  # one line: no traceback
+    assert err.startswith("spatialssl: error: ") and "spatialssl: error: spatialssl:" not in err, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+def test_malformed_yaml_preset_is_one_line(capsys, tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("train: {steps: 3\n")
+    _one_line_error(capsys, ["config", "-c", str(p)], "broken.yaml", "not valid YAML", "line")
+
+
+def test_folder_errors_have_one_prefix(capsys, tmp_path):
+    _one_line_error(capsys, ["pretrain", "--set", "data.name=folder", "--set", f"data.root={tmp_path / 'nope'}",
+                             "--set", f"out_dir={tmp_path / 'run'}", "--set", "device=cpu"],
+                    "folder not found", "nope")
+
+
+def test_out_dir_that_is_a_file(capsys, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    _one_line_error(capsys, ["pretrain", "--set", f"out_dir={f}", "--set", "device=cpu"], "'out_dir'", "is a file")
+
+
+def test_cuda_without_cuda_is_one_line(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    _one_line_error(capsys, ["pretrain", "--set", "device=cuda", "--set", f"out_dir={tmp_path / 'r'}"],
+                    "'device'", "no CUDA")
+    assert not (tmp_path / "r").exists()  # refused before the run folder is touched
+    _one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path), "--device", "cuda"], "--device cuda", "no CUDA")
+
+
+def test_eval_argument_errors_are_one_line(capsys, tmp_path):
+    _one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path), "--set", "backbone.width=32"],
+                    "backbone.width", "only eval.* and data.* keys")
+    _one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path), "--seeds", "0"], "--seeds must be >= 1")
+    _one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path), "--set", "eval.knn_k=0"], "'eval.knn_k'")
+    _one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path / "none")], "no checkpoint")

@@ -32,3 +32,72 @@ def test_int_accepted_for_float_and_lists_checked():
     assert cfg["sp"]["weight"] == 1.0 and isinstance(cfg["sp"]["weight"], float)
     with pytest.raises(config.ConfigError, match="views.local_scale"):
         config.resolve([], ["views.local_scale=[0.1]"])
+
+
+@pytest.mark.parametrize("text, value", [("1e-4", 1e-4), ("5e-4", 5e-4), ("1e6", 1e6), ("-1e-3", -1e-3),
+                                         ("1.0e-4", 1e-4), ("+2E-3", 2e-3)])
+def test_yaml_12_floats_in_overrides(text, value):
+    """PyYAML (YAML 1.1) reads 1e-4 as a string; a learning rate is written that way."""
+    key = "train.min_lr" if value < 0 else "train.lr"
+    if value < 0:  # a negative number is a number (rejected by the range check, not the type check)
+        with pytest.raises(config.ConfigError, match=r"'train.min_lr' must be >= 0"):
+            config.resolve([], [f"{key}={text}"])
+        return
+    assert config.resolve([], [f"{key}={text}"])["train"]["lr"] == pytest.approx(value)
+
+
+def test_yaml_12_floats_in_files_and_lists(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("train:\n  lr: 1e-4\n  min_lr: 1e-6\nsp:\n  weight: 5e-1\neval:\n  linear_lr: [1e-1, 1e-2]\n")
+    cfg = config.resolve([str(p)])
+    assert cfg["train"]["lr"] == 1e-4 and cfg["train"]["min_lr"] == 1e-6 and cfg["sp"]["weight"] == 0.5
+    assert cfg["eval"]["linear_lr"] == [0.1, 0.01]
+    assert config.load_yaml("1e") == "1e" and config.load_yaml("x1e5") == "x1e5"  # not numbers
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  steps: 10\n  lr: [0.1,\n")
+    with pytest.raises(config.ConfigError, match=r"config file .*bad.yaml is not valid YAML \(line \d+"):
+        config.resolve([str(p)])
+    with pytest.raises(config.ConfigError, match=r"--set train.lr is not valid YAML"):
+        config.resolve([], ["train.lr=[0.1,"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.log_every=0", r"'train.log_every' must be >= 1"),
+    ("train.checkpoint_every=0", r"'train.checkpoint_every' must be >= 1"),
+    ("train.collapse_every=0", r"'train.collapse_every' must be >= 1"),
+    ("train.lr=-1", r"'train.lr' must be > 0"),
+    ("train.lr=0", r"'train.lr' must be > 0"),
+    ("eval.knn_k=0", r"'eval.knn_k' must be >= 1"),
+    ("sp.pair_candidates=0", r"'sp.pair_candidates' must be >= 1"),
+    ("views.local_size=0", r"'views.local_size' must be >= 1"),
+    ("data.max_pixels=-1", r"'data.max_pixels' must be >= 0"),
+])
+def test_ranges_are_checked(override, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.resolve([], [override])
+
+
+@pytest.mark.parametrize("fw, name", [("simclr", "SimCLR"), ("byol", "BYOL"), ("mocov3", "MoCo v3")])
+def test_two_view_frameworks_need_two_global_views(fw, name):
+    with pytest.raises(config.ConfigError, match=rf"'views.n_global' must be >= 2 for framework '{fw}' \({name}"):
+        config.resolve([], [f"framework.name={fw}", "views.n_global=1"])
+    assert config.resolve([], ["framework.name=dino", "views.n_global=1"])["views"]["n_global"] == 1
+
+
+def test_resume_changes_split_safe_from_unsafe():
+    saved = config.resolve([], ["train.batch_size=16"])
+    new = config.resolve([], ["train.batch_size=32", "train.lr=1e-3", "train.log_every=5", "eval.knn_k=5",
+                              "out_dir=elsewhere"])
+    unsafe, safe = config.resume_changes(saved, new)
+    assert unsafe == {"train.batch_size": (16, 32), "train.lr": (5e-4, 1e-3)}
+    assert set(safe) == {"train.log_every", "eval.knn_k", "out_dir"}
+    assert config.resume_changes(saved, saved) == ({}, {})
+    # a key the saved config lacks (added to the defaults since) counts as its default
+    old = config.resolve([], ["train.batch_size=16"])
+    del old["data"]["max_pixels"]
+    assert config.resume_changes(old, saved) == ({}, {})
+    assert "data.max_pixels" in config.resume_changes(old, config.resolve([], ["train.batch_size=16",
+                                                                                "data.max_pixels=5"]))[0]

@@ -38,6 +38,42 @@ def test_pair_sampler_counts_fallbacks_when_impossible():
     g = torch.Generator().manual_seed(0)
     a, b, fallbacks = geometry.sample_disjoint_pairs(100, (32, 32), (0.8, 1.0), (1.0, 1.0), 0.0, 4, g)
     assert fallbacks == 100  # two boxes of >= 80% of the canvas always overlap
+    _, _, valid = geometry.sample_pairs(100, (32, 32), (0.8, 1.0), (1.0, 1.0), 0.0, 4, g)
+    assert not valid.any()
+
+
+def test_pair_sampler_is_exchangeable_and_keeps_the_gap():
+    """a and b follow one law (mean ds ~ 0, same mean area and centre), and every valid
+    pair is at least min_gap px apart; at the old default scale fallbacks are now rare."""
+    g = torch.Generator().manual_seed(0)
+    a, b, valid = geometry.sample_pairs(20000, (64, 64), (0.05, 0.4), (0.75, 4 / 3), 0.0, 64, g, min_gap=3.0)
+    assert 1 - valid.float().mean() < 0.01
+    a, b = a[valid], b[valid]
+    t = geometry.sp_targets(a, b, (64, 64))
+    assert (t.mean(0) / t.std(0)).abs().max() < 0.03  # dx, dy, ds centred
+    area_a, area_b = geometry.box_area(a), geometry.box_area(b)
+    assert abs(area_a.mean() / area_b.mean() - 1) < 0.02
+    assert (geometry.box_separation(a, b) >= 3.0 - 1e-4).all()
+    with pytest.raises(ValueError, match="sp.min_gap"):
+        geometry.sample_pairs(4, (64, 64), (0.05, 0.4), (0.75, 4 / 3), 0.2, 8, g, min_gap=3.0)
+
+
+def test_min_gap_of_3px_shares_no_pixel_after_roi_align():
+    """roi_align reads up to ~1.4 px beyond a box edge; 3 px apart, two views read no
+    common canvas pixel and no two neighbouring ones (docs/sp.md "Gap")."""
+    from spatialssl.views import cut
+
+    g = torch.Generator().manual_seed(0)
+    a, b, valid = geometry.sample_pairs(3000, (64, 64), (0.04, 0.16), (0.75, 4 / 3), 0.0, 64, g, min_gap=3.0)
+    tight = (geometry.box_separation(a, b) < 3.25) & valid
+    a, b = a[tight][:64], b[tight][:64]
+    foot = []
+    for boxes in (a, b):
+        x = torch.zeros(len(boxes), 1, 64, 64, requires_grad=True)
+        cut(x, boxes, 96).sum().backward()  # enlarged 2-5x: the widest footprint
+        foot.append(x.grad[:, 0] != 0)
+    near_a = torch.nn.functional.max_pool2d(foot[0].float()[:, None], 3, 1, 1)[:, 0] > 0
+    assert len(a) > 10 and not (near_a & foot[1]).any()
 
 
 def test_sp_targets_exact_on_hand_made_boxes():
@@ -46,9 +82,17 @@ def test_sp_targets_exact_on_hand_made_boxes():
     t = geometry.sp_targets(a, b, (100, 50), "canvas")
     assert torch.allclose(t, torch.tensor([[25 / 50, 35 / 100, math.log(2.0)]]))
     t_ref = geometry.sp_targets(a, b, (100, 50), "reference")
-    assert torch.allclose(t_ref, torch.tensor([[2.5, 3.5, math.log(2.0)]]))
-    # swapping a and b negates canvas targets
-    assert torch.allclose(geometry.sp_targets(b, a, (100, 50)), -t)
+    # in units of the geometric-mean box side: sqrt(10 * 20)
+    s = math.sqrt(10 * 20)
+    assert torch.allclose(t_ref, torch.tensor([[25 / s, 35 / s, math.log(2.0)]]))
+
+
+@pytest.mark.parametrize("offsets", ["canvas", "reference"])
+def test_swapping_boxes_negates_targets(offsets):
+    g = torch.Generator().manual_seed(0)
+    a = geometry.sample_boxes(500, (48, 80), (0.02, 0.3), (0.5, 2.0), g)
+    b = geometry.sample_boxes(500, (48, 80), (0.02, 0.3), (0.5, 2.0), g)
+    torch.testing.assert_close(geometry.sp_targets(b, a, (48, 80), offsets), -geometry.sp_targets(a, b, (48, 80), offsets))
 
 
 def test_flip_boxes_is_an_involution():

@@ -4,6 +4,7 @@
     spatialssl eval --checkpoint runs/x --tasks knn,linear,patch_pair [--seeds 3]
     spatialssl report runs/dino runs/dino_sp --out runs/report
     spatialssl data preview --dataset partsworld --out preview.png
+    spatialssl data prepare --root IMAGEFOLDER --out SHARDS [--canvas 256]   (then data.name=shards data.root=SHARDS)
     spatialssl demo [--out runs/demo]
     spatialssl compare --frameworks dino,simclr --budget small
     spatialssl config [-c PRESET ...] [--set k=v ...]   (print the resolved config)
@@ -30,8 +31,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="import MODULE first (e.g. one that registers your own framework); repeatable")
 
 
+EVAL_SECTIONS = ("eval", "data")  # what `eval --set` may change: the model comes from the checkpoint
+
+
 def _eval_overrides(items: list[str]) -> dict:
     """``--set eval.x=1`` style overrides for ``eval``, validated against the defaults."""
+    for item in items:
+        key = item.split("=", 1)[0].strip()
+        if key.split(".", 1)[0] not in EVAL_SECTIONS or "." not in key:
+            raise config_mod.ConfigError(
+                f"eval --set {key}: only eval.* and data.* keys can be set for eval (the backbone, views and "
+                f"framework come from the checkpoint's config)")
     cfg = config_mod.resolve([], items)
     out: dict = {}
     for item in items:
@@ -48,12 +58,18 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("pretrain", help="pretrain a backbone (framework, optionally + SP)")
     _add_config_args(p)
-    p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start a clean run folder even if a checkpoint exists (the old folder is moved aside to "
+                        "OUT_DIR.old-<time>, not deleted)")
+    p.add_argument("--force", action="store_true",
+                   help="resume even if the config changed in keys that change what is trained (the changes are "
+                        "recorded in config.yaml and train.log)")
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on frozen-feature protocols")
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint.pt")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory, checkpoint.pt, or backbone.safetensors (with the run's config.yaml beside it)")
     p.add_argument("--tasks", default="knn,linear,patch_pair", help="comma-separated tasks, or 'all'")
-    p.add_argument("--seeds", type=int, default=1, help="probe seeds; >1 reports mean and std")
+    p.add_argument("--seeds", type=int, default=1, help="probe seeds (>= 1); >1 reports mean and std")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="where metrics/ goes (default: the run directory)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -75,6 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--split", default="train")
     q.add_argument("-n", type=int, default=16)
     q.add_argument("--size", type=int, default=64)
+    q = dsub.add_parser("prepare", help="decode a data set once into shards on disk (read lazily by training and evals)")
+    q.add_argument("--root", default="", help="ImageFolder root (root/<split>/<class>/... or root/<class>/...)")
+    q.add_argument("--dataset", default="folder", choices=["folder", "partsworld"],
+                   help="partsworld: render the built-in set (with -c/--set data.* for its size) and shard it")
+    q.add_argument("--out", required=True, help="shards folder to write (resumable: rerun to finish)")
+    q.add_argument("--canvas", type=int, default=256, help="canvas side in px (folder data)")
+    q.add_argument("--splits", default="", help="comma-separated splits (default: every one found)")
+    q.add_argument("--shard-size", type=int, default=1024, help="images per shard")
+    q.add_argument("--quality", type=int, default=95, help="JPEG quality of the stored canvases")
+    q.add_argument("--workers", type=int, default=4, help="decode/encode threads")
+    q.add_argument("--on-error", default="skip", choices=["skip", "raise"], help="unreadable files")
+    _add_config_args(q)
 
     p = sub.add_parser("demo", help="framework vs framework + SP on PartsWorld, on a CPU, in minutes")
     p.add_argument("--out", default="runs/demo")
@@ -86,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--tasks", default="knn,linear,patch_pair")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    p.add_argument("--flips", default="", metavar="POLICIES",
+                   help="flip-policy ablation: e.g. per_view,per_image,none, each with and without SP")
 
     p = sub.add_parser("config", help="print the resolved config")
     _add_config_args(p)
@@ -94,9 +124,50 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         return _dispatch(a)
-    except (config_mod.ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"spatialssl: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise  # a bug: keep its traceback
+        # NonFiniteLoss: its ERROR line, with the last values, is in the log already
+        return _error(str(e).split(". Last values")[0])
+    except KeyboardInterrupt:
+        print("spatialssl: interrupted (a pretrain resumes from its last checkpoint when run again)", file=sys.stderr)
+        return 130
+
+
+# errors that are the user's to fix, each with a one-line message naming the key or file
+_LAZY_ERRORS = {"spatialssl.engine.checkpoint": ("CheckpointError", "RunLocked"),
+                "spatialssl.engine.trainer": ("NonFiniteLoss",)}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """``ConfigError`` and the like, plus the engine's errors if the engine was imported
+    (looked up here so that ``spatialssl config`` need not import torch)."""
+    known: list[type[BaseException]] = [config_mod.ConfigError, ValueError, FileNotFoundError, NotADirectoryError]
+    for module, names in _LAZY_ERRORS.items():
+        if module in sys.modules:
+            known += [getattr(sys.modules[module], n) for n in names]
+    return tuple(known)
+
+
+def _error(message: str) -> int:
+    """One line on stderr, exit status 2. Library messages may begin with 'spatialssl: '
+    already (the folder loaders' greppable ones); it is not repeated."""
+    message = " ".join(message.split())
+    if message.startswith("spatialssl: "):
+        message = message[len("spatialssl: "):]
+    print(f"spatialssl: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise config_mod.ConfigError(f"--device {device!r} is not a device (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise config_mod.ConfigError(f"--device {device}: no CUDA device is available (use --device cpu)")
 
 
 def _dispatch(a: argparse.Namespace) -> int:
@@ -111,12 +182,15 @@ def _dispatch(a: argparse.Namespace) -> int:
         from .engine.trainer import pretrain
 
         cfg = config_mod.resolve(a.config, a.overrides)
-        out = pretrain(cfg, resume=not a.no_resume)
+        out = pretrain(cfg, resume=not a.no_resume, force=a.force)
         print(f"checkpoint: {out / 'checkpoint.pt'}")
         return 0
     if a.cmd == "eval":
         from .evals import evaluate
 
+        if a.seeds < 1:
+            raise config_mod.ConfigError(f"eval --seeds must be >= 1, got {a.seeds}")
+        _check_device(a.device)
         res = evaluate(a.checkpoint, a.tasks, a.seeds, a.out, _eval_overrides(a.overrides), a.device,
                        reference=a.reference)
         for task, values in res.items():
@@ -130,6 +204,8 @@ def _dispatch(a: argparse.Namespace) -> int:
         print(summary_table(a.runs))
         print(f"report: {path}")
         return 0
+    if a.cmd == "data" and a.data_cmd == "prepare":
+        return _prepare(a)
     if a.cmd == "data":
         from .data import partsworld
 
@@ -144,9 +220,34 @@ def _dispatch(a: argparse.Namespace) -> int:
     if a.cmd == "compare":
         from .experiments import compare
 
-        compare(a.frameworks.split(","), a.budget, Path(a.out), a.tasks, a.overrides)
+        compare(a.frameworks.split(","), a.budget, Path(a.out), a.tasks, a.overrides,
+                [f for f in a.flips.split(",") if f])
         return 0
     raise AssertionError(a.cmd)
+
+
+def _prepare(a: argparse.Namespace) -> int:
+    from .data import shards
+
+    splits = tuple(s for s in a.splits.split(",") if s)
+    if a.dataset == "folder":
+        if not a.root:
+            raise ValueError("data prepare: give --root IMAGEFOLDER (or --dataset partsworld)")
+        entries = shards.prepare_folder(a.root, a.out, a.canvas, splits or None, a.shard_size, a.quality,
+                                        a.on_error, a.workers)
+    else:
+        from .data import SPLITS, load_split
+
+        data_cfg = config_mod.resolve(a.config, a.overrides)["data"]
+        if data_cfg["name"] != "partsworld":
+            raise ValueError("data prepare --dataset partsworld: data.name must be partsworld")
+        entries = {s: shards.prepare_canvases(load_split(data_cfg, s), a.out, s, a.shard_size, a.quality, a.workers,
+                                              source={"partsworld": data_cfg})
+                   for s in (splits or SPLITS)}
+    for split, e in entries.items():
+        print(f"{split}: {e['n']} images in {len(e['shards'])} shard(s), {len(e['skipped'])} skipped")
+    print(f"shards: {a.out}  (train with --set data.name=shards --set data.root={a.out})")
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ run (``save``).
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,17 @@ DEFAULTS: dict[str, Any] = {
     "out_dir": "runs/run",
     "device": "auto",  # auto | cpu | cuda
     "data": {
-        "name": "partsworld",  # partsworld | folder
-        "root": "",  # folder data set root (ImageFolder layout; labels used by evals only)
+        "name": "partsworld",  # partsworld | folder | shards (a folder made by `spatialssl data prepare`)
+        "root": "",  # folder data set root (ImageFolder layout; labels used by evals only), or the shards folder
         "canvas_size": 64,  # folder data: canvas side in px; partsworld: render size
         "n_train": 20000,  # partsworld only
         "n_eval": 2000,  # partsworld only: val/test/ood size
         "seed": 0,  # partsworld only: the data set's seed (independent of the run's seed)
         "cache_dir": "",  # "" = $SPATIALSSL_CACHE or ~/.cache/spatialssl
         "on_error": "skip",  # skip | raise  (unreadable files in folder data)
+        "max_pixels": 64_000_000,  # folder data: larger images (w x h) are refused before decoding; 0 = no limit
+        "workers": 2,  # shards: DataLoader processes decoding training batches (0 = in the training process)
+        "prefetch": 2,  # shards: batches each worker decodes ahead (memory: workers x prefetch batches)
     },
     "backbone": {
         "name": "vit_tiny",  # vit_tiny | vit_small | vit_base | resnet18 | resnet50 | resnet_mini
@@ -98,7 +102,8 @@ DEFAULTS: dict[str, Any] = {
         "antisymmetric": True,
         "hidden_dim": 256,
         "extra_local_views": 2,  # for frameworks without local views
-        "pair_candidates": 16,  # rejection-sampling candidates per pair
+        "pair_candidates": 64,  # rejection-sampling candidate pairs per pair (both boxes redrawn)
+        "min_gap": 3.0,  # canvas px between the two boxes of a pair (0 = touching allowed); docs/sp.md
         "beta": 1.0,  # smooth-L1 beta (on standardised targets)
     },
     "train": {
@@ -165,7 +170,7 @@ DEFAULTS: dict[str, Any] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
-    "data.name": ("partsworld", "folder"),
+    "data.name": ("partsworld", "folder", "shards"),
     "data.on_error": ("skip", "raise"),
     "backbone.name": ("vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50", "resnet_mini"),
     "views.local_flip": ("auto", "per_image", "per_view", "none"),
@@ -176,6 +181,38 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 class ConfigError(ValueError):
     """A config key or value that is not allowed; the message names it."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with YAML 1.2's float rule.
+
+    PyYAML implements YAML 1.1, whose floats need a dot: ``1e-4``, ``5e-4`` and ``1e6``
+    load as *strings* there, while YAML 1.2 (and JSON, and Python) read them as numbers.
+    Learning rates are written that way, so configs and ``--set`` values use this loader.
+    """
+
+
+# YAML 1.2 core-schema floats (plus 1.1's ``1_000.5`` underscores, which PyYAML already accepts)
+_FLOAT_12 = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+_Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+def load_yaml(text_or_file: Any, where: str = "") -> Any:
+    """YAML 1.2-style load (see ``_Loader``); malformed YAML is a one-line ``ConfigError``
+    naming ``where`` and the line."""
+    try:
+        return yaml.load(text_or_file, Loader=_Loader)  # noqa: S506 -- _Loader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where or 'YAML'} is not valid YAML{at}: {problem}") from None
 
 
 def _merge(base: dict, delta: dict, where: str = "") -> None:
@@ -229,7 +266,9 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key=value (e.g. train.steps=100)")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    if not key.strip() or any(not p for p in key.strip().split(".")):
+        raise ConfigError(f"override '{text}' must look like key=value (e.g. train.steps=100)")
+    value = load_yaml(raw, f"the value of --set {key.strip()}") if raw.strip() != "" else ""
     out: dict = {}
     node = out
     parts = key.strip().split(".")
@@ -247,11 +286,14 @@ def load_preset(name_or_path: str) -> dict:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
         raise ConfigError(f"no config preset '{name_or_path}' (known presets: {known})")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a file")
     with open(path) as f:
-        delta = yaml.safe_load(f) or {}
+        delta = load_yaml(f, f"config file {path}") or {}
     if not isinstance(delta, dict):
         raise ConfigError(f"config file {path} must hold a mapping")
     bases = delta.pop("base", [])
+    delta.pop(RESUME_HISTORY, None)  # a run's config.yaml may be used as a preset
     merged: dict = {}
     for b in [bases] if isinstance(bases, str) else bases:
         _deep_update(merged, load_preset(b))
@@ -280,6 +322,7 @@ def resolve(presets: list[str] | tuple[str, ...] = (), overrides: list[str] | tu
 
 def derive(cfg: dict) -> dict:
     """Values that follow from others, computed in this one place."""
+    check_values(cfg)
     v, sp = cfg["views"], cfg["sp"]
     if v["local_flip"] == "auto":
         v["local_flip"] = "per_image" if sp["enabled"] else "per_view"
@@ -293,12 +336,107 @@ def derive(cfg: dict) -> dict:
         raise ConfigError("config key 'train.batch_size' must be >= 2")
     if not 0.0 <= sp["max_iou"] < 1.0:
         raise ConfigError(f"config key 'sp.max_iou' must be in [0, 1), got {sp['max_iou']}")
+    from .sp import log_config_warnings  # SP's checks: pair fallback rate, upsampled views
+
+    log_config_warnings(cfg)
     return cfg
 
 
+# frameworks that contrast two (or more) global views and use no local views
+TWO_VIEW = {"simclr": "SimCLR", "byol": "BYOL", "mocov3": "MoCo v3"}
+
+# key -> (lowest allowed value, whether the bound is strict)
+_LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
+    "seed": (0, False),
+    "data.canvas_size": (1, False), "data.max_pixels": (0, False),
+    "data.n_train": (1, False), "data.n_eval": (1, False),
+    "views.global_size": (1, False), "views.local_size": (1, False),
+    "views.n_global": (1, False), "views.n_local": (0, False),
+    "sp.weight": (0.0, False), "sp.pair_candidates": (1, False), "sp.extra_local_views": (0, False),
+    "sp.hidden_dim": (1, False), "sp.beta": (0.0, True),
+    "train.lr": (0.0, True), "train.min_lr": (0.0, False), "train.warmup_steps": (0, False),
+    "train.clip_grad": (0.0, False), "train.num_threads": (0, False),
+    "train.log_every": (1, False), "train.checkpoint_every": (1, False), "train.collapse_every": (1, False),
+    "eval.knn_k": (1, False), "eval.knn_t": (0.0, True), "eval.seeds": (1, False), "eval.batch_size": (1, False),
+    "eval.n_train": (0, False), "eval.n_test": (0, False), "eval.linear_epochs": (1, False),
+    "eval.pp_epochs": (1, False), "eval.pp_pairs_per_image": (1, False),
+}
+
+
+def check_values(cfg: dict) -> None:
+    """Ranges of numeric keys and combinations a run cannot train with; each error names
+    the key and what is allowed (``ConfigError``)."""
+    for key, (low, strict) in _LOWER_BOUNDS.items():
+        try:
+            value = get(cfg, key)
+        except KeyError:  # a section another version does not have
+            continue
+        if value < low or (strict and value == low):
+            raise ConfigError(f"config key '{key}' must be {'>' if strict else '>='} {low}, got {value}")
+    fw = cfg["framework"]["name"]
+    if fw in TWO_VIEW and cfg["views"]["n_global"] < 2:
+        raise ConfigError(f"config key 'views.n_global' must be >= 2 for framework '{fw}' ({TWO_VIEW[fw]} contrasts "
+                          f"two global views of each image), got {cfg['views']['n_global']}")
+
+
+# --------------------------------------------------------------------------- resume
+
+
+# keys a run may change when it resumes: they decide where and how a run is logged, not
+# what it computes (``device`` and ``train.compile`` change floating-point rounding only;
+# ``eval.*`` is read by evaluations, never by training)
+RESUME_SAFE: tuple[str, ...] = (
+    "name", "out_dir", "device", "data.cache_dir", "train.progress", "train.log_every", "train.checkpoint_every",
+    "train.collapse_every", "train.num_threads", "train.compile", "eval.",
+)
+RESUME_HISTORY = "resumed_with_changes"  # config.yaml entry listing changes forced on resume
+
+
+def flatten(cfg: dict, where: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{where}{k}."))
+        else:
+            out[f"{where}{k}"] = v
+    return out
+
+
+def resume_changes(saved: dict, new: dict) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """Keys whose value differs between a checkpoint's config and a new one, as
+    ``(unsafe, safe)`` dicts of ``key -> (saved value, new value)``; ``safe`` keys are
+    those in ``RESUME_SAFE``. A key the saved config lacks (added since) counts as its
+    default."""
+    old = flatten({k: v for k, v in saved.items() if k != RESUME_HISTORY})
+    defaults = flatten(derive(copy.deepcopy(DEFAULTS)))
+    unsafe, safe = {}, {}
+    for key, value in flatten({k: v for k, v in new.items() if k != RESUME_HISTORY}).items():
+        before = old.get(key, defaults.get(key, value))
+        if _same(before, value):
+            continue
+        is_safe = any(key == s or (s.endswith(".") and key.startswith(s)) for s in RESUME_SAFE)
+        (safe if is_safe else unsafe)[key] = (before, value)
+    return unsafe, safe
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return a == b
+
+
 def save(cfg: dict, path: str | Path) -> None:
-    with open(path, "w") as f:
+    """Write ``cfg`` as YAML, atomically (a temporary file renamed onto ``path``)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)
+    tmp.replace(path)
 
 
 def get(cfg: dict, dotted: str) -> Any:

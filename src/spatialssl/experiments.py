@@ -40,35 +40,46 @@ RELEASED = Path(__file__).resolve().parents[2] / "checkpoints"
 RELEASED_TASKS = ["knn", "linear", "patch_pair"]
 
 
+def pinned_flip(presets: list[str], overrides: list[str]) -> str:
+    """The local-flip policy both arms of a pair use: ``views.local_flip`` as the SP arm
+    resolves it (``auto`` -> ``per_image``), so the arms differ by the SP loss alone, not
+    also by their flips."""
+    return config_mod.resolve(presets, [*overrides, "sp.enabled=true"])["views"]["local_flip"]
+
+
 def run_pair(name: str, presets: list[str], overrides: list[str], out: Path, tasks: str | list[str],
-             eval_overrides: list[str]) -> list[Path]:
-    """Pretrain ``presets`` without and with SP (same seed and budget), evaluate both."""
+             eval_overrides: list[str], seeds: int = 1) -> list[Path]:
+    """Pretrain ``presets`` without and with SP (same seed, budget, views and flip policy:
+    ``views.local_flip`` is pinned for both, see ``pinned_flip``), evaluate both."""
     dirs = []
+    flip = pinned_flip(presets, overrides)
     for sp in (False, True):
         tag = f"{name}_sp" if sp else name
-        cfg = config_mod.resolve(presets, [*overrides, f"sp.enabled={str(sp).lower()}", f"name={tag}",
-                                           f"out_dir={out / tag}"])
+        cfg = config_mod.resolve(presets, [*overrides, f"views.local_flip={flip}", f"sp.enabled={str(sp).lower()}",
+                                           f"name={tag}", f"out_dir={out / tag}"])
         t0 = time.perf_counter()
         run_dir = pretrain(cfg)
-        log.info("%s: pretrained in %.0fs", tag, time.perf_counter() - t0)
-        evaluate_run(run_dir, tasks, eval_overrides, cfg["train"]["progress"])
+        log.info("%s: pretrained in %.0fs (views.local_flip=%s)", tag, time.perf_counter() - t0, flip)
+        evaluate_run(run_dir, tasks, eval_overrides, cfg["train"]["progress"], seeds=seeds)
         dirs.append(run_dir)
     return dirs
 
 
 def evaluate_run(run_dir: Path, tasks: str | list[str], eval_overrides: list[str], progress: bool = True,
-                 data: dict | None = None) -> None:
-    """Evaluate a run with ``eval.*`` overrides (and, for runs trained elsewhere, this run's data section)."""
+                 data: dict | None = None, seeds: int = 1) -> None:
+    """Evaluate a run with ``eval.*`` overrides (and, for runs trained elsewhere, this run's
+    data section), over ``seeds`` probe seeds."""
     t0 = time.perf_counter()
-    ev = config_mod.resolve([], eval_overrides)["eval"]
+    ev = config_mod.resolve(["demo"], eval_overrides)["eval"]  # (the demo's sizes: no warning about other presets)
     overrides: dict = {"eval": {k: ev[k] for k in _keys(eval_overrides)}}
     if data is not None:
         overrides["data"] = data
-    evaluate(run_dir, tasks, overrides=overrides, progress=progress)
+    evaluate(run_dir, tasks, seeds=seeds, overrides=overrides, progress=progress)
     log.info("%s: evaluated in %.0fs", run_dir.name, time.perf_counter() - t0)
 
 
-def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str], data: dict) -> list[Path]:
+def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str], data: dict,
+                  seeds: int = 1) -> list[Path]:
     """Copy the released GPU checkpoints into ``out/released_*`` and evaluate them here, on
     ``data`` (the demo's PartsWorld: image i of a split is the same whatever the split's size,
     so the probes see the same first images as for the demo's own runs)."""
@@ -81,9 +92,13 @@ def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str], 
                 shutil.copy(src.parent / f, dst / f)
         cfg = yaml.safe_load((src.parent / "config.yaml").read_text())
         steps = cfg["train"]["steps"]
-        cfg["name"] = f"{cfg['framework']['name']}{'+SP' if cfg['sp']['enabled'] else ''} (released, GPU {steps} steps)"
+        # the released DINO pair was trained with views.local_flip 'auto': per_view without
+        # SP, per_image with it, so it differs by its flips as well as by SP: the name says so
+        flip = cfg["views"]["local_flip"]
+        cfg["name"] = (f"{cfg['framework']['name']}{'+SP' if cfg['sp']['enabled'] else ''} "
+                       f"(released, GPU {steps} steps, {flip} flips)")
         (dst / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        evaluate_run(dst, tasks, eval_overrides, data=data)
+        evaluate_run(dst, tasks, eval_overrides, data=data, seeds=seeds)
         dirs.append(dst)
     return dirs
 
@@ -100,43 +115,77 @@ def _report(dirs: list[Path], out: Path, title: str) -> None:
     print(f"\nreport: {path}")
 
 
-def demo(out: Path = Path("runs/demo"), overrides: list[str] | None = None, released: bool = True) -> list[Path]:
-    """The CPU demo (``make demo``): see configs/demo.yaml and docs/demo.md for the settings and why.
+def framework_presets(fw: str) -> list[str]:
+    """The presets ``compare`` (and the demo) train ``fw`` with: the framework's preset
+    (heads, temperatures, momentum), then the demo's data, backbone, views and optimiser
+    (configs/demo.yaml, or configs/demo_<framework>.yaml where one exists)."""
+    demo_preset = f"demo_{fw}" if (config_mod.CONFIG_DIR / f"demo_{fw}.yaml").exists() else "demo"
+    return ([fw] if (config_mod.CONFIG_DIR / f"{fw}.yaml").exists() else []) + [demo_preset]
 
-    Trains the demo's framework (SimCLR) with and without SP here, evaluates both, then
-    evaluates the released GPU checkpoints (DINO, DINO + SP, SimCLR, SimCLR + SP) beside them.
+
+# the demo's own pair, chosen by measurement (docs/demo.md): BYOL at the small budget
+DEMO_FRAMEWORK = "byol"
+DEMO_BUDGET = "small"
+
+
+def demo(out: Path = Path("runs/demo"), overrides: list[str] | None = None, released: bool = True) -> list[Path]:
+    """The CPU demo (``make demo``): see docs/demo.md for the settings and why.
+
+    Trains the demo's framework (``DEMO_FRAMEWORK``, with ``compare``'s settings for it at
+    ``DEMO_BUDGET``) with and without SP here, one flip policy for both, evaluates both
+    (``eval.seeds`` probe seeds), then evaluates the released GPU checkpoints (DINO, DINO +
+    SP, SimCLR, SimCLR + SP) beside them.
     """
     overrides = list(overrides or [])
-    cfg = config_mod.resolve(["demo"], overrides)
-    fw = cfg["framework"]["name"]
-    tasks = [t for t in cfg["eval"]["tasks"] if t in available_tasks()]
+    fw = DEMO_FRAMEWORK
+    presets = framework_presets(fw)
+    ov = [f"framework.name={fw}", *BUDGETS[DEMO_BUDGET], *overrides]
+    cfg = config_mod.resolve(presets, ov)
+    tasks = [t for t in config_mod.resolve(["demo"], _eval_only(overrides))["eval"]["tasks"] if t in available_tasks()]
+    seeds = cfg["eval"]["seeds"]
     t0 = time.perf_counter()
     eval_overrides = DEMO_EVAL + _eval_only(overrides)
-    dirs = run_pair(fw, ["demo"], overrides, out, tasks, eval_overrides)
+    dirs = run_pair(fw, presets, ov, out, tasks, eval_overrides, seeds)
+    flip = pinned_flip(presets, ov)
     if released:
-        dirs += released_runs(out, [t for t in tasks if t in RELEASED_TASKS], eval_overrides, cfg["data"])
-    _report(dirs, out, f"spatialssl demo: {fw} vs {fw} + SP on PartsWorld (CPU), and released GPU checkpoints")
+        dirs += released_runs(out, [t for t in tasks if t in RELEASED_TASKS], eval_overrides, cfg["data"], seeds)
+    _report(dirs, out, f"spatialssl demo: {fw} vs {fw} + SP on PartsWorld (CPU, {flip} flips for both), and released "
+                       f"GPU checkpoints (the DINO pair differs by flip policy too: per_view vs per_image)")
     log.info("demo done in %.0fs: %s", time.perf_counter() - t0, out)
     return dirs
 
 
-def compare(frameworks: list[str], budget: str, out: Path, tasks: str, overrides: list[str] | None = None) -> list[Path]:
-    """Each framework with and without SP under one seed and budget; one report.
+FLIP_POLICIES = ("per_view", "per_image", "none")
 
-    Settings: the framework's preset (heads, temperatures, momentum), then the demo's
-    data, backbone, views and optimiser (configs/demo.yaml, or configs/demo_<framework>.yaml
-    where one exists), then the budget.
+
+def compare(frameworks: list[str], budget: str, out: Path, tasks: str, overrides: list[str] | None = None,
+            flips: list[str] | None = None) -> list[Path]:
+    """Each framework with and without SP under one seed, budget and flip policy; one report.
+
+    Settings: ``framework_presets(fw)``, then the budget, then ``overrides``. ``flips``: a
+    flip-policy ablation, each ``views.local_flip`` policy with and without SP (runs named
+    ``<fw>_<policy>[_sp]``); by default one pair per framework, flips pinned as the SP arm
+    resolves them.
     """
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget '{budget}' (known: {', '.join(BUDGETS)})")
+    for f in flips or []:
+        if f not in FLIP_POLICIES:
+            raise ValueError(f"--flips: unknown policy '{f}' (known: {', '.join(FLIP_POLICIES)})")
+    overrides = list(overrides or [])
+    cfg = config_mod.resolve(["demo"], _eval_only(overrides))
+    seeds = cfg["eval"]["seeds"]
     dirs: list[Path] = []
     for fw in frameworks:
-        # the demo's settings, or the framework's own variant of them (demo_dino.yaml)
-        demo = f"demo_{fw}" if (config_mod.CONFIG_DIR / f"demo_{fw}.yaml").exists() else "demo"
-        presets = ([fw] if (config_mod.CONFIG_DIR / f"{fw}.yaml").exists() else []) + [demo]
-        ov = [f"framework.name={fw}", *VIT_ONLY.get(fw, []), *BUDGETS[budget], *(overrides or [])]
-        dirs += run_pair(fw, presets, ov, out, tasks, DEMO_EVAL + _eval_only(overrides or []))
-    _report(dirs, out, f"spatialssl compare ({budget} budget)")
+        presets = framework_presets(fw)
+        ov = [f"framework.name={fw}", *VIT_ONLY.get(fw, []), *BUDGETS[budget], *overrides]
+        eval_ov = DEMO_EVAL + _eval_only(overrides)
+        if not flips:
+            dirs += run_pair(fw, presets, ov, out, tasks, eval_ov, seeds)
+        for f in flips or []:
+            dirs += run_pair(f"{fw}_{f}", presets, [*ov, f"views.local_flip={f}"], out, tasks, eval_ov, seeds)
+    what = f", flip ablation {','.join(flips)}" if flips else ""
+    _report(dirs, out, f"spatialssl compare ({budget} budget{what})")
     return dirs
 
 

@@ -1,13 +1,25 @@
 """Side-by-side reports of evaluated runs: ``report.md``, ``report.html`` and PNG plots.
 
 A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (the
-training curve: ``step``, ``loss_fw``, ``loss_sp``, ``sp_r2_dx/dy/ds``, ...) and
-``metrics/<task>.json`` (written by ``evals.evaluate``: ``values``, and ``std`` when more
-than one seed ran), plus optional ``metrics/<task>_examples.pt`` (small example arrays the
-dense and jigsaw protocols save for the figures).
+training curve: ``step``, ``loss_fw``, ``loss_sp``, ``sp_r2_dx/dy/ds``, ...) and, written
+by ``evals.evaluate``, ``metrics/<task>.json`` (``values`` with the random-init floors
+``random_<key>`` and supervised references ``supervised_<key>``, ``std`` over evaluation
+seeds, ``eval_config``, ``step``, ``complete``) and ``metrics/<task>_outcomes.pt`` (per
+test item outcomes of each metric, per evaluation seed, see ``metric_from_counts``), plus
+optional ``metrics/<task>_examples.pt`` (example arrays for the figures).
 
 Runs are paired by framework: a run without SP and one with SP of the same framework
-become "baseline | + SP | difference" columns; other runs get a column each.
+become "baseline | + SP | difference" columns; other runs get a column each. A pair must
+differ by SP alone: ``pair_differences`` lists what else differs, and ``write_report``
+refuses such a pair unless ``allow_mismatch`` allows its differences (True: any; or a list
+of keys such as ``["views.local_flip"]``); an allowed pair is marked NOT COMPARABLE and its
+Δ left untested.
+
+Significance (``paired_bootstrap``): Δ = SP − baseline gets ✓ (SP better) or ✗ (worse)
+only when the 95% paired-bootstrap interval over test items excludes 0 (Efron &
+Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13; paired resampling as in
+Koehn, "Statistical Significance Tests for Machine Translation Evaluation", EMNLP 2004),
+≈ when it does not; without per-item outcomes of both runs there is no test and no mark.
 
 >>> write_report(["runs/demo/dino", "runs/demo/dino_sp"], "runs/demo")
 PosixPath('runs/demo/report.md')
@@ -15,44 +27,73 @@ PosixPath('runs/demo/report.md')
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 import yaml
 
-# (task, value key, label, +1 higher is better / -1 lower is better): the summary rows
+# (task, value key, label, +1 higher is better / -1 lower is better / 0 a diagnostic): the
+# summary rows. Under each directional row the table adds the random-init floor
+# (``random_<key>``) and the supervised reference (``supervised_<key>``) where a run has them.
 KEY_METRICS: list[tuple[str, str, str, int]] = [
     ("knn", "top1", "kNN top-1", 1),
     ("linear", "top1", "linear top-1", 1),
     ("patch_pair", "r2_dx", "patch-pair R² dx", 1),
     ("patch_pair", "r2_dy", "patch-pair R² dy", 1),
     ("patch_pair", "r2_ds", "patch-pair R² ds", 1),
-    ("patch_pair", "train_r2_ds", "patch-pair R² ds (probe-train)", 1),
-    ("patch_pair", "random_r2_ds", "patch-pair R² ds (random-init)", 1),
+    ("patch_pair", "train_r2_ds", "patch-pair R² ds (probe-train)", 0),
     ("finegrained", "knn_top1", "fine-grained kNN top-1", 1),
     ("finegrained", "linear_top1", "fine-grained linear top-1", 1),
     ("segmentation", "miou", "segmentation mIoU", 1),
     ("segmentation", "pixel_acc", "segmentation pixel acc.", 1),
-    ("segmentation", "random_miou", "segmentation mIoU (random-init)", 1),
     ("depth", "rmse", "depth RMSE", -1),
     ("depth", "abs_rel", "depth AbsRel", -1),
     ("depth", "delta1", "depth δ<1.25", 1),
-    ("depth", "random_rmse", "depth RMSE (random-init)", -1),
     ("robustness", "clean_top1", "clean top-1 (robustness subset)", 1),
     ("robustness", "mCA", "mean corruption acc. (mCA)", 1),
     ("robustness", "rel_mCA", "mCA / clean", 1),
     ("robustness", "ood_top1", "OOD split top-1", 1),
     ("jigsaw", "tile_acc", "jigsaw tile acc.", 1),
     ("jigsaw", "puzzle_acc", "jigsaw puzzle acc.", 1),
-    ("jigsaw", "random_tile_acc", "jigsaw tile acc. (random-init)", 1),
     ("jigsaw", "top1_original", "top-1 original", 1),
-    ("jigsaw", "top1_shuffled", "top-1 shuffled", 1),
+    ("jigsaw", "top1_shuffled", "top-1 shuffled", 0),
     ("jigsaw", "top1_reconstructed", "top-1 reconstructed", 1),
 ]
+FLOORS = [("random_", "↳ random-init"), ("supervised_", "↳ supervised")]
+
+# keys that describe a protocol or a reference, not a quality of the backbone: never marked
+DIAGNOSTICS = {"chance", "best_lr", "n_classes", "majority_miou", "k", "t", "n", "top1_shuffled", "val_acc",
+               "n_train", "n_test", "n_pairs", "seeds", "skipped", "valid_frac"}
+DIAGNOSTIC_PREFIXES = ("random_", "supervised_", "train_", "n_", "val_", "chance", "majority_", "mean_", "m_")
+LOWER_SUFFIXES = ("rmse", "abs_rel", "mae", "_err", "error")
+HIGHER_PARTS = ("acc", "top1", "r2", "iou", "delta", "mca")
+
+
+def direction(key: str) -> int:
+    """+1 (higher is better), -1 (lower is better) or 0 (a diagnostic, or unknown: never marked)."""
+    k = key.lower()
+    if key in DIAGNOSTICS or k.startswith(DIAGNOSTIC_PREFIXES) or k.endswith(("_lr", "_shuffled")):
+        return 0
+    if k.endswith(LOWER_SUFFIXES):
+        return -1
+    return 1 if any(p in k for p in HIGHER_PARTS) else 0
+
+
+def _finite(v) -> float | None:
+    """A finite float, or None (missing, a string, a bool, NaN or ±inf from an old file)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+# --------------------------------------------------------------------------- reading runs
 
 
 @dataclass
@@ -68,17 +109,18 @@ class Run:
     metrics: dict[str, dict] = field(default_factory=dict)  # task -> metrics json
 
     label: str = ""  # column title: the directory name (parent/name where two runs share one)
+    _outcomes: dict = field(default_factory=dict, repr=False)
 
     def value(self, task: str, key: str) -> tuple[float | None, float | None]:
-        """(mean, std or None) of a metric, or (None, None) when absent."""
+        """(mean, std or None) of a metric, or (None, None) when absent or not finite."""
         rec = self.metrics.get(task)
         if not rec:
             return None, None
-        v = rec.get("values", {}).get(key)
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
+        v = _finite(rec.get("values", {}).get(key))
+        if v is None:
             return None, None
-        s = rec.get("std", {}).get(key) if rec.get("seeds", 1) > 1 else None
-        return float(v), (float(s) if s is not None else None)
+        s = _finite((rec.get("std") or {}).get(key)) if (_finite(rec.get("seeds")) or 1) > 1 else None
+        return v, s
 
     def examples(self, task: str) -> dict | None:
         p = self.path / "metrics" / f"{task}_examples.pt"
@@ -89,24 +131,79 @@ class Run:
         except Exception:  # a damaged example file only costs a figure
             return None
 
+    def outcomes(self, task: str) -> list[dict] | None:
+        """Per-seed outcomes ``[{key: outcome}]`` from ``metrics/<task>_outcomes.pt``, or None
+        (absent or unreadable: the report then runs no test, it does not fail)."""
+        if task not in self._outcomes:
+            p = self.path / "metrics" / f"{task}_outcomes.pt"
+            seeds = None
+            if p.exists():
+                try:
+                    rec = torch.load(p, map_location="cpu", weights_only=True)
+                    seeds = rec.get("seeds") if isinstance(rec, dict) else None
+                    seeds = seeds if isinstance(seeds, list) and seeds else None
+                except Exception:
+                    seeds = None
+            self._outcomes[task] = seeds
+        return self._outcomes[task]
+
+    @property
+    def local_flip(self) -> str:
+        return str(self.config.get("views", {}).get("local_flip", "?"))
+
+    def incomplete(self) -> str | None:
+        """"step 10 of 40" when the run (or the checkpoint its metrics come from) did not
+        finish training; None when finished or when nothing says."""
+        steps = _finite(self.config.get("train", {}).get("steps"))
+        total = f" of {int(steps)}" if steps is not None else ""
+        evaluated = [int(s) for s in (_finite(r.get("step")) for r in self.metrics.values()) if s is not None]
+        logged = [int(s) for s in (_finite(row.get("step")) for row in self.curve) if s is not None]
+        at = min(evaluated) if evaluated else (max(logged) if logged else None)
+        where = f"step {at}{total}" if at is not None else f"no step recorded, not known to have finished{total}"
+        if any(r.get("complete") is False for r in self.metrics.values()):
+            return where
+        if steps is not None and at is not None and at < steps:
+            return where
+        return None
+
+
+def _read_json(p: Path) -> dict:
+    try:
+        rec = json.loads(p.read_text())  # json reads the bare NaN of old files as nan (shown as "–")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"metrics file {p} is not valid JSON: {e}") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"metrics file {p} must hold a JSON object, got {type(rec).__name__}")
+    return rec
+
 
 def read_run(path: str | Path) -> Run:
-    """Read a run directory (any of its files may be missing)."""
+    """Read a run directory (any of its files may be missing; the directory may not)."""
     path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run folder '{path}' does not exist" if not path.exists()
+                                else f"run folder '{path}' is not a directory")
     cfg: dict = {}
     if (path / "config.yaml").exists():
-        cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
+        try:
+            cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path / 'config.yaml'} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{path / 'config.yaml'} must hold a mapping")
     curve = []
     if (path / "metrics.jsonl").exists():
         for line in (path / "metrics.jsonl").read_text().splitlines():
             if line.strip():
                 try:
-                    curve.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError:  # a line cut short by an interrupted run
-                    pass
+                    continue
+                if isinstance(row, dict):
+                    curve.append(row)
     metrics = {}
     for p in sorted((path / "metrics").glob("*.json")) if (path / "metrics").is_dir() else []:
-        rec = json.loads(p.read_text())
+        rec = _read_json(p)
         metrics[rec.get("task", p.stem)] = rec
     first = next(iter(metrics.values()), {})
     framework = cfg.get("framework", {}).get("name") or first.get("framework") or "?"
@@ -124,67 +221,359 @@ def read_runs(run_dirs: list[str | Path]) -> list[Run]:
     return runs
 
 
-def columns(runs: list[Run]) -> list[tuple[Run, Run | None]]:
-    """(baseline, + SP) pairs by framework, in order of first appearance; unpaired runs alone."""
-    out: list[tuple[Run, Run | None]] = []
-    used: set[int] = set()
-    for i, r in enumerate(runs):
-        if i in used:
-            continue
-        used.add(i)
-        mate = next((j for j, o in enumerate(runs) if j not in used and o.framework == r.framework
-                     and o.sp != r.sp), None)
-        if mate is None:
-            out.append((r, None))
-        else:
-            used.add(mate)
-            base, sp = (r, runs[mate]) if not r.sp else (runs[mate], r)
-            out.append((base, sp))
+# --------------------------------------------------------------------------- comparable pairs
+
+# keys that must be equal for the two runs of a pair: the whole backbone and data sections,
+# the training length, the local-view flip policy, and each task's evaluation settings
+PAIR_SECTIONS = ("backbone", "data")
+PAIR_KEYS = ("train.steps", "views.local_flip")
+EVAL_KEYS_IGNORED = {"tasks", "n_examples"}  # which tasks ran; how many example images the figures get
+# keys that may differ without comment: SP itself, the run's name and folder, and settings that
+# change no number (logging, progress bars, checkpoint cadence)
+FREE_PREFIXES = ("sp.", "name", "out_dir", "train.progress", "train.log_every", "train.checkpoint_every",
+                 "train.collapse_every", "device", "num_workers", "data.num_workers", "data.cache_dir")
+
+
+def _flatten(d, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
     return out
 
 
-def _fmt(v: float | None, s: float | None = None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+def _differ(a: dict, b: dict) -> list[tuple[str, object, object]]:
+    fa, fb = _flatten(a), _flatten(b)
+    missing = object()
+    return [(k, fa.get(k, "(absent)"), fb.get(k, "(absent)")) for k in sorted(set(fa) | set(fb))
+            if fa.get(k, missing) != fb.get(k, missing)]
+
+
+def pair_differences(base: Run, sp: Run) -> tuple[list[str], list[str]]:
+    """(blocking, other): the settings in which a baseline / + SP pair differs, as
+    "key (baseline value vs SP value)". Blocking: the backbone and data sections,
+    ``train.steps``, ``views.local_flip``, the eval config, eval data (``data_config``) and
+    test-set size of a task both evaluated. Other:
+    any further config key outside ``sp.*``, the name, folder and logging settings."""
+    blocking, other = [], []
+    fmt = "{} ({!r} vs {!r})".format
+    for sec in PAIR_SECTIONS:
+        blocking += [fmt(f"{sec}.{k}", x, y) for k, x, y in _differ(base.config.get(sec, {}) or {},
+                                                                      sp.config.get(sec, {}) or {})]
+    fa, fb = _flatten(base.config), _flatten(sp.config)
+    for k in PAIR_KEYS:
+        if fa.get(k, "(absent)") != fb.get(k, "(absent)"):
+            blocking.append(fmt(k, fa.get(k, "(absent)"), fb.get(k, "(absent)")))
+    for task in sorted(set(base.metrics) & set(sp.metrics)):
+        ea = {k: v for k, v in (base.metrics[task].get("eval_config") or {}).items() if k not in EVAL_KEYS_IGNORED}
+        eb = {k: v for k, v in (sp.metrics[task].get("eval_config") or {}).items() if k not in EVAL_KEYS_IGNORED}
+        blocking += [fmt(f"eval_config[{task}].{k}", x, y) for k, x, y in _differ(ea, eb)]
+        da, db = base.metrics[task].get("data_config"), sp.metrics[task].get("data_config")
+        if da is not None or db is not None:  # the data the evaluation read (may be overridden at eval time)
+            blocking += [fmt(f"data_config[{task}].{k}", x, y) for k, x, y in _differ(da or {}, db or {})]
+        na, nb = base.metrics[task].get("n_test"), sp.metrics[task].get("n_test")
+        if na is not None and nb is not None and na != nb:
+            blocking.append(fmt(f"{task}.n_test", na, nb))
+    covered = tuple(f"{s}." for s in PAIR_SECTIONS) + PAIR_KEYS
+    other = [fmt(k, x, y) for k, x, y in _differ(base.config, sp.config)
+             if not k.startswith(covered) and not k.startswith(FREE_PREFIXES)]
+    return blocking, other
+
+
+def columns(runs: list[Run]) -> list[tuple[Run, Run | None]]:
+    """(baseline, + SP) pairs by framework, in order of first appearance; unpaired runs alone.
+    Runs that differ by SP alone are paired first, so a run trained otherwise does not take
+    another's comparable mate; what is left pairs by framework (and ``check_pairs`` refuses it)."""
+    partner: dict[int, int] = {}
+    for strict in (True, False):
+        for i, r in enumerate(runs):
+            if i in partner:
+                continue
+            for j, o in enumerate(runs):
+                if j == i or j in partner or o.framework != r.framework or o.sp == r.sp:
+                    continue
+                base, sp = (r, o) if not r.sp else (o, r)
+                if strict and pair_differences(base, sp)[0]:
+                    continue
+                partner[i], partner[j] = j, i
+                break
+    out: list[tuple[Run, Run | None]] = []
+    for i, r in enumerate(runs):
+        if i not in partner:
+            out.append((r, None))
+        elif partner[i] > i:
+            o = runs[partner[i]]
+            out.append((r, o) if not r.sp else (o, r))
+    return out
+
+
+def check_pairs(cols: list[tuple[Run, Run | None]], allow_mismatch: bool | Iterable[str] = False
+                ) -> dict[tuple[int, int], list[str]]:
+    """{(id(base), id(sp)): blocking differences} of each pair. Raises ValueError naming both
+    runs and the keys when a pair differs in more than SP, unless ``allow_mismatch`` is True
+    (any difference is then marked instead) or names the keys (prefixes, e.g.
+    ``["views.local_flip"]``) that may differ: those are marked, any other still refused."""
+    allowed = None if allow_mismatch is True else () if allow_mismatch is False else tuple(allow_mismatch)
+    found = {}
+    for base, sp in cols:
+        if sp is None:
+            continue
+        blocking, _ = pair_differences(base, sp)
+        refused = [] if allowed is None else [d for d in blocking if not d.startswith(allowed)]
+        if refused:
+            raise ValueError(f"runs '{base.path}' and '{sp.path}' are not comparable: they differ in "
+                             f"{'; '.join(refused)} (only sp.*, name and out_dir may differ; "
+                             "allow_mismatch reports them marked instead)")
+        found[(id(base), id(sp))] = blocking
+    return found
+
+
+# --------------------------------------------------------------------------- significance
+
+BOOT_REPLICATES = 1000
+BOOT_SEED = 0
+LEVEL = 0.95
+KINDS = {"mean": ("x",), "r2": ("err2", "target"), "rmse": ("sq",), "miou": ("inter", "union")}
+
+
+def _outcome(o, key: str) -> tuple[str, dict[str, torch.Tensor]]:
+    """Validated outcome: kind and float64 tensors of N items (ValueError when malformed)."""
+    if not isinstance(o, dict) or o.get("kind") not in KINDS:
+        raise ValueError(f"outcome of '{key}' must be a dict with kind in {sorted(KINDS)}")
+    arrs = {f: torch.as_tensor(o[f]).to(torch.float64) for f in KINDS[o["kind"]] if f in o}
+    if len(arrs) != len(KINDS[o["kind"]]):
+        raise ValueError(f"outcome of '{key}' ({o['kind']}) needs fields {KINDS[o['kind']]}")
+    shapes = {tuple(a.shape) for a in arrs.values()}
+    want = 2 if o["kind"] == "miou" else 1
+    if len(shapes) != 1 or len(next(iter(shapes))) != want or next(iter(shapes))[0] == 0:
+        raise ValueError(f"outcome of '{key}' ({o['kind']}) has fields of shapes {sorted(shapes)}")
+    if o["kind"] == "r2":  # R^2 is invariant to a shift of the targets; centring avoids cancellation
+        arrs["target"] = arrs["target"] - arrs["target"].mean()
+    return o["kind"], arrs
+
+
+def metric_from_counts(kind: str, arrs: dict[str, torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    """The metric of each bootstrap replicate, from item counts ``w`` [R, N] (how often each
+    test item is drawn; all ones = the test set itself): [R].
+
+    - ``mean``: mean of ``x`` [N] (e.g. 1 for a correct prediction): top-1, tile accuracy;
+    - ``r2``: 1 - Σ err2 / Σ (target - mean target)², ``err2``, ``target`` [N];
+    - ``rmse``: sqrt(mean of ``sq`` [N]);
+    - ``miou``: mean over classes with Σ union > 0 of Σ inter / Σ union, ``inter``, ``union`` [N, C].
+    NaN where a replicate leaves the metric undefined (no target variance, no class present)."""
+    n = w.sum(1)
+    if kind == "mean":
+        return w @ arrs["x"] / n
+    if kind == "rmse":
+        return (w @ arrs["sq"] / n).sqrt()
+    if kind == "r2":
+        t = arrs["target"]
+        sst = w @ (t * t) - (w @ t) ** 2 / n
+        return torch.where(sst > 1e-12 * (w @ (t * t) + 1e-300), 1 - (w @ arrs["err2"]) / sst, torch.nan)
+    inter, union = w @ arrs["inter"], w @ arrs["union"]  # [R, C]
+    present = union > 0
+    iou = torch.where(present, inter / union.clamp_min(1e-300), 0.0)
+    return torch.where(present.any(1), iou.sum(1) / present.sum(1).clamp_min(1), torch.nan)
+
+
+@dataclass
+class Test:
+    """A paired test of Δ = SP − baseline: the Δ its outcomes give, and its ``LEVEL`` interval."""
+
+    delta: float
+    lo: float
+    hi: float
+    n_items: int
+    n_seeds: int
+
+    def mark(self, sign: int) -> str:
+        if sign == 0 or not (self.lo > 0 or self.hi < 0):
+            return "≈"
+        return "✓" if (self.lo > 0) == (sign > 0) else "✗"
+
+
+def _t_quantile(q: float, df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(q, df))
+
+
+def _draw_counts(seed: int, draw: int, n: int, r0: int, rc: int) -> torch.Tensor:
+    """Item counts [rc, n] of replicates r0 .. r0 + rc: n indices drawn with replacement per
+    replicate. A pure function of its arguments (its own generator), so every metric of a
+    task, and both runs, see the same resamples."""
+    g = torch.Generator().manual_seed(((seed * 1_000_003 + draw) * 1_000_003 + n) * 1_000_003 + r0)
+    idx = torch.randint(n, (rc, n), generator=g) + torch.arange(rc)[:, None] * n
+    return torch.bincount(idx.flatten(), minlength=rc * n).view(rc, n).to(torch.float64)
+
+
+_cached_counts = functools.lru_cache(maxsize=8)(_draw_counts)  # a task's many metrics share one draw
+
+
+def _counts(seed: int, draw: int, n: int, r0: int, rc: int, replicates: int) -> torch.Tensor:
+    small = replicates * n <= 8 << 20  # all chunks of a draw fit the cache (8 x 8 MB at most)
+    return (_cached_counts if small else _draw_counts)(seed, draw, n, r0, rc)
+
+
+def paired_bootstrap(base: list[dict], sp: list[dict], key: str, replicates: int = BOOT_REPLICATES,
+                     seed: int = BOOT_SEED, level: float = LEVEL, chunk: int = 1 << 20) -> Test:
+    """Paired bootstrap over test items of Δ = metric(SP) − metric(baseline) for ``key``.
+
+    ``base``, ``sp``: per-seed outcome dicts (``metrics/<task>_outcomes.pt``'s "seeds"); seed i
+    of one run is paired with seed i of the other (same test items, same order). Each replicate
+    draws N item indices with replacement once and applies them to both runs (and to every
+    seed, when all seeds have the same N), so what the two runs share cancels; Δ of a replicate
+    is the mean over seeds of the per-seed Δ. The percentile interval of the replicates is then
+    widened, in quadrature on each side, by the t-interval of the mean of the per-seed Δ
+    (between-seed spread: the probe's own randomness, which resampling items does not see).
+    Vectorised: item counts [R, N] times the per-item outcomes, ``chunk`` counts at a time.
+    Raises ValueError when the outcomes cannot be paired (kind or N differ, key missing)."""
+    n_seeds = min(len(base), len(sp))
+    if n_seeds == 0:
+        raise ValueError("no evaluation seed with outcomes in both runs")
+    pairs = []
+    for s in range(n_seeds):
+        if key not in base[s] or key not in sp[s]:
+            raise ValueError(f"no outcome of '{key}' for seed {s} of both runs")
+        (ka, a), (kb, b) = _outcome(base[s][key], key), _outcome(sp[s][key], key)
+        if ka != kb or any(a[f].shape != b[f].shape for f in a):
+            raise ValueError(f"outcomes of '{key}' differ in kind or item count for seed {s}")
+        pairs.append((ka, a, b))
+    ns = [next(iter(a.values())).shape[0] for _, a, _ in pairs]
+    full = [float(metric_from_counts(k, b, torch.ones(1, n, dtype=torch.float64))
+                  - metric_from_counts(k, a, torch.ones(1, n, dtype=torch.float64)))
+            for (k, a, b), n in zip(pairs, ns)]
+    delta = sum(full) / n_seeds
+    if not math.isfinite(delta):
+        raise ValueError(f"'{key}' is undefined on the test items")
+    shared = len(set(ns)) == 1
+    reps = []
+    per = max(1, min(replicates, chunk // max(ns)))
+    for r0 in range(0, replicates, per):
+        rc = min(per, replicates - r0)
+        acc = torch.zeros(rc, dtype=torch.float64)
+        for s, ((k, a, b), n) in enumerate(zip(pairs, ns)):
+            w = _counts(seed, 0 if shared else s, n, r0, rc, replicates)
+            acc += metric_from_counts(k, b, w) - metric_from_counts(k, a, w)
+        reps.append(acc / n_seeds)
+    d = torch.cat(reps)
+    if torch.isnan(d).float().mean() > 0.05:
+        raise ValueError(f"'{key}' is undefined on more than 5% of the bootstrap resamples")
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    lo, hi = (float(v) for v in torch.nanquantile(d, q))
+    if n_seeds > 1:
+        sd = torch.tensor(full, dtype=torch.float64).std().item()
+        h = _t_quantile((1 + level) / 2, n_seeds - 1) * sd / math.sqrt(n_seeds)
+        lo, hi = delta - math.hypot(delta - lo, h), delta + math.hypot(hi - delta, h)
+    return Test(delta, lo, hi, ns[0], n_seeds)
+
+
+# --------------------------------------------------------------------------- tables
+
+NO_TEST = "†"  # Δ without a test: no per-item outcomes of both runs (or they cannot be paired)
+MISMATCH = "‡"  # Δ of a pair that differs in more than SP (allow_mismatch): not tested
+
+
+def _fmt(v: float | None, s: float | None = None, count: bool = False) -> str:
+    """A value (± its std over seeds); ``count``: a diagnostic row, where an integral value is a
+    count (n_test, k) and is shown without decimals."""
+    v = _finite(v)
+    if v is None:
         return "–"
+    s = _finite(s)
+    if count and v.is_integer() and not s:
+        return f"{int(v)}" if s is None else f"{int(v)} ± 0"
     text = f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
     return f"{text} ± {s:.3f}" if s is not None else text
 
 
-def _diff(a: float | None, b: float | None, sign: int, sa: float | None = None, sb: float | None = None) -> str:
-    """SP minus baseline, marked ✓ (SP better) or ✗; with probe stds of both runs (several
-    evaluation seeds), marked only beyond 2 combined stds and ≈ within them."""
+def _test(base: Run, sp: Run, task: str, key: str) -> Test | str:
+    """The paired test of a metric, or the reason there is none."""
+    a, b = base.outcomes(task), sp.outcomes(task)
     if a is None or b is None:
+        return f"no {task}_outcomes.pt for " + " and ".join(r.label for r, o in ((base, a), (sp, b)) if o is None)
+    try:
+        return paired_bootstrap(a, b, key)
+    except (ValueError, RuntimeError, TypeError, KeyError) as e:
+        return f"{task}.{key}: {e}"
+
+
+def _diff(a: float | None, b: float | None, sign: int, test: Test | str | None = None, mismatch: bool = False) -> str:
+    """The Δ cell: SP minus baseline with its interval and mark ("+0.021 [+0.008, +0.034] ✓");
+    "–" for a diagnostic or a missing / non-finite value; † (no test) or ‡ (not comparable)
+    after a Δ that carries no mark."""
+    a, b = _finite(a), _finite(b)
+    if a is None or b is None or sign == 0:
         return "–"
     d = b - a
-    if sa is not None and sb is not None and abs(d) <= 2 * math.hypot(sa, sb):
-        return f"{d:+.3f} ≈"
-    mark = "" if abs(d) < 5e-4 else (" ✓" if d * sign > 0 else " ✗")
-    return f"{d:+.3f}{mark}"
+    if mismatch:
+        return f"{d:+.3f} {MISMATCH}"
+    if not isinstance(test, Test):
+        return f"{d:+.3f} {NO_TEST}"
+    return f"{d:+.3f} [{test.lo:+.3f}, {test.hi:+.3f}] {test.mark(sign)}"
 
 
-def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = None
-               ) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the side-by-side table (rows where no run has a value are left out)."""
+def _header(runs_cols, mismatched) -> list[str]:
+    header = ["metric"]
+    for base, sp in runs_cols:
+        labels = [_col_label(base)] if sp is None else [_col_label(base), _col_label(sp)]
+        header += labels
+        if sp is not None:
+            header.append("Δ (SP − base)" + (" ⚠ NOT COMPARABLE" if mismatched.get((id(base), id(sp))) else ""))
+    return header
+
+
+def _col_label(r: Run) -> str:
+    inc = r.incomplete()
+    return r.label if inc is None else f"{r.label} ⚠ INCOMPLETE ({inc})"
+
+
+def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = None,
+               allow_mismatch: bool | Iterable[str] = False,
+               floors: bool = True, tests: dict | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the side-by-side table (rows where no run has a value are left out).
+
+    Under each directional row, ``floors`` adds "↳ random-init" and "↳ supervised" rows with
+    each run's ``random_<key>`` / ``supervised_<key>`` where any run has one. ``tests``, when
+    given, collects {(pair labels, task, key): Test or reason} of each Δ cell."""
     rows = KEY_METRICS if rows is None else rows
     cols = columns(runs)
-    header = ["metric"]
-    for base, sp in cols:
-        header += [base.label] if sp is None else [base.label, sp.label, "Δ (SP − base)"]
+    mismatched = check_pairs(cols, allow_mismatch)
     out = []
-    for task, key, label, sign in rows:
-        cells, seen = [f"{label} {'↑' if sign > 0 else '↓'}"], False
+
+    def line(task, key, label, sign, compare):
+        cells, seen = [label], False
         for base, sp in cols:
             a, sa = base.value(task, key)
             seen |= a is not None
             if sp is None:
-                cells.append(_fmt(a, sa))
+                cells.append(_fmt(a, sa, sign == 0))
                 continue
             b, sb = sp.value(task, key)
             seen |= b is not None
-            cells += [_fmt(a, sa), _fmt(b, sb), _diff(a, b, sign, sa, sb)]
-        if seen:
-            out.append(cells)
-    return header, out
+            mis = bool(mismatched.get((id(base), id(sp))))
+            test = None
+            if compare and sign != 0 and a is not None and b is not None and not mis:
+                test = _test(base, sp, task, key)
+                if tests is not None:
+                    tests[(base.label, sp.label, task, key)] = test
+            cells += [_fmt(a, sa, sign == 0), _fmt(b, sb, sign == 0),
+                      _diff(a, b, sign, test, mis) if compare else "–"]
+        return cells if seen else None
+
+    for task, key, label, sign in rows:
+        arrow = {1: " ↑", -1: " ↓"}.get(sign, "")
+        main = line(task, key, f"{label}{arrow}", sign, True)
+        if main is None:
+            continue
+        out.append(main)
+        if floors and sign != 0:
+            for prefix, name in FLOORS:
+                extra = line(task, prefix + key, name, 0, False)
+                if extra is not None:
+                    out.append(extra)
+    return _header(cols, mismatched), out
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -200,28 +589,29 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def summary_table(run_dirs: list[str | Path]) -> str:
+def summary_table(run_dirs: list[str | Path], allow_mismatch: bool | Iterable[str] = False) -> str:
     """The key metrics of each run, side by side (Markdown), as the CLI prints it."""
-    header, rows = table_rows(read_runs(run_dirs))
+    header, rows = table_rows(read_runs(run_dirs), allow_mismatch=allow_mismatch)
     if not rows:
         return "(no metrics found: run `spatialssl eval` first)"
     return _markdown(header, rows)
 
 
-def detail_tables(runs: list[Run]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """Every numeric value of every task, one table per task: (task, header, rows)."""
+def detail_tables(runs: list[Run], allow_mismatch: bool | Iterable[str] = False, tests: dict | None = None
+                  ) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Every numeric value of every task, one table per task: (task, header, rows); Δ marked
+    only on keys with a direction (``direction``), "–" on diagnostics."""
     out = []
     for task in sorted({t for r in runs for t in r.metrics}):
         keys: list[str] = []
         for r in runs:
-            for k, v in r.metrics.get(task, {}).get("values", {}).items():
+            for k, v in (r.metrics.get(task, {}).get("values") or {}).items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys:
                     keys.append(k)
-        rows = [(task, k, k, -1 if k.endswith(("rmse", "abs_rel", "mae")) else 1) for k in keys]
-        header, body = table_rows(runs, rows)
-        body = [[c.replace(" ↑", "").replace(" ↓", "") if i == 0 else c for i, c in enumerate(r)] for r in body]
+        rows = [(task, k, k, direction(k)) for k in keys]
+        header, body = table_rows(runs, rows, allow_mismatch, floors=False, tests=tests)
         skipped = [f"{r.label}: {r.metrics[task]['values']['skipped']}" for r in runs
-                   if "skipped" in r.metrics.get(task, {}).get("values", {})]
+                   if "skipped" in (r.metrics.get(task, {}).get("values") or {})]
         if skipped:
             body.append(["skipped"] + ["; ".join(skipped)] + [""] * (len(header) - 2))
         out.append((task, header, body))
@@ -277,7 +667,7 @@ def plot_metrics(runs: list[Run], path: Path) -> Path | None:
     panels = []
     for t in tasks:
         rows = [(key, label, sign) for task, key, label, sign in KEY_METRICS
-                if task == t and any(r.value(t, key)[0] is not None for r in runs)]
+                if task == t and sign != 0 and any(r.value(t, key)[0] is not None for r in runs)]
         if rows:
             panels.append((t, rows))
     if not panels:
@@ -420,12 +810,70 @@ def plot_dense(runs: list[Run], task: str, path: Path, k: int = 4) -> Path | Non
 
 # --------------------------------------------------------------------------- the report
 
+NOTE = ("Δ = (+ SP) − baseline, with its 95% interval in brackets; ✓ (SP better) or ✗ (SP worse) only "
+        "where a paired bootstrap over test items (1,000 resamples of the items, the same items for both "
+        "runs; with several evaluation seeds Δ is averaged over seeds in each resample and the interval "
+        "widened by the t-interval of its between-seed spread) gives an interval that excludes 0, ≈ where "
+        "it does not. ↑: higher is better, ↓: lower is better; – : a diagnostic (no direction) or a missing "
+        f"value; {NO_TEST}: no per-item outcomes of both runs, so no test and no mark; {MISMATCH}: the pair "
+        "differs in more than SP (listed under Pairs), so no test. ± is the standard deviation over "
+        "evaluation seeds. ↳ random-init: the same protocol on a randomly initialised backbone of the same "
+        "architecture; ↳ supervised: the same backbone trained on the labels. No mark covers the spread "
+        "over pretraining seeds. See docs/evaluations.md for what each number means.")
 
-def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "spatialssl report") -> Path:
-    """Write ``report.md``, ``report.html`` and the PNG figures into ``out_dir``; returns the .md path."""
+
+def _pairs_section(cols, mismatched) -> tuple[list[str], list[list[str]]]:
+    header = ["pair (baseline / + SP)", "local-view flip (baseline / + SP)", "differs in more than SP"]
+    rows = []
+    for base, sp in cols:
+        if sp is None:
+            continue
+        blocking, other = pair_differences(base, sp)
+        diff = "; ".join(blocking + other) or "no (SP alone)"
+        if blocking:
+            diff = "⚠ NOT COMPARABLE: " + diff
+        elif other:
+            diff = "⚠ also: " + diff
+        rows.append([f"{base.label} / {sp.label}", f"{base.local_flip} / {sp.local_flip}", diff])
+    return header, rows
+
+
+def _runs_section(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    header = ["run", "framework", "SP", "steps", "status", "backbone", "local-view flip", "eval seeds", "directory"]
+    rows = []
+    for r in runs:
+        seeds = sorted({int(s) for s in (_finite(m.get("seeds")) or 1 for m in r.metrics.values())})
+        inc = r.incomplete()
+        rows.append([r.label, r.framework, "yes" if r.sp else "no", str(r.config.get("train", {}).get("steps", "?")),
+                     f"⚠ INCOMPLETE: {inc}" if inc else "complete",
+                     str(r.config.get("backbone", {}).get("name", "?")), r.local_flip,
+                     "/".join(map(str, seeds)) or "–", str(r.path)])
+    return header, rows
+
+
+def _warnings(runs: list[Run], cols, mismatched) -> list[str]:
+    out = [f"⚠ {r.label} is incomplete: {r.incomplete()} (its numbers are not those of the finished run)."
+           for r in runs if r.incomplete()]
+    for base, sp in cols:
+        if sp is not None and mismatched.get((id(base), id(sp))):
+            out.append(f"⚠ {base.label} and {sp.label} are NOT COMPARABLE: they differ in "
+                       f"{'; '.join(mismatched[(id(base), id(sp))])}; their Δ is not tested.")
+    return out
+
+
+def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "spatialssl report",
+                 allow_mismatch: bool | Iterable[str] = False) -> Path:
+    """Write ``report.md``, ``report.html`` and the PNG figures into ``out_dir``; returns the .md path.
+
+    Raises FileNotFoundError for a run folder that does not exist, and ValueError for a pair
+    that differs in more than SP (``pair_differences``) unless ``allow_mismatch`` allows it
+    (True, or the keys that may differ: see ``check_pairs``); such a pair is marked NOT
+    COMPARABLE and its Δ left untested."""
+    runs = read_runs(run_dirs)
+    cols = columns(runs)
+    mismatched = check_pairs(cols, allow_mismatch)  # refuse before writing anything
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = read_runs(run_dirs)
     figures = [
         ("Training curves", plot_losses(runs, out / "loss_curves.png")),
         ("Key metrics", plot_metrics(runs, out / "metrics.png")),
@@ -438,19 +886,21 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
          plot_dense(runs, "depth", out / "depth_examples.png")),
     ]
     figures = [(cap, p) for cap, p in figures if p is not None]
-    header, rows = table_rows(runs)
-    details = detail_tables(runs)
-    runs_header = ["run", "framework", "SP", "steps", "backbone", "directory"]
-    runs_rows = [[r.label, r.framework, "yes" if r.sp else "no", str(r.config.get("train", {}).get("steps", "?")),
-                  str(r.config.get("backbone", {}).get("name", "?")), str(r.path)] for r in runs]
-    note = ("Δ = (+ SP) − baseline; ✓ where SP is better (↑: higher is better, ↓: lower is better). "
-            "± is the standard deviation over evaluation seeds when more than one ran; then ✓ / ✗ "
-            "only where |Δ| exceeds twice the combined std, ≈ within it. With one seed a mark is the "
-            "sign of Δ, not a significance test (nor does any mark cover pretraining-seed spread). "
-            "See docs/evaluations.md for what each number means.")
+    tests: dict = {}
+    header, rows = table_rows(runs, allow_mismatch=allow_mismatch, tests=tests)
+    details = detail_tables(runs, allow_mismatch, tests)
+    runs_header, runs_rows = _runs_section(runs)
+    pairs_header, pairs_rows = _pairs_section(cols, mismatched)
+    warnings = _warnings(runs, cols, mismatched)
+    untested = sorted({why for why in tests.values() if isinstance(why, str)})
+    more = f"; and {len(untested) - 8} more" if len(untested) > 8 else ""
+    why = [f"{NO_TEST} no test: " + "; ".join(untested[:8]) + more] if untested else []
 
-    md = [f"# {title}", "", "## Runs", "", _markdown(runs_header, runs_rows), "", "## Summary", "", note, "",
-          _markdown(header, rows) if rows else "(no metrics found)", ""]
+    md = [f"# {title}", "", "## Runs", "", _markdown(runs_header, runs_rows), ""]
+    if pairs_rows:
+        md += ["## Pairs", "", _markdown(pairs_header, pairs_rows), ""]
+    md += ["## Summary", "", NOTE, ""] + [w + "\n" for w in warnings]
+    md += [_markdown(header, rows) if rows else "(no metrics found)", ""] + [w + "\n" for w in why]
     md += ["## Figures", ""] + [f"**{cap}**\n\n![{cap}]({p.name})\n" for cap, p in figures]
     md += ["## All values by task", ""]
     for task, h, body in details:
@@ -461,11 +911,17 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:100%}")
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%}.warn{color:#b00;font-weight:bold}")
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
          f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>",
-         "<h2>Runs</h2>", _html_table(runs_header, runs_rows), "<h2>Summary</h2>", f"<p>{html.escape(note)}</p>",
-         _html_table(header, rows) if rows else "<p>(no metrics found)</p>", "<h2>Figures</h2>"]
+         "<h2>Runs</h2>", _html_table(runs_header, runs_rows)]
+    if pairs_rows:
+        h += ["<h2>Pairs</h2>", _html_table(pairs_header, pairs_rows)]
+    h += ["<h2>Summary</h2>", f"<p>{html.escape(NOTE)}</p>"]
+    h += [f"<p class='warn'>{html.escape(w)}</p>" for w in warnings]
+    h += [_html_table(header, rows) if rows else "<p>(no metrics found)</p>"]
+    h += [f"<p>{html.escape(w)}</p>" for w in why]
+    h.append("<h2>Figures</h2>")
     h += [f"<figure><img src='{p.name}' alt='{html.escape(cap)}'><figcaption>{html.escape(cap)}</figcaption></figure>"
           for cap, p in figures]
     h.append("<h2>All values by task</h2>")

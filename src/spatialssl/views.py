@@ -14,7 +14,9 @@ flips when ``views.global_flip`` is on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +40,12 @@ class Views:
             (the flipped canvas for images flipped ``per_image``).
         sp_pairs: long [P, 2] indices into the local views: pairs drawn disjoint for SP.
         canvas_hw: (H, W) of the canvases.
-        fallbacks: pairs whose rejection sampling found no box under ``max_iou`` (0-dim tensor).
+        fallbacks: pairs whose rejection sampling found no pair of boxes under ``max_iou``
+            and ``min_gap`` (0-dim tensor): ``(~sp_valid).sum()``.
+        sp_valid: bool [P, B], False for those fallback pairs (SP leaves them out of its
+            loss); None when views are made elsewhere (every pair then counts).
+        local_flipped: bool [B], the images whose local views were cut from the mirrored
+            canvas (``per_image`` flips; all False otherwise); None when unknown.
     """
 
     globals: torch.Tensor
@@ -48,6 +55,8 @@ class Views:
     sp_pairs: torch.Tensor
     canvas_hw: tuple[int, int]
     fallbacks: torch.Tensor | int = 0
+    sp_valid: torch.Tensor | None = None
+    local_flipped: torch.Tensor | None = field(default=None)
 
 
 def cut(canvases: torch.Tensor, boxes: torch.Tensor, size: int,
@@ -85,8 +94,19 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
 
 
-_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
 _FROM_YIQ = torch.linalg.inv(_TO_YIQ)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A fixed tensor on ``device`` in ``dtype``, made once per (device, dtype): built in
+    every call, each would be a small host-to-device copy that stalls a CUDA stream (~12
+    per step were counted). Callers must not modify it in place."""
+    value = {"mean": torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1),
+             "std": torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1),
+             "to_yiq": _TO_YIQ, "from_yiq": _FROM_YIQ}[name]
+    return value.to(device=device, dtype=dtype)
 
 
 def color_jitter(x: torch.Tensor, p: float, strength: list[float], g, ) -> torch.Tensor:
@@ -110,8 +130,8 @@ def color_jitter(x: torch.Tensor, p: float, strength: list[float], g, ) -> torch
     gray = _gray(y)
     y = (gray + f_s.view(b, 1, 1, 1) * (y - gray)).clamp(0, 1)
     # hue: rotate the chroma (I, Q) plane by 2*pi*f_h
-    to_yiq = _TO_YIQ.to(dev, x.dtype)
-    from_yiq = _FROM_YIQ.to(dev, x.dtype)
+    to_yiq = _constant("to_yiq", dev, x.dtype)
+    from_yiq = _constant("from_yiq", dev, x.dtype)
     theta = 2 * torch.pi * f_h
     cos, sin = torch.cos(theta), torch.sin(theta)
     rot = torch.zeros(b, 3, 3, device=dev, dtype=x.dtype)
@@ -168,9 +188,7 @@ def photometric(x: torch.Tensor, cfg: dict, g, blur_p: float, solarize_p: float)
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] in [0, 1] -> ImageNet-normalised."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return (x - _constant("mean", x.device, x.dtype)) / _constant("std", x.device, x.dtype)
 
 
 def to_input(images_u8: torch.Tensor, size: int | None = None) -> torch.Tensor:
@@ -184,15 +202,18 @@ def to_input(images_u8: torch.Tensor, size: int | None = None) -> torch.Tensor:
 class MultiCrop:
     """n global + m local views of a batch of canvases, with boxes and SP pairs.
 
-    Local boxes are drawn in pairs that overlap by at most ``max_iou`` (pairs (0,1),
-    (2,3), ...) so every image yields ``m // 2`` SP pairs, not left to chance; an odd
-    last local view is drawn freely.
+    Local boxes are drawn in exchangeable pairs (``geometry.sample_pairs``) that overlap
+    by at most ``max_iou`` and lie ``min_gap`` canvas px apart (pairs (0,1), (2,3), ...),
+    so every image yields ``m // 2`` SP pairs, not left to chance; an odd last local view
+    is drawn freely. Pairs the sampler fell back on are marked in ``Views.sp_valid``.
 
     Args:
         views: the ``views`` config section.
         n_local: number of local views (overrides ``views.n_local``; e.g. SP's extra views).
-        max_iou, candidates: SP pair sampling (``sp.max_iou``, ``sp.pair_candidates``).
-        pair_locals: draw local boxes as disjoint pairs (on when SP is on).
+        max_iou, candidates, min_gap: SP pair sampling (``sp.max_iou``,
+            ``sp.pair_candidates``, ``sp.min_gap``).
+        pair_locals: draw local boxes as pairs (the trainer keeps it on with and without
+            SP, so both arms of a comparison see the same views).
 
     >>> mc = MultiCrop(cfg["views"], n_local=4)
     >>> v = mc(canvases_u8, torch.Generator().manual_seed(0))
@@ -201,12 +222,13 @@ class MultiCrop:
     """
 
     def __init__(self, views: dict, n_local: int | None = None, max_iou: float = 0.0,
-                 candidates: int = 16, pair_locals: bool = True) -> None:
+                 candidates: int = 64, pair_locals: bool = True, min_gap: float = 0.0) -> None:
         self.cfg = views
         self.n_global = views["n_global"]
         self.n_local = views["n_local"] if n_local is None else n_local
         self.max_iou = max_iou
         self.candidates = candidates
+        self.min_gap = min_gap
         self.pair_locals = pair_locals
         self.local_flip = views["local_flip"]
         if self.local_flip == "auto":
@@ -235,24 +257,26 @@ class MultiCrop:
             sol_p = cfg["solarize"] if i == 1 else 0.0
             globals_.append(normalize(photometric(v, cfg, g, blur_p, sol_p)))
 
-        # local views: boxes drawn as disjoint pairs, flips by policy
+        # local views: boxes drawn as exchangeable disjoint pairs, flips by policy
         m = self.n_local
-        fallbacks = torch.zeros((), dtype=torch.long, device=dev)
+        n_pairs = m // 2 if self.pair_locals else 0
+        valid = torch.ones(n_pairs, b, dtype=torch.bool, device=dev)
+        flip_img = torch.zeros(b, dtype=torch.bool, device=dev)
         if m > 0:
-            n_pairs = m // 2 if self.pair_locals else 0
             boxes = []
-            for _ in range(n_pairs):
-                a, bb, fb = geometry.sample_disjoint_pairs(b, (h, w), cfg["local_scale"], cfg["ratio"],
-                                                           self.max_iou, self.candidates, g, dev)
+            for i in range(n_pairs):
+                a, bb, valid[i] = geometry.sample_pairs(b, (h, w), cfg["local_scale"], cfg["ratio"], self.max_iou,
+                                                        self.candidates, g, dev, self.min_gap)
                 boxes += [a, bb]
-                fallbacks += fb
             for _ in range(m - 2 * n_pairs):
                 boxes.append(geometry.sample_boxes(b, (h, w), cfg["local_scale"], cfg["ratio"], g, dev))
             lboxes = torch.stack(boxes)  # [L, B, 4]
             src = x
             if self.local_flip == "per_image":
-                flip_img = (_rand(b, g, dev) < 0.5).view(b, 1, 1, 1)
-                src = torch.where(flip_img, x.flip(-1), x)
+                # boxes are drawn in the mirrored frame of a flipped image (the box law is
+                # mirror-symmetric), so boxes and targets describe what the views show
+                flip_img = _rand(b, g, dev) < 0.5
+                src = torch.where(flip_img.view(b, 1, 1, 1), x.flip(-1), x)
             # one roi_align for all local views (one size)
             flat = cut(src, lboxes.reshape(m * b, 4), cfg["local_size"], torch.arange(b, device=dev).repeat(m))
             if self.local_flip == "per_view":
@@ -263,6 +287,46 @@ class MultiCrop:
         else:
             lboxes = torch.zeros(0, b, 4, device=dev)
             locals_ = torch.zeros(0, b, 3, cfg["local_size"], cfg["local_size"], device=dev)
-        n_pairs = m // 2 if self.pair_locals else 0
         pairs = torch.arange(2 * n_pairs, device=dev).view(n_pairs, 2)
-        return Views(torch.stack(globals_), locals_, gboxes, lboxes, pairs, (h, w), fallbacks)
+        return Views(torch.stack(globals_), locals_, gboxes, lboxes, pairs, (h, w), (~valid).sum(), valid, flip_img)
+
+
+# the resolved config warns when a view is upsampled from its box by more than this
+UPSAMPLE_WARN = 1.5
+
+
+def upsampling(size: int, scale: tuple[float, float], canvas_side: int) -> tuple[float, float]:
+    """How much views of ``size`` px are enlarged from their boxes: (least, most), the
+    view side over the box side ``sqrt(area)`` at the largest and smallest box of
+    ``scale`` (area fractions of a square canvas of ``canvas_side`` px)."""
+    side = lambda s: math.sqrt(s) * canvas_side  # noqa: E731
+    return size / side(scale[1]), size / side(scale[0])
+
+
+def upsampling_warnings(cfg: dict) -> list[str]:
+    """One warning per view kind upsampled from the canvas by more than ``UPSAMPLE_WARN``.
+
+    Local views count at their smallest box: an SP view enlarged much more than its pair
+    partner is blurrier, and its sharpness alone then tells ds (on pink noise, where
+    nothing else can, per-view Laplacian energy explained R^2 0.64 of ds with 2.4-6.7x
+    upsampled views; ``benchmarks/sp_shortcuts.py``). Global views, never SP's inputs,
+    count at their median box (area at the middle of ``views.global_scale``): the
+    frameworks' own recipes enlarge their smallest crops ~2x on ImageNet too, but a
+    typical global view should not be a blur of a few canvas pixels (224 px views from a
+    64 px canvas were 3.5x upsampled even at full scale).
+    """
+    v, side = cfg["views"], int(cfg["data"]["canvas_size"])
+    out = []
+    lo, hi = v["global_scale"]
+    mid = v["global_size"] / (math.sqrt((lo + hi) / 2) * side)
+    if mid > UPSAMPLE_WARN:
+        out.append(f"global views ({v['global_size']} px) are upsampled {mid:.1f}x from their median box on a "
+                   f"{side} px canvas (views.global_scale={list(v['global_scale'])}): set data.canvas_size >= "
+                   f"{math.ceil(v['global_size'] / (UPSAMPLE_WARN * math.sqrt((lo + hi) / 2)))}")
+    least, most = upsampling(v["local_size"], tuple(v["local_scale"]), side)
+    if most > UPSAMPLE_WARN:
+        need = math.ceil(v["local_size"] / (UPSAMPLE_WARN * math.sqrt(v["local_scale"][0])))
+        out.append(f"local views ({v['local_size']} px) are upsampled {least:.1f}-{most:.1f}x from their boxes on a "
+                   f"{side} px canvas (views.local_scale={list(v['local_scale'])}): their blur tells their size, "
+                   f"a shortcut for SP's ds; set data.canvas_size >= {need} or views.local_size smaller")
+    return out

@@ -251,3 +251,103 @@ def test_depth_missing_file(tmp_path):
             load_depth(str(im), str(dp), progress=False)
     with pytest.raises(ValueError, match="a.png"):
         load_depth(str(im), str(dp), on_error="raise", progress=False)
+
+
+# --------------------------------------------------------------------------- splits, links, sizes (issue 11)
+
+
+def _split_root(tmp_path):
+    root = tmp_path / "ds"
+    for c, color in (("cat", (250, 0, 0)), ("dog", (0, 250, 0)), ("emu", (0, 0, 250))):
+        for i in range(2):
+            _img(root / "train" / c / f"{i}.png", color=color)
+    (root / "train" / "zzz_empty").mkdir()
+    for c, color in (("dog", (0, 250, 0)), ("emu", (0, 0, 250))):
+        _img(root / "test" / c / "0.png", color=color)
+    return root
+
+
+def test_every_split_is_labelled_by_train_class_names(tmp_path):
+    """A test split lacking train's classes keeps train's ids: labels by name, not by position."""
+    from spatialssl.data import load_split
+
+    root = _split_root(tmp_path)
+    cfg = {"name": "folder", "root": str(root), "canvas_size": 8, "on_error": "skip"}
+    with pytest.warns(UserWarning, match="zzz_empty"):
+        train = load_split(cfg, "train", progress=False)
+    assert train.class_names == ["cat", "dog", "emu", "zzz_empty"]
+    with pytest.warns(UserWarning, match=r"no folder for the train class\(es\) cat, zzz_empty"):
+        test = load_split(cfg, "test", progress=False)
+    assert test.class_names == train.class_names
+    assert test.labels.tolist() == [1, 2]  # dog, emu as in train (not 0, 1)
+    # a class the train split does not have is an error naming it
+    _img(root / "test" / "yak" / "0.png")
+    with pytest.raises(ValueError, match=r"class folder\(s\) yak in .*test are not classes of the train split"):
+        load_split(cfg, "test", progress=False)
+
+
+def test_root_as_train_split_does_not_take_split_folders_as_classes(tmp_path):
+    from spatialssl.data import load_split
+
+    root = tmp_path / "flat"
+    _img(root / "cat" / "0.png")
+    _img(root / "dog" / "0.png")
+    _img(root / "test" / "dog" / "0.png")
+    cfg = {"name": "folder", "root": str(root), "canvas_size": 8, "on_error": "skip"}
+    assert load_split(cfg, "train", progress=False).class_names == ["cat", "dog"]
+    with pytest.warns(UserWarning, match="cat"):
+        assert load_split(cfg, "test", progress=False).labels.tolist() == [1]
+
+
+def test_symlink_loop_is_walked_once(tmp_path):
+    root = tmp_path / "cls"
+    _img(root / "cat" / "a.png")
+    _img(root / "cat" / "deep" / "b.png")
+    _img(root / "dog" / "c.png")
+    (root / "cat" / "loopdir").symlink_to("..")  # -> root: a loop through every class
+    (root / "cat" / "deep" / "up").symlink_to("..")  # -> cat: a loop inside the class
+    (root / "dog" / "cats").symlink_to("../cat")  # another class's folder: would label cats "dog"
+    with pytest.warns(UserWarning) as rec:
+        ds = load_classification(str(root), canvas_size=8, progress=False)
+    assert len(ds) == 3 and ds.labels.tolist() == [0, 0, 1]
+    msgs = [str(w.message) for w in rec]
+    for link in (root / "cat" / "loopdir", root / "cat" / "deep" / "up", root / "dog" / "cats"):
+        assert any("skipped symlink" in m and str(link) in m for m in msgs), (link, msgs)
+    # a link to a folder outside the data set is followed (once)
+    _img(tmp_path / "elsewhere" / "d.png")
+    (root / "dog" / "more").symlink_to(tmp_path / "elsewhere")
+    with pytest.warns(UserWarning):
+        assert len(load_classification(str(root), canvas_size=8, progress=False)) == 4
+
+
+def test_images_above_the_pixel_budget_are_refused_before_decoding(tmp_path, monkeypatch):
+    root = tmp_path / "u"
+    _img(root / "a.png")
+    Image.new("1", (3000, 2000)).save(root / "huge.png")  # 6 MP in a few hundred bytes
+    decoded = []
+    real_load = Image.Image.load
+
+    def spy(self):
+        decoded.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(Image.Image, "load", spy)
+    with pytest.warns(UserWarning, match=r"huge.png \(3000x2000 pixels .* more than data.max_pixels=1000000"):
+        ds = load_unlabelled(str(root), canvas_size=8, progress=False, max_pixels=1_000_000)
+    assert len(ds) == 1 and ds.meta["skipped"] == [str(root / "huge.png")]
+    assert (3000, 2000) not in decoded  # refused from the header, never decoded
+    assert len(load_unlabelled(str(root), canvas_size=8, progress=False, max_pixels=0)) == 2  # 0 = no limit
+    with pytest.raises(ValueError, match="huge.png"):
+        load_unlabelled(str(root), canvas_size=8, progress=False, max_pixels=1_000_000, on_error="raise")
+
+
+def test_float_tiff_in_unit_range_is_not_black(tmp_path):
+    root = tmp_path / "u"
+    root.mkdir()
+    a = np.full((20, 20), 0.5, np.float32)
+    Image.fromarray(a, mode="F").save(root / "half.tif")
+    Image.fromarray(np.full((20, 20), 200.0, np.float32), mode="F").save(root / "bytes.tif")
+    ds = load_unlabelled(str(root), canvas_size=8, progress=False)
+    assert Image.open(root / "half.tif").mode == "F"
+    assert ds.images[0].float().mean() == pytest.approx(200, abs=1)  # bytes.tif: 0..255 floats kept
+    assert ds.images[1].float().mean() == pytest.approx(128, abs=1)  # half.tif: 0.5 of [0, 1] -> 128

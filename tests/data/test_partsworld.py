@@ -218,12 +218,15 @@ def test_cuda_matches_cpu():
 
 
 def test_cache_key_follows_the_generator_source(monkeypatch):
-    """An edit to partsworld.py changes the cache key: no stale images from an older generator."""
+    """An edit to any file of the generator changes the cache key: no stale images from an older one."""
     import hashlib
+    from pathlib import Path
 
-    src_hash = hashlib.sha256(open(pw.__file__, "rb").read()).hexdigest()[:12]
+    files = sorted(Path(pw.__file__).parent.glob("*.py"))
+    assert {f.name for f in files} >= {"__init__.py", "render.py", "scene.py", "templates.py", "sampling.py"}
+    src_hash = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
     assert src_hash in pw.GENERATOR_VERSION
     cfg = pw.PartsWorldConfig(size=16, n_train=4)
     before = cfg.key()
-    monkeypatch.setattr(pw, "GENERATOR_VERSION", "partsworld-3+edited")
+    monkeypatch.setattr(pw.spec, "GENERATOR_VERSION", "partsworld-3+edited")
     assert cfg.key() != before

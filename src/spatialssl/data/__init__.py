@@ -3,7 +3,10 @@
 ``load_split(data_cfg, split)`` is the one entry point the trainer and the evaluations
 use: ``data.name: partsworld`` renders (once, cached) the built-in PartsWorld set;
 ``data.name: folder`` reads ``<root>/<split>`` in ImageFolder layout (or ``<root>`` itself
-for ``train`` when it has no split folders).
+for ``train`` when it has no ``train`` folder), every split labelled by the train split's
+class names; ``data.name: shards`` opens a folder prepared by
+``spatialssl data prepare`` lazily (``shards.ShardSet``: same attributes, images decoded per
+batch; ``subset`` gives an in-memory ``CanvasSet``).
 """
 
 from __future__ import annotations
@@ -23,9 +26,24 @@ def partsworld_config(data_cfg: dict):
                             n_ood=n, seed=data_cfg["seed"])
 
 
-def load_split(data_cfg: dict, split: str, progress: bool = True) -> CanvasSet:
-    """One split of the configured data set as a CanvasSet."""
+def train_folder(root: Path) -> tuple[Path, tuple[str, ...]]:
+    """The train split's folder of a folder data set, and the sub-folder names there that
+    are not classes: ``<root>/train``, or ``<root>`` itself when it has no ``train`` folder
+    (its ``val``, ``test``, ``ood`` folders are then the other splits, not classes)."""
+    if (root / "train").is_dir():
+        return root / "train", ()
+    return root, tuple(s for s in SPLITS if (root / s).is_dir())
+
+
+def load_split(data_cfg: dict, split: str, progress: bool = True):
+    """One split of the configured data set: a CanvasSet (in memory) or a ShardSet (prepared shards)."""
     name = data_cfg["name"]
+    if name == "shards":
+        from .shards import ShardSet
+
+        if not data_cfg["root"]:
+            raise ValueError("config key 'data.root' must name a prepared shards folder when data.name is 'shards'")
+        return ShardSet(data_cfg["root"], split)
     if name == "partsworld":
         from . import partsworld
 
@@ -39,11 +57,15 @@ def load_split(data_cfg: dict, split: str, progress: bool = True) -> CanvasSet:
         if not data_cfg["root"]:
             raise ValueError("config key 'data.root' must name a folder when data.name is 'folder'")
         root = Path(data_cfg["root"])
-        path = root / split
-        if not path.is_dir():
-            if split != "train":
-                raise FileNotFoundError(f"data.root {root} has no '{split}' folder (expected {path})")
-            path = root
+        train, ignore = train_folder(root)
+        path = train if split == "train" else root / split
+        if split != "train" and not path.is_dir():
+            raise FileNotFoundError(f"data.root {root} has no '{split}' folder (expected {path})")
+        # every split is labelled by the train split's class names (a split lacking a class
+        # must not shift the labels of the others)
+        classes = folders.class_folders(train, ignore)
         return folders.load_classification(str(path), canvas_size=data_cfg["canvas_size"],
-                                           on_error=data_cfg["on_error"], progress=progress)
-    raise ValueError(f"config key 'data.name' must be partsworld or folder, got {name!r}")
+                                           on_error=data_cfg["on_error"], progress=progress, classes=classes,
+                                           ignore=ignore if split == "train" else (),
+                                           max_pixels=data_cfg.get("max_pixels", folders.DEFAULT_MAX_PIXELS))
+    raise ValueError(f"config key 'data.name' must be partsworld, folder or shards, got {name!r}")

@@ -32,10 +32,18 @@ def rankme(emb: torch.Tensor, eps: float = 1e-7) -> float:
 
 
 class RunLog:
-    """Scalars to ``metrics.jsonl`` and TensorBoard; messages to ``train.log``."""
+    """Scalars to ``metrics.jsonl`` and TensorBoard; messages to ``train.log``.
 
-    def __init__(self, out_dir: Path, tensorboard: bool = True) -> None:
+    ``start``: the step the run (re)starts from. Rows of ``metrics.jsonl`` after it are
+    dropped (an interrupted run logged them after its last checkpoint; they are logged
+    again), and TensorBoard purges its events after it (``purge_step``), so a resumed
+    run's curves hold each step once.
+    """
+
+    def __init__(self, out_dir: Path, tensorboard: bool = True, start: int | None = None) -> None:
         self.out_dir = out_dir
+        if start is not None:
+            truncate_jsonl(out_dir / "metrics.jsonl", start)
         self.jsonl = open(out_dir / "metrics.jsonl", "a")
         handler = logging.FileHandler(out_dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -47,7 +55,7 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(out_dir / "tb"))
+                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=start)
             except ImportError:  # tensorboard is a pinned dependency; tolerate its absence
                 log.warning("tensorboard not installed: no TensorBoard logs")
 
@@ -59,6 +67,9 @@ class RunLog:
                 self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
+        """Close the files and detach from the logger (calling it again does nothing)."""
+        if self.jsonl.closed:
+            return
         self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
@@ -66,6 +77,27 @@ class RunLog:
         self._handler.close()
 
 
+def _rows(lines: list[str]) -> list[tuple[str, dict]]:
+    out = []
+    for line in lines:
+        try:
+            out.append((line, json.loads(line)))
+        except ValueError:  # a line cut short by a kill mid-write
+            continue
+    return out
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSONL log; a line cut short by an interrupted run is left out."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [row for _, row in _rows([line for line in f if line.strip()])]
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Keep the rows of ``path`` up to ``step`` (and drop a line cut short)."""
+    if not path.exists():
+        return
+    lines = [ln for ln, row in _rows(path.read_text().splitlines()) if row.get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in lines))
+    tmp.replace(path)

@@ -16,6 +16,7 @@ import functools
 import math
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tqdm import tqdm
@@ -24,6 +25,7 @@ from .. import config as config_mod
 from ..backbones import create_backbone, export_timm_state_dict
 from ..data import load_split
 from ..data.canvases import CanvasSet
+from ..data.shards import ShardSet, stream_batches
 from ..frameworks import create_framework
 from ..frameworks.base import Framework, encode
 from ..sp import SpatialPrediction
@@ -41,7 +43,8 @@ def pick_device(cfg: dict) -> torch.device:
     if want == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if want == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("config key 'device' is 'cuda' but no CUDA device is available")
+        raise config_mod.ConfigError("config key 'device' is 'cuda' but no CUDA device is available "
+                                     "(use device=cpu or device=auto)")
     return torch.device(want)
 
 
@@ -77,6 +80,29 @@ def local_batch_indices(step: int, batch_size: int, n: int, seed: int, rank: int
     """This process's slice of the global batch at ``step`` (all of it with one process)."""
     idx = batch_indices(step, batch_size, n, seed)
     return idx if world == 1 else idx.view(world, -1)[rank]
+
+
+def step_batches(data: CanvasSet | ShardSet, cfg: dict, device: torch.device, start: int, end: int,
+                 rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
+    """This process's uint8 canvases [B / world, 3, H, W] of each step's batch, on the device, for
+    steps ``start .. end - 1``: indexed from memory (a CanvasSet, moved to the GPU once when it
+    fits), or decoded from prepared shards in DataLoader workers (a ShardSet: memory bounded by
+    ``data.workers x data.prefetch`` batches). Either way the batch is a pure function of
+    (seed, step), so a resumed run reads exactly the batches an uninterrupted one would."""
+    t = cfg["train"]
+    n = len(data)
+
+    def index(step: int) -> torch.Tensor:
+        return local_batch_indices(step, t["batch_size"], n, cfg["seed"], rank, world)
+
+    if isinstance(data, ShardSet):
+        pin = device.type == "cuda"
+        for b in stream_batches(data, index, start, end, cfg["data"]["workers"], cfg["data"]["prefetch"]):
+            yield (b.pin_memory() if pin else b).to(device, non_blocking=True)
+        return
+    canvases = data.images.to(device) if device.type == "cuda" and data.images.numel() < 2**31 else data.images
+    for step in range(start, end):
+        yield canvases[index(step).to(canvases.device)].to(device, non_blocking=True)
 
 
 def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) -> torch.Generator:
@@ -116,12 +142,21 @@ def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device) -> Run:
     if cfg["sp"]["enabled"]:
         sp = SpatialPrediction.from_config(cfg["sp"], cfg["views"], backbone.embed_dim, canvas_hw).to(device)
     n_local = cfg["views"]["n_local"] if framework.uses_local_views else 0
-    if sp is not None and n_local < 2:
+    if sp is not None and n_local == 1:
+        raise config_mod.ConfigError(
+            f"config key 'views.n_local' is 1 with sp.enabled and framework '{cfg['framework']['name']}': SP needs "
+            f"pairs of local views; set views.n_local=0 (SP then adds sp.extra_local_views views) or >= 2")
+    if sp is not None and n_local == 0:
         n_local = cfg["sp"]["extra_local_views"]
+        if n_local < 2:
+            raise config_mod.ConfigError(f"config key 'sp.extra_local_views' must be >= 2 with framework "
+                                         f"'{cfg['framework']['name']}' (SP needs pairs of local views), got {n_local}")
+    if sp is not None and n_local % 2:
+        log.warning("%d local views: SP pairs them as (0,1), (2,3), ...; the last one has no SP pair", n_local)
     # local boxes are drawn as disjoint pairs with or without SP, so "framework" and
     # "framework + SP" see the same view distribution and differ by the SP loss alone
     multicrop = MultiCrop(cfg["views"], n_local=n_local, max_iou=cfg["sp"]["max_iou"],
-                          candidates=cfg["sp"]["pair_candidates"], pair_locals=True)
+                          candidates=cfg["sp"]["pair_candidates"], pair_locals=True, min_gap=cfg["sp"]["min_gap"])
     groups = param_groups([framework] + ([sp] if sp is not None else []))
     optimizer = torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, fused=device.type == "cuda")
     peak = t["lr"] * (t["batch_size"] / 256 if t["lr_scale_with_batch"] else 1.0)
@@ -160,7 +195,8 @@ def train_step(run: Run, canvases: torch.Tensor | None, step: int, views: Views 
             emb = out.get("local_emb")
             if emb is None:  # frameworks without local views: SP encodes its extra views
                 emb = encode(fw.backbone, views.locals)
-            sp_out = sp(emb.float(), views.local_boxes, views.sp_pairs)
+            # fallback pairs (no candidate met max_iou / min_gap) are left out of the SP loss
+            sp_out = sp(emb, views.local_boxes, views.sp_pairs, views.sp_valid)
             total = total + run.sp_weight * sp_out["loss"]
             terms.update({f"sp_{k}" if k != "loss" else "loss_sp": v for k, v in sp_out.items()})
 
@@ -177,7 +213,9 @@ def train_step(run: Run, canvases: torch.Tensor | None, step: int, views: Views 
     fw.after_step(step)
 
     terms["loss"] = total
-    terms["sp_fallbacks"] = torch.as_tensor(views.fallbacks).float()  # read at log steps only
+    # pair counts for sp_fallback_rate (summed between log steps by the loop; tensors, no sync)
+    terms["sp_fallbacks"] = torch.as_tensor(views.fallbacks, device=run.device).float()
+    terms["sp_pairs"] = torch.full((), float(views.sp_pairs.shape[0] * views.locals.shape[1]), device=run.device)
     for k, v in out.items():
         if k not in ("loss", "local_emb", "emb") and torch.is_tensor(v) and v.numel() == 1:
             terms[k] = v
@@ -188,6 +226,8 @@ def train_step(run: Run, canvases: torch.Tensor | None, step: int, views: Views 
 def _state(run: Run, step: int) -> dict:
     return {
         "step": step,
+        "steps": run.cfg["train"]["steps"],
+        "complete": step >= run.cfg["train"]["steps"],
         "config": run.cfg,
         "framework": run.framework.state_dict(),
         "sp": run.sp.state_dict() if run.sp is not None else None,
@@ -218,30 +258,172 @@ def _collapse_logs(run: Run, terms: dict, values: dict) -> None:
                         "; on small CNNs framework.head_batch_norm=true keeps DINO off this (configs/demo_dino.yaml)")
 
 
-def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data: CanvasSet | None = None) -> Path:
+def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data: CanvasSet | None = None,
+             force: bool = False) -> Path:
     """Pretrain as configured; returns the run directory.
 
     Args:
         cfg: a resolved config (``config.resolve``).
-        resume: continue from ``<out_dir>/checkpoint.pt`` when it exists.
+        resume: continue from the run folder's newest readable checkpoint when there is
+            one; ``False`` starts a clean folder, moving an existing one aside to
+            ``<out_dir>.old-<time>`` (never deleting it).
         stop_after: stop (with a checkpoint) after this many steps of the run, as an
             interruption would; for tests and time-boxed runs.
         data: the train split, if already loaded (default: ``load_split(cfg["data"], "train")``).
+        force: resume even when ``cfg`` differs from the checkpoint's config in keys that
+            change what is trained (``config.RESUME_SAFE`` lists those that may change
+            freely); the changes are recorded in ``config.yaml`` and ``train.log``.
+
+    Raises:
+        config.ConfigError: a bad value, or a resume that would change the config.
+        checkpoint.RunLocked: another process is training into ``out_dir``.
+        checkpoint.CheckpointError: no checkpoint of the folder is readable, or one cannot be written.
+        NonFiniteLoss: the loss became NaN or inf (the last good checkpoint is kept).
+
+    See docs/reliability.md for what is promised and the tests that hold it.
     """
-    # --- set-up: processes, output, device, data ---
+    # --- set-up: processes, device, run folder (locked) ---
     t = cfg["train"]
     rank, world, local_rank = distributed.init(cfg["device"])
     main = rank == 0  # only rank 0 writes the run directory
     if t["batch_size"] % world:
         raise config_mod.ConfigError(f"config key 'train.batch_size' ({t['batch_size']}) is the global batch: it "
                                      f"must be divisible by the number of processes ({world})")
-    out = Path(cfg["out_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    if main:
-        config_mod.save(cfg, out / "config.yaml")
     device = pick_device(cfg)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
+    out = Path(cfg["out_dir"])
+    lock, notes = _claim_run_dir(out, resume, main)
+    distributed.barrier(world)  # rank 0 has set the folder up (moved an old one aside) before any rank reads it
+    logs: list[RunLog] = []  # closed here whatever happens (their handler would log later runs into this one)
+    try:
+        return _pretrain(cfg, out, device, rank, world, resume, force, stop_after, data, notes, logs)
+    except NonFiniteLoss as e:
+        if main:
+            status = checkpoint.read_status(out) or {"step": 0, "steps": t["steps"]}
+            checkpoint.write_status(out, status["step"], t["steps"], error=str(e).split(". ")[0])
+        raise
+    finally:
+        for runlog in logs:
+            runlog.close()
+        if lock is not None:
+            lock.release()
+
+
+def _claim_run_dir(out: Path, resume: bool, main: bool) -> tuple[checkpoint.RunLock | None, list[str]]:
+    """Create and lock the run folder (rank 0); without ``resume``, move an existing,
+    non-empty one aside first. Returns the lock and lines for ``train.log``."""
+    if out.exists() and not out.is_dir():
+        raise config_mod.ConfigError(f"config key 'out_dir' ({out}) is a file, not a folder")
+    if not main:
+        return None, []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise config_mod.ConfigError(f"config key 'out_dir': cannot create {out} ({e.strerror or e})") from None
+    lock = checkpoint.RunLock(out).acquire()
+    notes = []
+    if resume or not any(p.name != checkpoint.LOCK for p in out.iterdir()):
+        return lock, notes
+    try:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = out.with_name(f"{out.name}.old-{stamp}")
+        i = 1
+        while aside.exists():
+            i += 1
+            aside = out.with_name(f"{out.name}.old-{stamp}-{i}")
+        out.rename(aside)  # our lock (an open file) moves with it and stays held until the new one is
+        out.mkdir()
+        new = checkpoint.RunLock(out).acquire()
+    except BaseException:
+        lock.release()
+        raise
+    lock.release()
+    notes.append(f"--no-resume: the previous contents of {out} were moved to {aside}")
+    return new, notes
+
+
+def _resume_state(out: Path, cfg: dict, force: bool) -> tuple[dict | None, list[str]]:
+    """The checkpoint to resume from (None: start at step 0) and lines for ``train.log``.
+
+    Reads the newest readable checkpoint (an unreadable newer one is reported and the
+    previous one used), then compares its config with ``cfg``: a change outside
+    ``config.RESUME_SAFE`` is a ``ConfigError`` unless ``force``; forced changes are
+    appended to ``cfg[config.RESUME_HISTORY]``.
+    """
+    found = checkpoint.load_latest(out)
+    if found is None:
+        return None, []
+    state, path, problems = found
+    notes = [f"{p}; resuming from {path.name} (step {state['step']}) instead" for p in problems]
+    unsafe, safe = config_mod.resume_changes(state["config"], cfg)
+    shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in unsafe.items())
+    history = list(state["config"].get(config_mod.RESUME_HISTORY, []))
+    if unsafe and not force:
+        raise config_mod.ConfigError(
+            f"resuming {out} (step {state['step']}) would change its config: {shown}. These change what is trained; "
+            f"resume with the config saved there, add --force to continue with the changes (recorded in config.yaml), "
+            f"--no-resume to start over (the old folder is moved aside), or another out_dir")
+    if unsafe:
+        history.append({"step": int(state["step"]), "changes": {k: [a, b] for k, (a, b) in unsafe.items()}})
+        notes.append(f"resumed with changed config (--force) at step {state['step']}: {shown}")
+    if safe:
+        notes.append("changed on resume (safe): " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in safe.items()))
+    if history:
+        cfg[config_mod.RESUME_HISTORY] = history
+    state["_path"] = path
+    return state, notes
+
+
+def _load_state(run: Run, state: dict) -> None:
+    """Model, SP and optimiser state from a checkpoint; a mismatch (a forced change of the
+    model) is one ``ConfigError`` naming the checkpoint."""
+    try:
+        run.framework.load_state_dict(state["framework"])
+        if run.sp is not None:
+            if state["sp"] is None:
+                raise ValueError("the checkpoint has no SP head (sp.enabled was false)")
+            run.sp.load_state_dict(state["sp"])
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        reason = (str(e).strip().splitlines() or [""])[0][:300]
+        raise config_mod.ConfigError(f"checkpoint {state['_path']} does not fit this config ({reason}); the "
+                                     f"changes forced on resume alter the model: use --no-resume") from None
+
+
+def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int, resume: bool, force: bool,
+              stop_after: int | None, data: CanvasSet | None, notes: list[str], logs: list[RunLog]) -> Path:
+    t = cfg["train"]
+    main = rank == 0
+
+    # --- resume decision, before anything in the folder is written ---
+    state, resume_notes = _resume_state(out, cfg, force) if resume else (None, [])
+    start = int(state["step"]) if state is not None else 0
+    distributed.barrier(world)  # every rank has read the checkpoint before rank 0 may move or write files
+    runlog = None
+    if main:
+        if state is not None and state["_path"].name != checkpoint.CHECKPOINT:
+            # the newest checkpoint is unreadable: keep it aside (never rotate it into the "previous" slot)
+            bad = out / checkpoint.CHECKPOINT
+            if bad.exists():
+                bad.rename(out / f"{checkpoint.CHECKPOINT}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        for stale in out.glob("*.tmp"):  # left by a kill during a write
+            stale.unlink()
+        if start < t["steps"]:
+            (out / "backbone.safetensors").unlink(missing_ok=True)  # belongs to an earlier end of the run
+        config_mod.save(cfg, out / "config.yaml")
+        checkpoint.write_status(out, start, t["steps"])
+        runlog = RunLog(out, start=start)
+        logs.append(runlog)
+        for line in notes + resume_notes:
+            if "unreadable" in line or "changed config" in line:
+                log.warning(line)
+            else:
+                log.info(line)
+        if state is not None:
+            log.info("resumed from %s at step %d", state["_path"], start)
+
+    # --- data ---
     if t["num_threads"]:
         torch.set_num_threads(t["num_threads"])
     if data is None:
@@ -250,30 +432,25 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
         data = load_split(cfg["data"], "train", progress=t["progress"] and main)
         if main:
             distributed.barrier(world)
-    canvases = data.images.to(device) if device.type == "cuda" and data.images.numel() < 2**31 else data.images
     n = len(data)
+    skipped = data.meta.get("skip_reasons") or {}
+    if skipped and main:
+        log.warning("data: skipped %d unreadable file(s) under %s (%d images kept): %s%s", len(skipped),
+                    data.meta.get("root", cfg["data"]["root"]), n,
+                    "; ".join(f"{p} ({r})" for p, r in list(skipped.items())[:20]),
+                    f"; and {len(skipped) - 20} more" if len(skipped) > 20 else "")
     if n < t["batch_size"]:
-        raise ValueError(f"train split has {n} images, fewer than train.batch_size={t['batch_size']}")
+        raise config_mod.ConfigError(f"train split has {n} images, fewer than train.batch_size={t['batch_size']}")
 
     # --- model, optimiser, schedules ---
     run = build(cfg, data.size, device)
     run.rank, run.world = rank, world
 
     # --- resume ---
-    start = 0
     ckpt_path = out / checkpoint.CHECKPOINT
-    if resume and ckpt_path.exists():
-        state = checkpoint.load(ckpt_path, map_location=device)
-        run.framework.load_state_dict(state["framework"])
-        if run.sp is not None:
-            run.sp.load_state_dict(state["sp"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        if main:
-            _truncate_jsonl(out / "metrics.jsonl", start)
-            log.info("resumed from %s at step %d", ckpt_path, start)
-    distributed.barrier(world)  # every rank has read the checkpoint before rank 0 may write one
-    runlog = RunLog(out) if main else None
+    if state is not None:
+        _load_state(run, state)
+        del state
     log.info("pretrain %s: framework=%s sp=%s backbone=%s steps=%d batch=%d device=%s bf16=%s data=%s (%d imgs %dx%d)",
              cfg["name"], cfg["framework"]["name"], cfg["sp"]["enabled"], cfg["backbone"]["name"], t["steps"],
              t["batch_size"], device, run.bf16, cfg["data"]["name"], n, *data.size)
@@ -286,17 +463,23 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
     bar = tqdm(range(start, end), initial=start, total=t["steps"], desc=cfg["name"],
                disable=not (t["progress"] and main), dynamic_ncols=True)
     bad = torch.zeros((), dtype=torch.bool, device=device)
+    pair_counts = torch.zeros(2, device=device)  # SP fallbacks, pairs since the last log step
     t0, last_step = time.perf_counter(), start
+    batches = step_batches(data, cfg, device, start, end, rank, world)
     for step in bar:
-        idx = local_batch_indices(step, t["batch_size"], n, cfg["seed"], rank, world)
-        batch = canvases[idx.to(canvases.device)].to(device, non_blocking=True)
+        batch = next(batches)
         done = step + 1
         logging_step = done % t["log_every"] == 0 or done == end
         run.framework.collect_logs = logging_step
         terms = train_step(run, batch, step)
         bad |= ~torch.isfinite(terms["loss"].detach())
+        pair_counts += torch.stack([terms.pop("sp_fallbacks"), terms.pop("sp_pairs")])
         if logging_step:
             values = {k: float(v.detach()) for k, v in terms.items() if k != "_emb" and v is not None}
+            if world > 1:
+                torch.distributed.all_reduce(pair_counts)  # every rank's pairs
+            values["sp_fallback_rate"] = float(pair_counts[0] / pair_counts[1].clamp(min=1))
+            pair_counts.zero_()
             _check_finite(distributed.any_rank(bad, world), step, values, ckpt_path)
             now = time.perf_counter()
             values["img_per_s"] = (done - last_step) * t["batch_size"] / max(now - t0, 1e-9)
@@ -313,9 +496,13 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
             _check_finite(distributed.any_rank(bad, world), step, {}, ckpt_path)
             if main:
                 checkpoint.save_atomic(_state(run, done), ckpt_path)
+                checkpoint.write_status(out, done, t["steps"])
     bar.close()
     if end == t["steps"] and main:
-        export_timm_state_dict(run.framework.eval_backbone(), str(out / "backbone.safetensors"))
+        tmp = out / "backbone.safetensors.tmp"
+        export_timm_state_dict(run.framework.eval_backbone(), str(tmp))
+        tmp.replace(out / "backbone.safetensors")
+        checkpoint.write_status(out, end, t["steps"])
         log.info("done: %s", out)
     if main:
         runlog.close()
@@ -323,7 +510,8 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
     return out
 
 
-_SHOWN = ("loss", "loss_fw", "loss_sp", "sp_loss_zero", "sp_r2_dx", "sp_r2_dy", "sp_r2_ds", "teacher_mean_entropy",
+_SHOWN = ("loss", "loss_fw", "loss_sp", "sp_loss_zero", "sp_r2_dx", "sp_r2_dy", "sp_r2_ds", "sp_fallback_rate",
+          "teacher_mean_entropy",
           "emb_std", "rankme", "img_per_s")
 
 
@@ -334,13 +522,3 @@ def _check_finite(bad: torch.Tensor, step: int, values: dict, ckpt: Path) -> Non
                f"Last values: {values}")
         log.error(msg)
         raise NonFiniteLoss(msg)
-
-
-def _truncate_jsonl(path: Path, step: int) -> None:
-    """Drop log lines from after the checkpoint we resume from (they will be re-logged)."""
-    if not path.exists():
-        return
-    import json
-
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in lines))

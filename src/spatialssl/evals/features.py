@@ -23,6 +23,7 @@ import copy
 import hashlib
 import json
 import math
+import sys
 import weakref
 import zlib
 from pathlib import Path
@@ -43,14 +44,89 @@ class NonFiniteError(FloatingPointError, ValueError):
     """Non-finite features or metrics; the message names the run and the task."""
 
 
+def _read_checkpoint(path: Path) -> dict:
+    """One training checkpoint file; a damaged one is a one-line ``ValueError`` naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, zeroed, not a checkpoint: torch raises many types
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {reason})") from None
+    if not isinstance(state, dict) or "backbone" not in state or "config" not in state:
+        raise ValueError(f"checkpoint {path} is unreadable (not a spatialssl training checkpoint)")
+    state["_path"] = path
+    return state
+
+
+def _read_safetensors(path: Path) -> dict:
+    """``backbone.safetensors`` (the exported weights of a finished run) with the run's
+    ``config.yaml`` beside it, in the shape of a training checkpoint."""
+    from safetensors.torch import load_file
+
+    from .. import config as config_mod
+
+    cfg_path = path.parent / "config.yaml"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{path} needs the run's config.yaml beside it (expected {cfg_path})")
+    cfg = config_mod.load_yaml(cfg_path.read_text(), f"config file {cfg_path}")
+    try:
+        weights = load_file(str(path))
+    except Exception as e:
+        raise ValueError(f"{path} is unreadable ({type(e).__name__}: {str(e)[:200]})") from None
+    status = _status(path.parent)
+    steps = cfg["train"]["steps"]
+    return {"config": cfg, "backbone": {f"model.{k}": v for k, v in weights.items()}, "_path": path,
+            "step": status.get("step", steps), "complete": status.get("complete", True)}
+
+
+def _status(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint (file or run directory)."""
+    """A training checkpoint: a file (``checkpoint.pt``, or ``backbone.safetensors`` with
+    the run's ``config.yaml`` beside it) or a run directory.
+
+    In a run directory an unreadable ``checkpoint.pt`` (truncated, zeroed) is reported in
+    one line on stderr and the exported ``backbone.safetensors`` (a finished run's final
+    weights) or else ``checkpoint.prev.pt`` (the one before) is used instead. The file
+    used is ``state["_path"]``; ``state["step"]`` and ``state["complete"]`` say how far
+    the run had got.
+    """
     path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    if path.suffix == ".safetensors":
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        return _with_progress(_read_safetensors(path))
+    if not path.is_dir():
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        return _with_progress(_read_checkpoint(path))
+    order = [path / "checkpoint.pt", path / "backbone.safetensors", path / "checkpoint.prev.pt"]
+    present = [p for p in order if p.exists()]
+    if not present:
+        raise FileNotFoundError(f"no checkpoint at {path / 'checkpoint.pt'}")
+    problems = []
+    for p in present:
+        try:
+            state = _read_safetensors(p) if p.suffix == ".safetensors" else _read_checkpoint(p)
+        except (ValueError, FileNotFoundError) as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            print(f"spatialssl: {'; '.join(problems)}; evaluating {p.name} instead", file=sys.stderr)
+        return _with_progress(state)
+    raise ValueError(f"no readable checkpoint in {path}: {'; '.join(problems)}")
+
+
+def _with_progress(state: dict) -> dict:
+    """``step`` and ``complete`` for checkpoints written before they were recorded."""
+    steps = state["config"]["train"]["steps"]
+    state.setdefault("step", steps)
+    state.setdefault("complete", state["step"] >= steps)
+    return state
 
 
 def checkpoint_hash(path: str | Path, n: int = 16) -> str:
@@ -309,20 +385,26 @@ class EvalContext:
 
 def context_from_checkpoint(path: str | Path, overrides: dict | None = None, device: str = "cpu",
                             seed: int = 0, progress: bool = True, cache_dir: Path | None = None) -> EvalContext:
-    """Rebuild the (frozen) evaluation backbone from a checkpoint; features are cached in
-    ``cache_dir`` (default: ``<run>/features``)."""
+    """Rebuild the (frozen) evaluation backbone from a checkpoint (which file: see
+    ``load_checkpoint``); features are cached in ``cache_dir`` (default: ``<run>/features``).
+    The context's ``step`` and ``complete`` say how far the run had got."""
     state = load_checkpoint(path)
     cfg = copy.deepcopy(state["config"])
+    cfg.pop("resumed_with_changes", None)
     for section, values in (overrides or {}).items():
         if isinstance(values, dict):
             cfg[section].update(values)
         else:
             cfg[section] = values
+    if device != "cpu" and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"eval device '{device}': no CUDA device is available (use cpu)")
     backbone = create_backbone(cfg["backbone"])
     backbone.load_state_dict(state["backbone"])
     run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
-    ctx = EvalContext(cfg, backbone, checkpoint_hash(path), device, cache_dir or run_dir / "features", seed, progress)
-    ctx.step, ctx.run_name = state.get("step"), str(run_dir)
+    ctx = EvalContext(cfg, backbone, checkpoint_hash(state["_path"]), device, cache_dir or run_dir / "features", seed,
+                      progress)
+    ctx.step, ctx.complete = int(state["step"]), bool(state["complete"])  # how far the run had got
+    ctx.run_name = str(run_dir)
     return ctx
 
 

@@ -96,6 +96,39 @@ def block_masks(n: int, grid: tuple[int, int], mask_prob: float, ratio: tuple[fl
     return masks.to(device, non_blocking=True)
 
 
+def masked_positions(masks: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of the masked tokens and their per-token weights (1 / masked tokens of
+    the image), computed on the host from host masks [n, h, w] and sent to ``device`` with
+    the masks' other copies: indexing device tensors with a device boolean mask instead
+    (``t[mask]``, as lightly's ``IBOTPatchLoss`` does) makes the host wait for the device
+    to count the True entries, twice per step.
+
+    Returns:
+        idx: long [M] into the flattened [n * h * w] tokens; weight: float [M].
+    """
+    flat = masks.flatten(1)
+    per_image = flat.sum(1).clamp(min=1)  # [n]
+    idx = flat.flatten().nonzero().squeeze(1)
+    weight = (1.0 / per_image.float()).repeat_interleave(flat.shape[1])[idx]
+    pin = device.type == "cuda"
+    return ((idx.pin_memory() if pin else idx).to(device, non_blocking=True),
+            (weight.pin_memory() if pin else weight).to(device, non_blocking=True))
+
+
+def patch_loss(criterion: IBOTPatchLoss, t_out: torch.Tensor, s_out: torch.Tensor, weight: torch.Tensor,
+               n_images: int, teacher_temp: float) -> torch.Tensor:
+    """lightly's ``IBOTPatchLoss.forward`` with the per-token weights given (see
+    ``masked_positions``) instead of derived from a device mask: per image, the mean over
+    its masked tokens of the cross-entropy between the centred, sharpened teacher and the
+    student, averaged over all ``n_images``; updates the criterion's centre as it does.
+    t_out, s_out: [M, K]; weight: [M]."""
+    t = torch.softmax((t_out - criterion.center.value) / teacher_temp, dim=-1)
+    loss = -(t * torch.log_softmax(s_out / criterion.student_temp, dim=-1)).sum(-1)
+    loss = (loss * weight).sum() / n_images
+    criterion.center.update(t_out)
+    return loss
+
+
 @register("ibot")
 class IBOT(Framework):
     uses_local_views = True
@@ -137,7 +170,12 @@ class IBOT(Framework):
         grid = (x.shape[-2] // p[0], x.shape[-1] // p[1])
         patch_on = f["patch_loss_weight"] > 0
         seed = (self.cfg["seed"] * 1_000_003 + step) * 1024 + dist.rank()  # per step and rank
-        masks = block_masks(g * b, grid, f["mask_prob"], tuple(f["mask_ratio"]), x.device, seed) if patch_on else None
+        masks = idx = None
+        if patch_on:
+            host_masks = block_masks(g * b, grid, f["mask_prob"], tuple(f["mask_ratio"]), torch.device("cpu"), seed)
+            idx, weight = masked_positions(host_masks, x.device)
+            masks = host_masks.pin_memory() if x.device.type == "cuda" else host_masks
+            masks = masks.to(x.device, non_blocking=True)
         temp = float(self.teacher_temp[step])
         head, t_head = self._patch_heads()
 
@@ -160,14 +198,13 @@ class IBOT(Framework):
         out["cls_loss"] = cls_loss.detach()
         loss = cls_loss
         if masks is not None:
-            flat = masks.flatten(1)  # [G*B, N]
-            with torch.no_grad():
-                t_pout = t_head(t_patch[flat])  # [M, K'] the masked positions only
-            s_pout = head(s_patch[flat])
-            patch_loss = self.patch_criterion(t_pout, s_pout, masks, teacher_temp=temp)
-            loss = loss + f["patch_loss_weight"] * patch_loss
-            out["patch_loss"] = patch_loss.detach()
-            out["mask_ratio"] = flat.float().mean()
+            with torch.no_grad():  # the masked positions only: [M, K']
+                t_pout = t_head(t_patch.flatten(0, 1).index_select(0, idx))
+            s_pout = head(s_patch.flatten(0, 1).index_select(0, idx))
+            p_loss = patch_loss(self.patch_criterion, t_pout, s_pout, weight, g * b, temp)
+            loss = loss + f["patch_loss_weight"] * p_loss
+            out["patch_loss"] = p_loss.detach()
+            out["mask_ratio"] = masks.float().mean()
         out["loss"] = loss
         if s_loc is not None:
             out["local_emb"] = s_loc

@@ -1,0 +1,153 @@
+"""Shortcut diagnostic for SP: how much of (dx, dy, ds) low-level statistics of the two views
+explain on images with no structure.
+
+On pink noise (1/f amplitude spectrum: scale-invariant, so a crop's size is not visible in
+its content, and position-free) nothing about a pair's geometry should be readable from
+each view's own statistics. Where it is, SP can learn the statistic instead of "where":
+e.g. local views upsampled 2.4-6.7x from a 64 px canvas are blurrier the smaller their box,
+and two per-view Laplacian energies then explain R^2 0.64 of ds (issue 9).
+
+For each preset: pink-noise canvases at the preset's ``data.canvas_size``, its local views
+cut as SP pairs by ``MultiCrop`` with the preset's own photometric augmentation, per-view
+statistics (mean, std, Laplacian and gradient energy, high-/low-frequency ratio of the
+luma, per-channel means), and a small regressor (ridge on quadratic features) fitted on half of the pairs to predict each
+target from the two views' statistics; the table shows its R^2 on the other half.
+``--scale`` shrinks canvas and views alike (same upsampling factors) to run faster.
+
+    PYTHONPATH=src python benchmarks/sp_shortcuts.py [--pairs 4000] [--scale 0.25]
+
+``tests/test_sp_shortcuts.py`` keeps every shipped preset below R^2 0.1 (small n, scale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from spatialssl import config, geometry
+from spatialssl.views import MultiCrop, upsampling
+
+PRESETS = ["dino_sp", "ibot_sp", "mocov3_sp", "simclr_sp", "byol_sp", "demo", "demo_dino"]
+# the settings the issue measured the shortcut on: DEFAULTS' 96 px local views from 64 px canvases
+BEFORE = ("defaults, 64 px canvas (before)", ["sp.enabled=true", "data.canvas_size=64"])
+
+
+def pink_noise(n: int, side: int, g: torch.Generator) -> torch.Tensor:
+    """uint8 [n, 3, side, side] images with a 1/f amplitude spectrum, each channel scaled to [0, 255]."""
+    white = torch.randn(n, 3, side, side, generator=g)
+    fy = torch.fft.fftfreq(side)[:, None]
+    fx = torch.fft.fftfreq(side)[None, :]
+    f = torch.sqrt(fx ** 2 + fy ** 2)
+    f[0, 0] = 1.0
+    x = torch.fft.ifft2(torch.fft.fft2(white) / f).real
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    return ((x - lo) / (hi - lo) * 255).round().to(torch.uint8)
+
+
+_LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+
+
+def view_stats(v: torch.Tensor) -> torch.Tensor:
+    """Low-level statistics of views [N, 3, s, s] -> [N, 9]."""
+    y = (0.299 * v[:, 0] + 0.587 * v[:, 1] + 0.114 * v[:, 2]).unsqueeze(1)
+    lap = F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), _LAPLACE)
+    gx, gy = y[..., :, 1:] - y[..., :, :-1], y[..., 1:, :] - y[..., :-1, :]
+    std = y.std(dim=(1, 2, 3))
+    lap_e = lap.pow(2).mean(dim=(1, 2, 3))
+    grad_e = gx.pow(2).mean(dim=(1, 2, 3)) + gy.pow(2).mean(dim=(1, 2, 3))
+    hf = lap_e / std.pow(2).clamp(min=1e-6)
+    return torch.stack([y.mean(dim=(1, 2, 3)), std, torch.log(lap_e + 1e-6), torch.log(grad_e + 1e-6),
+                        torch.log(hf + 1e-6), *v.mean(dim=(2, 3)).unbind(1)], dim=1)
+
+
+def fit_r2(x: torch.Tensor, t: torch.Tensor, ridge: float = 1e-2) -> torch.Tensor:
+    """Held-out R^2 [K] of a small regressor (x [N, F] -> t [N, K]) fitted on the first half:
+    ridge regression on the standardised statistics, their squares and the pairwise
+    differences and products of the two views' statistics (closed form: no training noise,
+    and little overfitting with a few hundred pairs)."""
+    f = x.shape[1] // 2
+    xa, xb = x[:, :f], x[:, f:]
+    x = torch.cat([x, x ** 2, xa - xb, xa * xb], 1).double()
+    n = x.shape[0] // 2
+    mu, sd = x[:n].mean(0), x[:n].std(0).clamp(min=1e-6)
+    x = torch.cat([(x - mu) / sd, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+    t = t.double()
+    tm = t[:n].mean(0)
+    eye = torch.eye(x.shape[1], dtype=x.dtype)
+    w = torch.linalg.solve(x[:n].T @ x[:n] + ridge * n * eye, x[:n].T @ (t[:n] - tm))
+    p = x[n:] @ w + tm
+    return (1 - ((p - t[n:]) ** 2).mean(0) / t[n:].var(0, unbiased=False).clamp(min=1e-12)).float()
+
+
+def scaled(cfg: dict, scale: float) -> dict:
+    """``cfg`` with canvas and view sizes multiplied by ``scale`` (same upsampling factors)."""
+    cfg = copy.deepcopy(cfg)
+    side = cfg["data"]["canvas_size"]
+    k = max(1, round(side * scale)) / side
+    cfg["data"]["canvas_size"] = round(side * k)
+    for key in ("global_size", "local_size"):
+        cfg["views"][key] = max(4, round(cfg["views"][key] * k))
+    cfg["sp"]["min_gap"] *= k
+    return cfg
+
+
+def shortcut_r2(cfg: dict, pairs: int = 4000, scale: float = 1.0, seed: int = 0) -> dict[str, float]:
+    """Held-out R^2 of (dx, dy, ds) from per-view statistics of SP pairs on pink noise, with
+    ``cfg``'s canvas, local views, photometric augmentation and pair sampler."""
+    cfg = scaled(cfg, scale)
+    cfg["views"].update(n_global=1, global_size=4)  # global views play no part here
+    side = cfg["data"]["canvas_size"]
+    g = torch.Generator().manual_seed(seed)
+    canv = pink_noise(pairs, side, g)
+    sp = cfg["sp"]
+    mc = MultiCrop(cfg["views"], n_local=2, max_iou=sp["max_iou"], candidates=sp["pair_candidates"],
+                   min_gap=sp["min_gap"])
+    feats, targets, valid = [], [], []
+    for i in range(0, pairs, 500):
+        v = mc(canv[i:i + 500], g)
+        sa, sb = view_stats(v.locals[0]), view_stats(v.locals[1])
+        feats.append(torch.cat([sa, sb], 1))
+        targets.append(geometry.sp_targets(v.local_boxes[0], v.local_boxes[1], (side, side), sp["offsets"]))
+        valid.append(v.sp_valid[0])
+    x, t, ok = torch.cat(feats), torch.cat(targets), torch.cat(valid)
+    r2 = fit_r2(x[ok], t[ok])
+    return {"dx": float(r2[0]), "dy": float(r2[1]), "ds": float(r2[2])}
+
+
+def preset_config(name: str, overrides: list[str] | None = None) -> dict:
+    return config.resolve([name] if name else [], ["sp.enabled=true", *(overrides or [])])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=4000)
+    ap.add_argument("--scale", type=float, default=1.0, help="shrink canvas and views alike (same upsampling)")
+    ap.add_argument("--presets", default=",".join(PRESETS))
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    rows = [BEFORE] + [(p, []) for p in a.presets.split(",") if p]
+    print(f"SP shortcut diagnostic: pink noise, {a.pairs} pairs per preset, scale {a.scale}; held-out R^2 of an MLP "
+          f"on per-view statistics\n")
+    print("| preset | canvas | local views | upsampled | R² dx | R² dy | R² ds |")
+    print("|---|---:|---:|---|---:|---:|---:|")
+    for name, ov in rows:
+        t0 = time.perf_counter()
+        cfg = preset_config("" if name.startswith("defaults") else name, ov)
+        v, side = cfg["views"], cfg["data"]["canvas_size"]
+        r = shortcut_r2(cfg, a.pairs, a.scale)
+        lo, hi = upsampling(v["local_size"], tuple(v["local_scale"]), side)
+        print(f"| {name} | {side} | {v['local_size']} px, scale {v['local_scale'][0]:g}-{v['local_scale'][1]:g} | "
+              f"{lo:.2f}-{hi:.2f}x | {r['dx']:.3f} | {r['dy']:.3f} | {r['ds']:.3f} |  ({time.perf_counter() - t0:.0f} s)")
+    print(f"\n(min_gap {cfg['sp']['min_gap']:g} canvas px at full scale; scaled with the canvas; "
+          f"{math.ceil(a.pairs / 2)} pairs to fit, the rest to test)")
+
+
+if __name__ == "__main__":
+    main()

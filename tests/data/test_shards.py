@@ -1,0 +1,134 @@
+"""Prepared shards: round trip, resume, bad files, lazy reading, streamed batches."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spatialssl.data import folders, shards
+
+
+def _folder(root, n_per_class=6, classes=("cat", "dog", "emu"), size=(40, 30)):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n_per_class):
+                # smooth images (JPEG's error is small on them, as on photos)
+                yy, xx = np.mgrid[0:size[1], 0:size[0]]
+                base = rng.uniform(0, 255, 3)
+                img = (base[None, None] + 40 * np.sin(xx[..., None] / (3 + i) + yy[..., None] / 5)).clip(0, 255)
+                Image.fromarray(img.astype(np.uint8)).save(d / f"{i}.png")
+    (root / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def test_round_trip_matches_the_in_memory_loader(tmp_path):
+    root = _folder(tmp_path / "img")
+    with pytest.warns(UserWarning, match="skipped"):
+        shards.prepare_folder(root, tmp_path / "sh", canvas_size=24, shard_size=4, progress=False, workers=1)
+    with pytest.warns(UserWarning):
+        ref = folders.load_classification(str(root / "train"), canvas_size=24, progress=False)
+    ds = shards.ShardSet(tmp_path / "sh", "train")
+    assert len(ds) == len(ref) == 18
+    assert ds.class_names == ref.class_names
+    assert torch.equal(ds.labels, ref.labels)
+    got = ds.decode(torch.arange(len(ds))).float()
+    err = (got - ref.images.float()).abs()
+    assert err.mean() < 2.0 and err.max() < 40  # JPEG q95 error only
+    assert any("broken.jpg" in s for s in ds.meta["skipped"])
+    te = shards.ShardSet(tmp_path / "sh", "test")
+    assert te.class_names == ds.class_names and len(te) == 18
+
+
+def test_prepare_resumes_without_redoing_finished_shards(tmp_path):
+    root = _folder(tmp_path / "img")
+    out = tmp_path / "sh"
+    with pytest.warns(UserWarning):
+        shards.prepare_folder(root, out, canvas_size=16, splits=("train",), shard_size=4, progress=False)
+    done = sorted((out / "train").glob("*.npz"))
+    stamp = {p.name: p.stat().st_mtime_ns for p in done}
+    # an interruption: one shard lost its index (the last file written), meta.json not yet written
+    (out / "train" / "shard-00002.npz").unlink()
+    (out / "meta.json").unlink()
+    with pytest.warns(UserWarning):
+        shards.prepare_folder(root, out, canvas_size=16, splits=("train",), shard_size=4, progress=False)
+    for p in sorted((out / "train").glob("*.npz")):
+        if p.name != "shard-00002.npz":
+            assert p.stat().st_mtime_ns == stamp[p.name]  # not redone
+    ds = shards.ShardSet(out, "train")
+    assert len(ds) == 18
+
+
+def test_test_class_not_in_train_is_an_error(tmp_path):
+    root = _folder(tmp_path / "img", classes=("cat",))
+    (root / "test" / "zebra").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "test" / "zebra" / "z.png")
+    with pytest.raises(ValueError, match="zebra"):
+        with pytest.warns(UserWarning):
+            shards.prepare_folder(root, tmp_path / "sh", canvas_size=8, progress=False)
+
+
+def test_labels_follow_train_classes_when_a_split_lacks_one(tmp_path):
+    root = _folder(tmp_path / "img")
+    for f in (root / "test" / "cat").iterdir():
+        f.unlink()
+    (root / "test" / "cat").rmdir()
+    with pytest.warns(UserWarning):
+        shards.prepare_folder(root, tmp_path / "sh", canvas_size=8, progress=False)
+    te = shards.ShardSet(tmp_path / "sh", "test")
+    assert te.class_names == ["cat", "dog", "emu"]
+    assert set(te.labels.tolist()) == {1, 2}  # dog, emu keep train's ids
+
+
+def test_stream_batches_follow_the_index_function_and_resume(tmp_path):
+    from spatialssl.data.canvases import CanvasSet
+
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    imgs = torch.stack([(128 + 60 * torch.sin(xx / (2 + i % 5) + yy / 4 + i)).expand(3, 16, 16)
+                        for i in range(40)]).round().to(torch.uint8)  # smooth, distinct images
+    shards.prepare_canvases(CanvasSet(imgs, labels=torch.arange(40) % 4), tmp_path / "sh", "train",
+                            shard_size=7, quality=100, progress=False)
+    ds = shards.ShardSet(tmp_path / "sh", "train")
+    index = lambda s: torch.arange(s * 8, s * 8 + 8) % 40  # noqa: E731
+    full = list(shards.stream_batches(ds, index, 0, 6, workers=0))
+    resumed = list(shards.stream_batches(ds, index, 3, 6, workers=2, prefetch=1))
+    assert len(full) == 6 and len(resumed) == 3
+    for a, b in zip(full[3:], resumed):
+        assert torch.equal(a, b)
+    assert torch.equal(full[0], ds.decode(torch.arange(8)))
+    assert (full[0].float() - imgs[:8].float()).abs().mean() < 2  # the right images, JPEG q100 error only
+    assert (full[0].float() - imgs[8:16].float()).abs().mean() > 10  # (and not some other images)
+    sub = ds.subset(torch.tensor([3, 1]))
+    assert torch.equal(sub.labels, torch.tensor([3, 1])) and sub.images.shape == (2, 3, 16, 16)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data prepare"):
+        shards.ShardSet(tmp_path / "nothing", "train")
+
+
+def test_training_on_shards_resumes_mid_epoch_exactly(tmp_path, tiny_overrides):
+    """Pretraining reads prepared shards through DataLoader workers; a run interrupted mid-epoch
+    and resumed ends with the same weights as one never interrupted (same batches)."""
+    from spatialssl import config
+    from spatialssl.data.canvases import CanvasSet
+    from spatialssl.engine import checkpoint
+    from spatialssl.engine.trainer import pretrain
+
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (20, 3, 48, 48), dtype=torch.uint8, generator=g)
+    shards.prepare_canvases(CanvasSet(imgs), tmp_path / "sh", "train", shard_size=6, progress=False)
+    ov = [*tiny_overrides, "data.name=shards", f"data.root={tmp_path / 'sh'}", "train.steps=5",
+          "train.checkpoint_every=100"]
+    # decoded in this process for one run, in a DataLoader worker for the other: the same batches
+    full = pretrain(config.resolve([], [*ov, "data.workers=0", f"out_dir={tmp_path / 'full'}"]))
+    cfg = config.resolve([], [*ov, "data.workers=1", f"out_dir={tmp_path / 'cut'}"])
+    pretrain(cfg, stop_after=3)  # 20 images, batch 8: step 3 is in the middle of the second epoch
+    assert checkpoint.load(tmp_path / "cut")["step"] == 3
+    pretrain(cfg)
+    a, b = checkpoint.load(full), checkpoint.load(tmp_path / "cut")
+    assert a["step"] == b["step"] == 5
+    for k in a["framework"]:
+        assert torch.equal(a["framework"][k], b["framework"][k]), f"framework.{k} differs after resume"
