@@ -231,6 +231,7 @@ class EvalContext:
         seed: the evaluation seed (probe initialisation, data order, and every subset).
         run_name: names the run in errors.
         step: the checkpoint's training step (None when not from a checkpoint).
+        complete: whether training had finished (from the checkpoint; None: step == train.steps).
         task: the task being run (set by ``evals.run_task``; named in errors).
         role: "run", "random" (the random-init floor) or "supervised" (the reference).
         outcomes: per-item outcomes of the current task, by metric key (see ``record``).
@@ -251,6 +252,7 @@ class EvalContext:
         self.progress = progress
         self.run_name = run_name or ckpt_hash
         self.step: int | None = None
+        self.complete: bool | None = None
         self.task = ""
         self.outcomes: dict[str, dict] = {}
         self._splits: dict[str, CanvasSet] = splits if splits is not None else {}
@@ -263,6 +265,7 @@ class EvalContext:
         ctx = EvalContext(self.cfg, backbone, ckpt_hash, self.device, self.cache_dir, seed, self.progress,
                           self._splits, self.run_name)
         ctx._subsets, ctx._feats, ctx.step, ctx.role = self._subsets, self._feats, self.step, self.role
+        ctx.complete = self.complete
         return ctx
 
     @property
@@ -434,7 +437,7 @@ def write_metrics(out_dir: Path, task: str, values: dict, ctx: EvalContext, extr
     record = {"task": task, "values": values, "eval_config": ctx.ecfg, "data_config": ctx.cfg["data"],
               "seed": ctx.seed, "subset_seed": ctx.seed, "checkpoint": ctx.ckpt_hash,
               "framework": ctx.cfg["framework"]["name"], "sp": ctx.cfg["sp"]["enabled"],
-              "step": ctx.step, "complete": ctx.step is not None and ctx.step == steps,
+              "step": ctx.step, "complete": ctx.complete if ctx.complete is not None else ctx.step is not None and ctx.step == steps,
               "n_test": values.get("n_test") if isinstance(values, dict) else None, **(extra or {})}
     check_finite(record, ctx)
     tmp = path.with_suffix(".json.tmp")
