@@ -57,3 +57,45 @@ def test_tiny_model_fits_sp_on_fixed_data():
         loss.backward()
         opt.step()
     assert loss.item() < first / 10
+
+
+def test_fallback_pairs_are_left_out_of_the_loss():
+    """A pair marked invalid (``Views.sp_valid``) changes neither the loss nor its gradient."""
+    torch.manual_seed(0)
+    sp = SpatialPrediction(8, (64, 64), (0.05, 0.25))
+    g = torch.Generator().manual_seed(0)
+    boxes = geometry.sample_boxes(2 * 6, (64, 64), (0.05, 0.25), (0.75, 4 / 3), g).view(2, 6, 4)
+    emb = torch.randn(2, 6, 8)
+    valid = torch.tensor([[True, True, False, True, False, True]])
+    loss = sp(emb, boxes, torch.tensor([[0, 1]]), valid)["loss"]
+    keep = valid[0]
+    ref = sp(emb[:, keep], boxes[:, keep], torch.tensor([[0, 1]]))["loss"]
+    torch.testing.assert_close(loss, ref)
+    emb2 = emb.clone()
+    emb2[:, ~keep] = 100.0  # whatever fallback pairs hold
+    torch.testing.assert_close(sp(emb2, boxes, torch.tensor([[0, 1]]), valid)["loss"], loss)
+
+
+def test_sp_head_runs_in_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    sp = SpatialPrediction(16, (64, 64), (0.05, 0.25))
+    za, zb = torch.randn(32, 16), torch.randn(32, 16)
+    ref = sp.head(za, zb)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sp.head(za.bfloat16(), zb.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, sp.head(za.bfloat16().float(), zb.bfloat16().float()), atol=1e-6, rtol=0)
+    assert (ref - out).abs().max() < 0.05  # only the bf16 rounding of the inputs
+
+
+def test_config_warns_on_fallbacks_and_upsampled_views():
+    from spatialssl import config
+    from spatialssl.sp import config_warnings
+
+    for preset in ["demo", "dino_sp", "ibot_sp", "mocov3_sp", "simclr_sp", "byol_sp", "demo_dino"]:
+        assert config_warnings(config.resolve([preset])) == [], preset
+    w = config_warnings(config.resolve([], ["views.local_scale=[0.3,0.6]", "sp.pair_candidates=4",
+                                             "data.canvas_size=64", "views.local_size=16", "views.global_size=32"]))
+    assert len(w) == 1 and "fallbacks" in w[0] and "sp.pair_candidates" in w[0]
+    w = config_warnings(config.resolve([], ["data.canvas_size=64"]))  # 224 / 96 px views from 64 px canvases
+    assert len(w) == 2 and "global views" in w[0] and "local views (96 px) are upsampled 2.4-6.7x" in w[1]

@@ -90,3 +90,29 @@ def test_photometric_changes_views_but_keeps_range():
     lo = (0 - 0.485) / 0.229 - 1e-3
     hi = (1 - 0.406) / 0.225 + 1e-3
     assert out.globals.min() >= lo and out.globals.max() <= hi
+
+
+def test_no_per_step_host_to_device_copies(monkeypatch):
+    """Constants are made once per device and dtype: after a first call, a multi-crop step
+    builds no tensor from host data (each would be a host-to-device copy on a GPU)."""
+    cfg = config.resolve([], ["views.global_size=32", "views.local_size=16"])["views"]
+    cfg["local_flip"] = "per_image"
+    mc = MultiCrop(cfg, n_local=4)
+    c = _canvases()
+    mc(c, torch.Generator().manual_seed(0))  # warm the caches
+    calls = []
+    real_tensor, real_to = torch.tensor, torch.Tensor.to
+
+    def tensor(*a, **k):
+        calls.append("torch.tensor")
+        return real_tensor(*a, **k)
+
+    def to(self, *a, **k):
+        if "device" in k or any(isinstance(x, (torch.device, str, torch.Tensor)) for x in a):
+            calls.append("Tensor.to(device)")
+        return real_to(self, *a, **k)
+
+    monkeypatch.setattr(torch, "tensor", tensor)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    mc(c, torch.Generator().manual_seed(1))
+    assert calls == []
