@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True,
                    help="run directory, checkpoint.pt, or backbone.safetensors (with the run's config.yaml beside it)")
     p.add_argument("--tasks", default="knn,linear,patch_pair", help="comma-separated tasks, or 'all'")
-    p.add_argument("--seeds", type=int, default=1, help="probe seeds (>= 1); >1 reports mean and std")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="evaluation seeds (>= 1; default: the run's eval.seeds); >1 reports mean and std")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="where metrics/ goes (default: the run directory)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -188,7 +189,7 @@ def _dispatch(a: argparse.Namespace) -> int:
     if a.cmd == "eval":
         from .evals import evaluate
 
-        if a.seeds < 1:
+        if a.seeds is not None and a.seeds < 1:
             raise config_mod.ConfigError(f"eval --seeds must be >= 1, got {a.seeds}")
         _check_device(a.device)
         res = evaluate(a.checkpoint, a.tasks, a.seeds, a.out, _eval_overrides(a.overrides), a.device,
