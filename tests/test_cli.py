@@ -34,6 +34,10 @@ def test_compare_tiny_pretrains_evaluates_and_reports(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "simclr_sp" in report and "kNN top-1" in report
     assert "kNN top-1" in capsys.readouterr().out
+    # `eval` takes its number of seeds from eval.seeds unless --seeds says otherwise
+    assert main(["eval", "--checkpoint", str(out / "simclr"), "--tasks", "knn", "--set", "eval.seeds=2",
+                 "--set", "eval.n_train=128", "--set", "eval.n_test=128"]) == 0
+    assert json.loads((out / "simclr" / "metrics" / "knn.json").read_text())["seeds"] == 2
 
 
 def _one_line_error(capsys, argv, *needles):
