@@ -12,9 +12,11 @@ cut as SP pairs by ``MultiCrop`` with the preset's own photometric augmentation,
 statistics (mean, std, Laplacian and gradient energy, high-/low-frequency ratio of the
 luma, per-channel means), and a small regressor (ridge on quadratic features) fitted on half of the pairs to predict each
 target from the two views' statistics; the table shows its R^2 on the other half.
-``--scale`` shrinks canvas and views alike (same upsampling factors) to run faster.
+``--max-canvas`` shrinks canvas and views alike (same upsampling factors) to run faster.
 
-    PYTHONPATH=src python benchmarks/sp_shortcuts.py [--pairs 4000] [--scale 0.25]
+    PYTHONPATH=src python benchmarks/sp_shortcuts.py [--pairs 4000] [--max-canvas 72]
+    PYTHONPATH=src python benchmarks/sp_shortcuts.py --fallbacks   # pair sampler's fallback rates
+    PYTHONPATH=src python benchmarks/sp_shortcuts.py --gap         # roi_align footprint across a gap
 
 ``tests/test_sp_shortcuts.py`` keeps every shipped preset below R^2 0.1 (small n, scale).
 """
@@ -124,24 +126,82 @@ def preset_config(name: str, overrides: list[str] | None = None) -> dict:
     return config.resolve([name] if name else [], ["sp.enabled=true", *(overrides or [])])
 
 
+def _old_sampler(n, hw, scale, ratio, candidates, g):
+    """The former pair sampler, for comparison: a drawn once, the first of ``candidates``
+    boxes b with IoU 0 kept, no gap."""
+    a = geometry.sample_boxes(n, hw, scale, ratio, g)
+    cand = geometry.sample_boxes(n * candidates, hw, scale, ratio, g).view(n, candidates, 4)
+    ok = geometry.box_iou(a[:, None], cand) <= 1e-6
+    return ok.any(1)
+
+
+def fallback_table(n: int = 20000) -> None:
+    """Fallback rates per preset: the former sampler, the joint one without a gap, the default."""
+    print("| preset | canvas | local scale | old sampler | joint, 16 cand., no gap | joint, 64 cand., 3 px gap | mean ds / std |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for name in ["demo", "dino_sp", "ibot_sp", "byol_sp", ""]:
+        cfg = preset_config(name, [] if name else ["data.canvas_size=64"])
+        v, side = cfg["views"], cfg["data"]["canvas_size"]
+        hw, sc, r = (side, side), tuple(v["local_scale"]), tuple(v["ratio"])
+        g = torch.Generator().manual_seed(0)
+        old = 1 - _old_sampler(n, hw, sc, r, 16, g).float().mean()
+        _, _, v16 = geometry.sample_pairs(n, hw, sc, r, 0.0, 16, g)
+        a, b, v64 = geometry.sample_pairs(n, hw, sc, r, 0.0, 64, g, min_gap=3.0)
+        t = geometry.sp_targets(a[v64], b[v64], hw)
+        print(f"| {name or 'defaults at 64 px'} | {side} | {sc[0]:g}-{sc[1]:g} | {100 * old:.1f}% | "
+              f"{100 * (1 - v16.float().mean()):.1f}% | {100 * (1 - v64.float().mean()):.2f}% | "
+              f"{float(t[:, 2].mean() / t[:, 2].std()):+.3f} |")
+
+
+def gap_table() -> None:
+    """How far roi_align reads beyond a box edge, and whether pairs ``gap`` px apart share
+    (or touch) canvas pixels: from the gradient of the views with respect to the canvas."""
+    from spatialssl.views import cut
+
+    g = torch.Generator().manual_seed(0)
+    print("| gap | views | pairs | share a pixel | share or touch (8-neighbours) |")
+    print("|---|---|---:|---:|---:|")
+    for gap in (0.0, 1.0, 2.0, 3.0):
+        a, b, ok = geometry.sample_pairs(4000, (64, 64), (0.04, 0.16), (0.75, 4 / 3), 0.0, 64, g, min_gap=gap)
+        tight = ok & (geometry.box_separation(a, b) < gap + 0.25)
+        a, b = a[tight][:400], b[tight][:400]
+        for size in (16, 96):
+            foot = []
+            for bx in (a, b):
+                x = torch.zeros(len(bx), 1, 64, 64, requires_grad=True)
+                cut(x, bx, size).sum().backward()
+                foot.append(x.grad[:, 0] != 0)
+            near = F.max_pool2d(foot[0].float()[:, None], 3, 1, 1)[:, 0] > 0
+            share = (foot[0] & foot[1]).flatten(1).any(1).float().mean()
+            touch = (near & foot[1]).flatten(1).any(1).float().mean()
+            print(f"| {gap:g} px | {size} px | {len(a)} | {100 * share:.0f}% | {100 * touch:.0f}% |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=4000)
-    ap.add_argument("--scale", type=float, default=1.0, help="shrink canvas and views alike (same upsampling)")
+    ap.add_argument("--max-canvas", type=int, default=0,
+                    help="shrink each preset's canvas and views alike to this canvas side (same upsampling); 0 = as is")
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fallbacks", action="store_true", help="print the pair sampler's fallback rates instead")
+    ap.add_argument("--gap", action="store_true", help="print roi_align's pixel footprint across a gap instead")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.fallbacks or a.gap:
+        (fallback_table if a.fallbacks else gap_table)()
+        return
     rows = [BEFORE] + [(p, []) for p in a.presets.split(",") if p]
-    print(f"SP shortcut diagnostic: pink noise, {a.pairs} pairs per preset, scale {a.scale}; held-out R^2 of an MLP "
-          f"on per-view statistics\n")
+    print(f"SP shortcut diagnostic: pink noise, {a.pairs} pairs per preset, canvas at most {a.max_canvas or 'as is'} px; "
+          f"held-out R^2 of a ridge regressor on per-view statistics\n")
     print("| preset | canvas | local views | upsampled | R² dx | R² dy | R² ds |")
     print("|---|---:|---:|---|---:|---:|---:|")
     for name, ov in rows:
         t0 = time.perf_counter()
         cfg = preset_config("" if name.startswith("defaults") else name, ov)
         v, side = cfg["views"], cfg["data"]["canvas_size"]
-        r = shortcut_r2(cfg, a.pairs, a.scale)
+        scale = min(1.0, a.max_canvas / side) if a.max_canvas else 1.0
+        r = shortcut_r2(cfg, a.pairs, scale)
         lo, hi = upsampling(v["local_size"], tuple(v["local_scale"]), side)
         print(f"| {name} | {side} | {v['local_size']} px, scale {v['local_scale'][0]:g}-{v['local_scale'][1]:g} | "
               f"{lo:.2f}-{hi:.2f}x | {r['dx']:.3f} | {r['dy']:.3f} | {r['ds']:.3f} |  ({time.perf_counter() - t0:.0f} s)")

@@ -85,16 +85,18 @@ def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str], 
     so the probes see the same first images as for the demo's own runs)."""
     dirs = []
     for src in sorted(RELEASED.glob("*/checkpoint.pt")):
-        dst = out / f"released_{src.parent.name}"  # the report labels columns by directory
+        cfg = yaml.safe_load((src.parent / "config.yaml").read_text())
+        steps = cfg["train"]["steps"]
+        # the released DINO pair was trained with views.local_flip 'auto': per_view without
+        # SP, per_image with it, so it differs by its flips as well as by SP: the run's name
+        # (the report labels columns by directory) says which flips a run's local views had
+        flip = cfg["views"]["local_flip"]
+        has_locals = cfg["sp"]["enabled"] or cfg["framework"]["name"] in ("dino", "ibot")
+        dst = out / (f"released_{src.parent.name}" + (f"_{flip}_flips" if has_locals else ""))
         dst.mkdir(parents=True, exist_ok=True)
         for f in ("checkpoint.pt", "metrics.jsonl"):
             if (src.parent / f).exists() and not (dst / f).exists():
                 shutil.copy(src.parent / f, dst / f)
-        cfg = yaml.safe_load((src.parent / "config.yaml").read_text())
-        steps = cfg["train"]["steps"]
-        # the released DINO pair was trained with views.local_flip 'auto': per_view without
-        # SP, per_image with it, so it differs by its flips as well as by SP: the name says so
-        flip = cfg["views"]["local_flip"]
         cfg["name"] = (f"{cfg['framework']['name']}{'+SP' if cfg['sp']['enabled'] else ''} "
                        f"(released, GPU {steps} steps, {flip} flips)")
         (dst / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

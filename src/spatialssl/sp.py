@@ -7,7 +7,8 @@ and boxes only and knows nothing of the SSL framework beside it; the trainer add
 ``sp.weight * loss`` to the framework's loss.
 
 Only the paper's abstract is public. Every detail here is *our choice*, documented in
-docs/sp.md: pairs drawn disjoint (``max_iou``), targets standardised by constants
+docs/sp.md: pairs drawn jointly (exchangeable a and b), disjoint (``max_iou``) and
+``min_gap`` canvas px apart, fallback pairs left out of the loss, targets standardised by constants
 measured on the sampler's own distribution, an MLP head on ``[z_a, z_b, z_a - z_b,
 z_a * z_b]`` of the backbone's pooled embeddings (not the framework's projection head),
 optionally antisymmetric, smooth-L1 loss.
