@@ -111,3 +111,28 @@ def test_unknown_task_and_reference_are_named(tiny_run):
     assert "jigsaw" in parse_tasks("all")
     with pytest.raises(ValueError, match="unknown reference 'oracle'"):
         evaluate(tiny_run, "knn", overrides=EV, progress=False, reference="oracle")
+
+
+def test_floor_runs_once_for_runs_of_one_architecture(tiny_run, tmp_path, monkeypatch):
+    """Two runs of the same architecture on the same data and eval settings share their
+    random-init floor (same random weights): its protocol runs once, and both report it."""
+    import spatialssl.evals as ev_mod
+
+    monkeypatch.setattr(ev_mod, "_FLOOR_MEMO", {})
+    calls = []
+    real = ev_mod.run_protocol
+
+    def counting(ctx, task):
+        calls.append(ctx.role)
+        return real(ctx, task)
+
+    monkeypatch.setattr(ev_mod, "run_protocol", counting)
+    other = _pretrain(tmp_path / "other", steps=3, seed=1)
+    ov = {"eval": {**EV["eval"], "random_floor": True}}
+    a = evaluate(tiny_run, "knn", out_dir=tmp_path / "a", overrides=ov, progress=False)
+    b = evaluate(other, "knn", out_dir=tmp_path / "b", overrides=ov, progress=False)
+    assert calls.count("random") == 1 and calls.count("run") == 2
+    assert a["knn"]["random_top1"] == b["knn"]["random_top1"]
+    # another eval setting is another floor
+    evaluate(other, "knn", out_dir=tmp_path / "c", overrides={"eval": {**ov["eval"], "knn_k": 3}}, progress=False)
+    assert calls.count("random") == 2
