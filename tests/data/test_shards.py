@@ -132,3 +132,16 @@ def test_training_on_shards_resumes_mid_epoch_exactly(tmp_path, tiny_overrides):
     assert a["step"] == b["step"] == 5
     for k in a["framework"]:
         assert torch.equal(a["framework"][k], b["framework"][k]), f"framework.{k} differs after resume"
+
+
+def test_flat_root_with_a_test_folder_follows_the_folder_loaders_layout(tmp_path):
+    """<root>/<class>/... is train and <root>/test its test split (not a class), as for data.name=folder."""
+    root = _folder(tmp_path / "img")
+    for c in ("cat", "dog", "emu"):
+        (root / "train" / c).rename(root / c)
+    (root / "train").rmdir()
+    with pytest.warns(UserWarning):
+        shards.prepare_folder(root, tmp_path / "sh", canvas_size=8, progress=False)
+    tr, te = shards.ShardSet(tmp_path / "sh", "train"), shards.ShardSet(tmp_path / "sh", "test")
+    assert tr.class_names == te.class_names == ["cat", "dog", "emu"]
+    assert len(tr) == len(te) == 18

@@ -159,29 +159,28 @@ def prepare_folder(root: str | os.PathLike, out: str | os.PathLike, canvas_size:
     """An ImageFolder root (``root/<split>/<class>/...`` or ``root/<class>/...`` as ``train``)
     as shards under ``out``; labels follow train's sorted class names (a split's class must
     be one of train's)."""
-    from . import folders
+    from . import SPLITS, folders, train_folder
 
     rootp = Path(root)
     if not rootp.is_dir():
         raise FileNotFoundError(f"spatialssl: data folder not found: {rootp}")
-    found = [s for s in ("train", "val", "test", "ood") if (rootp / s).is_dir()]
-    layout = {s: rootp / s for s in found} if found else {"train": rootp}
+    # the folder loaders' layout rule: <root>/train, or <root> itself (its split folders not classes)
+    train_dir, not_classes = train_folder(rootp)
+    layout = {"train": train_dir, **{s: rootp / s for s in SPLITS if s != "train" and (rootp / s).is_dir()}}
     if splits:
         missing = [s for s in splits if s not in layout]
         if missing:
             raise FileNotFoundError(f"spatialssl: {rootp} has no split folder(s) {', '.join(missing)}")
         layout = {s: layout[s] for s in splits}
-    train_dir = (rootp / "train") if found else rootp
-    # the split folders of a root without train/ are not classes
-    train_classes = folders.class_folders(train_dir) if train_dir.is_dir() else []
+    names = folders.class_folders(train_dir, not_classes)
+    label = {c: i for i, c in enumerate(names)}
     entries = {}
     for split, path in layout.items():
-        classes = folders.class_folders(path)
-        unknown = [c for c in classes if c not in train_classes]
-        if unknown and train_classes:
+        classes = folders.class_folders(path, not_classes if split == "train" else ())
+        unknown = [c for c in classes if c not in label]
+        if unknown:
             raise ValueError(f"spatialssl: split {split} has class folder(s) not in train: {', '.join(unknown)}")
-        names = train_classes or classes
-        items = [(f, names.index(c)) for c in classes for f in folders._list_images(path / c)]
+        items = [(f, label[c]) for c in classes for f in folders._list_images(path / c)]
 
         def make(i: int, items=items):
             f, lab = items[i]
