@@ -145,3 +145,18 @@ def test_flat_root_with_a_test_folder_follows_the_folder_loaders_layout(tmp_path
     tr, te = shards.ShardSet(tmp_path / "sh", "train"), shards.ShardSet(tmp_path / "sh", "test")
     assert tr.class_names == te.class_names == ["cat", "dog", "emu"]
     assert len(tr) == len(te) == 18
+
+
+def test_cli_data_prepare_then_train_split_reads_the_shards(tmp_path, capsys):
+    from spatialssl.cli import main
+    from spatialssl.data import load_split
+
+    root = _folder(tmp_path / "img")
+    with pytest.warns(UserWarning):
+        assert main(["data", "prepare", "--root", str(root), "--out", str(tmp_path / "sh"), "--canvas", "16",
+                     "--shard-size", "5", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 18 images in 4 shard(s), 1 skipped" in out and "test: 18 images" in out
+    ds = load_split({"name": "shards", "root": str(tmp_path / "sh")}, "test")
+    assert isinstance(ds, shards.ShardSet) and ds.size == (16, 16) and len(ds) == 18
+    assert main(["data", "prepare", "--out", str(tmp_path / "x")]) == 2  # no --root: one-line error
