@@ -76,11 +76,13 @@ VITS16_FRAMEWORKS = ["dino"]  # the real-preset cell
 # settings per backbone, on top of the framework's preset and the demo's (see cell_config)
 BACKBONE_SETTINGS = {
     "cnn": [],
-    "vit_tiny": ["backbone.name=vit_tiny", "backbone.patch_size=8", "backbone.img_size=64",
+    # 128 px canvases: no 32 px local view enlarged (smallest box 40 px; at 64 px they were 1.6x
+    # enlarged, and their blur told SP their size: docs/sp.md "Resampling")
+    "vit_tiny": ["backbone.name=vit_tiny", "backbone.patch_size=8", "backbone.img_size=64", "data.canvas_size=128",
                  "views.global_size=64", "views.local_size=32", "views.local_scale=[0.1,0.25]",
                  "eval.img_size=64", "train.lr=0.0005"],
-    # the dino / dino_sp presets as they are, on 256 px canvases
-    "vits16": ["data.canvas_size=256"],
+    # the dino / dino_sp presets as they are (448 px canvases)
+    "vits16": [],
 }
 
 TINY_TRAIN = ["train.steps=8", "train.batch_size=16", "data.n_train=128", "data.n_eval=64", "train.warmup_steps=2",

@@ -58,9 +58,9 @@ def test_pair_sampler_is_exchangeable_and_keeps_the_gap():
         geometry.sample_pairs(4, (64, 64), (0.05, 0.4), (0.75, 4 / 3), 0.2, 8, g, min_gap=3.0)
 
 
-def test_min_gap_of_3px_shares_no_pixel_after_roi_align():
-    """roi_align reads up to ~1.4 px beyond a box edge; 3 px apart, two views read no
-    common canvas pixel and no two neighbouring ones (docs/sp.md "Gap")."""
+def test_min_gap_of_3px_shares_no_pixel_after_resampling():
+    """3 px apart, two views read no common canvas pixel and no two neighbouring ones
+    (docs/sp.md "Gap"), even enlarged 2-5x."""
     from spatialssl.views import cut
 
     g = torch.Generator().manual_seed(0)

@@ -55,10 +55,10 @@ def test_pairs_differ_only_in_sp(study, budget, tmp_path):
         assert diff == {"sp.enabled", "name", "out_dir"}, (base.name, diff)
         assert a["views.local_flip"] == "per_image"
         assert a["seed"] == base.seed and a["data.seed"] == 0
-        if base.backbone == "vits16":  # the real preset: ViT-S/16, 224 / 96 px views of 256 px canvases
+        if base.backbone == "vits16":  # the real preset: ViT-S/16, 224 / 96 px views of 448 px canvases
             assert (a["backbone.name"], a["backbone.patch_size"]) == ("vit_small", 16)
             if budget == "gpu":
-                assert (a["views.global_size"], a["views.local_size"], a["data.canvas_size"]) == (224, 96, 256)
+                assert (a["views.global_size"], a["views.local_size"], a["data.canvas_size"]) == (224, 96, 448)
         if base.backbone == "cnn" and base.framework != "ibot":
             assert a["backbone.name"] == "resnet_mini"
         if base.backbone == "vit_tiny":

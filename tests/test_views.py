@@ -11,25 +11,40 @@ def _canvases(b=4, h=48, w=48):
     return torch.randint(0, 256, (b, 3, h, w), dtype=torch.uint8, generator=g)
 
 
-def test_cut_equals_torchvision_resized_crop_when_enlarging():
-    x = _canvases(1, 40, 40).float()
-    box = torch.tensor([[5.0, 7.0, 21.0, 19.0]])  # 16 x 12 box -> 24 x 24 view (enlarging)
-    ours = cut(x, box, 24)
-    ref = TF.resized_crop(x, top=7, left=5, height=12, width=16, size=[24, 24], antialias=False)
-    # equal inside; on the outermost output pixels torchvision clamps to the crop's edge
-    # while roi_align reads the true neighbouring canvas pixel
-    assert (ours - ref)[..., 1:-1, 1:-1].abs().max() < 1e-2
-    assert (ours - ref).abs().mean() < 20
+@pytest.mark.parametrize("left,top,width,height,size", [
+    (5, 7, 16, 12, 24),   # enlarged 1.5-2x
+    (3, 2, 40, 44, 17),   # shrunk 2.4-2.6x
+    (0, 0, 60, 50, 20),   # the whole canvas, shrunk
+    (10, 20, 13, 13, 13),  # 1:1
+])
+def test_cut_equals_torchvision_antialiased_resized_crop(left, top, width, height, size):
+    """On integer boxes ``cut`` is torchvision's crop-then-resize with antialias=True (PIL's
+    bilinear), enlarging or shrinking, edges included."""
+    x = torch.rand(2, 3, 50, 60, generator=torch.Generator().manual_seed(0)) * 255
+    box = torch.tensor([[left, top, left + width, top + height]], dtype=torch.float32)
+    ours = cut(x[1:], box, size)
+    ref = TF.resized_crop(x[1:], top=top, left=left, height=height, width=width, size=[size, size], antialias=True)
+    assert (ours - ref).abs().max() < 1e-3
 
 
-def test_cut_close_to_antialiased_crop_when_shrinking():
-    x = _canvases(1, 64, 64).float()
-    # smooth the image so aliasing does not dominate the comparison
-    x = torch.nn.functional.avg_pool2d(x, 5, 1, 2)
-    box = torch.tensor([[8.0, 8.0, 56.0, 56.0]])  # 48 px -> 24 px
-    ours = cut(x, box, 24)
-    ref = TF.resized_crop(x, top=8, left=8, height=48, width=48, size=[24, 24], antialias=True)
-    assert (ours - ref).abs().mean() < 3.0  # of 255
+def test_cut_reads_only_pixels_inside_the_box():
+    """A view depends on no canvas pixel whose centre lies outside its (fractional) box, so
+    two boxes any gap apart share no pixel."""
+    x = torch.rand(1, 3, 40, 40, requires_grad=True)
+    box = torch.tensor([[5.3, 7.8, 25.6, 19.2]])
+    cut(x, box, 8).sum().backward()
+    read = x.grad[0, 0] != 0
+    ys, xs = torch.nonzero(read, as_tuple=True)
+    assert int(xs.min()) == 5 and int(xs.max()) == 25 and int(ys.min()) == 8 and int(ys.max()) == 18
+
+
+def test_cut_views_per_canvas_equals_indexed_boxes():
+    x = _canvases(3, 32, 40)
+    boxes = geometry.sample_boxes(2 * 3, (32, 40), (0.1, 0.5), (0.75, 4 / 3), torch.Generator().manual_seed(0))
+    per_canvas = cut(x, boxes.view(2, 3, 4), 12)
+    indexed = cut(x, boxes, 12, torch.arange(3).repeat(2))
+    assert per_canvas.shape == (2, 3, 3, 12, 12)
+    assert torch.allclose(per_canvas.flatten(0, 1), indexed, atol=1e-4)
 
 
 def _plain_views(**kw):

@@ -1,8 +1,8 @@
 """Multi-crop views cut from uint8 canvases on the training device, with exact boxes.
 
-Every view of a batch is cut with one ``torchvision.ops.roi_align`` call per view size,
-so the box of each view is known exactly (SP needs it) and augmentation costs no CPU
-workers. Photometric augmentation (colour jitter, grayscale, blur, solarisation) is
+Every view of a batch is cut by ``cut`` (antialiased bilinear resampling, two batched
+matmuls per view), so the box of each view is known exactly (SP needs it) and
+augmentation costs no CPU workers. Photometric augmentation (colour jitter, grayscale, blur, solarisation) is
 batched on the device too, with per-sample random parameters. The same code runs on CPU.
 
 Flips follow ``views.local_flip`` (see docs/sp.md): ``per_image`` mirrors the whole canvas
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 
 from . import geometry
 
@@ -59,30 +58,70 @@ class Views:
     local_flipped: torch.Tensor | None = field(default=None)
 
 
+def _aa_weights(lo: torch.Tensor, hi: torch.Tensor, size: int, length: int) -> torch.Tensor:
+    """Antialiased bilinear resampling weights along one axis: [K] box edges -> [K, size, length].
+
+    Output pixel j of a box [lo, hi) sits at ``c_j = lo + (j + 0.5) f`` with ``f = (hi - lo) /
+    size`` canvas px per output px; canvas pixel i (centre i + 0.5) gets the triangle weight
+    ``max(0, 1 - |i + 0.5 - c_j| / max(f, 1))``, i.e. a kernel of fixed width in *output*
+    pixels when shrinking (PIL's and torchvision's ``antialias=True``; plain bilinear when
+    enlarging). Only pixels whose centre lies inside the box count (plus the one under
+    ``c_j``, so a row is never empty), and each row is normalised, as torchvision's
+    crop-then-resize does: a view never reads a pixel of its neighbour across a gap.
+    """
+    dev, dt = lo.device, lo.dtype
+    f = (hi - lo) / size
+    s = f.clamp(min=1.0)
+    c = lo[:, None] + (torch.arange(size, device=dev, dtype=dt) + 0.5)[None] * f[:, None]  # [K, size]
+    centre = torch.arange(length, device=dev, dtype=dt) + 0.5  # [length]
+    w = (1 - (centre[None, None] - c[..., None]).abs() / s[:, None, None]).clamp(min=0)
+    inside = (centre[None] >= lo[:, None]) & (centre[None] < hi[:, None])  # [K, length]
+    under = torch.arange(length, device=dev)[None, None] == c.floor().long().clamp(0, length - 1)[..., None]
+    w = w * (inside[:, None] | under)
+    return w / w.sum(-1, keepdim=True)
+
+
 def cut(canvases: torch.Tensor, boxes: torch.Tensor, size: int,
         index: torch.Tensor | None = None) -> torch.Tensor:
-    """Cut and resize one box per canvas with bilinear ``roi_align``.
+    """Cut and resize boxes of canvases with antialiased bilinear resampling.
 
-    ``aligned=True`` and adaptive sampling make an enlarged crop equal torchvision's
-    ``resized_crop(..., antialias=False)`` of the same box (but on the outermost output
-    pixels, where torchvision clamps to the crop's edge and roi_align reads the true
-    neighbouring canvas pixel); a shrunk crop averages
-    ceil(box/size) samples per output pixel (a light anti-alias).
+    On integer boxes this equals torchvision's ``resized_crop(..., antialias=True)`` (PIL's
+    bilinear resize of the crop, as the SSL reference recipes use), for any box size, and
+    reads nothing outside the box. Boxes may be fractional. Why not one
+    ``torchvision.ops.roi_align`` call, as before *(measured, docs/sp.md "Resampling")*: its
+    adaptive sampling averages ceil(box / size) samples per output pixel, a filter whose
+    strength steps with the box size, so on pink noise per-view statistics told a view's
+    box size (SP's ds: R^2 0.3-0.8, even with no view enlarged); antialiased resampling
+    with no view enlarged leaves R^2 ~0. And why not torchvision itself: it resizes one
+    crop size per call; views of a batch all differ. Here every view of a batch is two
+    batched matmuls with separable weight matrices (``_aa_weights``), on the training device.
 
     Args:
-        canvases: [B, 3, H, W] float (any scale) or uint8.
-        boxes: [K, 4] float boxes (x0, y0, x1, y1) in pixels.
+        canvases: [B, C, H, W] float (any scale) or uint8.
+        boxes: [K, 4] float boxes (x0, y0, x1, y1) in pixels, box k cut from canvas
+            ``index[k]`` (default k); or [V, B, 4], V boxes per canvas (``index`` unused).
         size: output side.
-        index: long [K], the canvas each box is cut from (default: box k from canvas k).
+        index: long [K], the canvas of each box for [K, 4] boxes.
     Returns:
-        float [K, 3, size, size] in the canvases' scale.
+        float [K, C, size, size] (or [V, B, C, size, size]) in the canvases' scale.
     """
     x = canvases if canvases.is_floating_point() else canvases.float()
-    if index is None:
-        index = torch.arange(boxes.shape[0], device=boxes.device)
-    idx = index.to(x.dtype)[:, None]
-    rois = torch.cat([idx, boxes.to(x.dtype)], dim=1)
-    return roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    if boxes.dim() == 2:
+        if index is not None:
+            return torch.cat([cut(x[index[i:i + 256]], boxes[i:i + 256], size)
+                              for i in range(0, boxes.shape[0], 256)]) if boxes.shape[0] else \
+                x.new_zeros(0, x.shape[1], size, size)
+        return cut(x, boxes[None], size)[0]
+    b, c, h, w = x.shape
+    boxes = boxes.to(x.dtype)
+    flat = x.reshape(b, c * h, w)
+    out = []
+    for bv in boxes:  # one view per canvas at a time: memory [B, C*H, size] at most
+        wx = _aa_weights(bv[:, 0], bv[:, 2], size, w)  # [B, size, W]
+        wy = _aa_weights(bv[:, 1], bv[:, 3], size, h)  # [B, size, H]
+        t = torch.matmul(flat, wx.transpose(1, 2)).view(b, c, h, size)
+        out.append(torch.matmul(wy[:, None], t))  # [B, 1, size, H] @ [B, C, H, size]
+    return torch.stack(out)
 
 
 def _rand(n: int, g: torch.Generator | None, device) -> torch.Tensor:
@@ -241,12 +280,10 @@ class MultiCrop:
         dev = canvases.device
         x = canvases.float() / 255.0
 
-        # global views: boxes, one roi_align each, per-view flips, photometric
+        # global views: boxes, cut [G, B, 3, S, S], per-view flips, photometric
         gboxes = geometry.sample_boxes(self.n_global * b, (h, w), cfg["global_scale"], cfg["ratio"], g, dev)
         gboxes = gboxes.view(self.n_global, b, 4)
-        gall = cut(x, gboxes.reshape(self.n_global * b, 4), cfg["global_size"],
-                   torch.arange(b, device=dev).repeat(self.n_global))
-        gall = gall.view(self.n_global, b, 3, cfg["global_size"], cfg["global_size"])
+        gall = cut(x, gboxes, cfg["global_size"])
         globals_ = []
         for i in range(self.n_global):
             v = gall[i]
@@ -277,8 +314,8 @@ class MultiCrop:
                 # mirror-symmetric), so boxes and targets describe what the views show
                 flip_img = _rand(b, g, dev) < 0.5
                 src = torch.where(flip_img.view(b, 1, 1, 1), x.flip(-1), x)
-            # one roi_align for all local views (one size)
-            flat = cut(src, lboxes.reshape(m * b, 4), cfg["local_size"], torch.arange(b, device=dev).repeat(m))
+            # all local views (one size): [L, B, 3, s, s] -> [L * B, 3, s, s]
+            flat = cut(src, lboxes, cfg["local_size"]).flatten(0, 1)
             if self.local_flip == "per_view":
                 flip = (_rand(m * b, g, dev) < 0.5).view(m * b, 1, 1, 1)
                 flat = torch.where(flip, flat.flip(-1), flat)
@@ -291,8 +328,12 @@ class MultiCrop:
         return Views(torch.stack(globals_), locals_, gboxes, lboxes, pairs, (h, w), (~valid).sum(), valid, flip_img)
 
 
-# the resolved config warns when a view is upsampled from its box by more than this
+# the resolved config warns when a global view is upsampled from its median box by more
+# than this, or a local view from its smallest box by more than LOCAL_UPSAMPLE_WARN: on pink
+# noise ds R^2 from per-view statistics was ~0 at <= 1.0x, 0.04 at 1.1x, 0.17 at 1.2x and
+# 0.56 at 1.5x (dino_sp's views; benchmarks/sp_shortcuts.py, docs/sp.md "Resampling")
 UPSAMPLE_WARN = 1.5
+LOCAL_UPSAMPLE_WARN = 1.1
 
 
 def upsampling(size: int, scale: tuple[float, float], canvas_side: int) -> tuple[float, float]:
@@ -306,10 +347,10 @@ def upsampling(size: int, scale: tuple[float, float], canvas_side: int) -> tuple
 def upsampling_warnings(cfg: dict) -> list[str]:
     """One warning per view kind upsampled from the canvas by more than ``UPSAMPLE_WARN``.
 
-    Local views count at their smallest box: an SP view enlarged much more than its pair
-    partner is blurrier, and its sharpness alone then tells ds (on pink noise, where
-    nothing else can, per-view Laplacian energy explained R^2 0.64 of ds with 2.4-6.7x
-    upsampled views; ``benchmarks/sp_shortcuts.py``). Global views, never SP's inputs,
+    Local views count at their smallest box, against ``LOCAL_UPSAMPLE_WARN``: an SP view
+    enlarged more than its pair partner is blurrier, and its sharpness alone then tells ds
+    (on pink noise, where nothing else can, per-view statistics explained R^2 0.17 of ds
+    at 1.2x and 0.56 at 1.5x, ~0 with no view enlarged; ``benchmarks/sp_shortcuts.py``). Global views, never SP's inputs,
     count at their median box (area at the middle of ``views.global_scale``): the
     frameworks' own recipes enlarge their smallest crops ~2x on ImageNet too, but a
     typical global view should not be a blur of a few canvas pixels (224 px views from a
@@ -324,9 +365,10 @@ def upsampling_warnings(cfg: dict) -> list[str]:
                    f"{side} px canvas (views.global_scale={list(v['global_scale'])}): set data.canvas_size >= "
                    f"{math.ceil(v['global_size'] / (UPSAMPLE_WARN * math.sqrt((lo + hi) / 2)))}")
     least, most = upsampling(v["local_size"], tuple(v["local_scale"]), side)
-    if most > UPSAMPLE_WARN:
-        need = math.ceil(v["local_size"] / (UPSAMPLE_WARN * math.sqrt(v["local_scale"][0])))
+    if most > LOCAL_UPSAMPLE_WARN:
+        need = math.ceil(v["local_size"] / math.sqrt(v["local_scale"][0]))
         out.append(f"local views ({v['local_size']} px) are upsampled {least:.1f}-{most:.1f}x from their boxes on a "
                    f"{side} px canvas (views.local_scale={list(v['local_scale'])}): their blur tells their size, "
-                   f"a shortcut for SP's ds; set data.canvas_size >= {need} or views.local_size smaller")
+                   f"a shortcut for SP's ds; set data.canvas_size >= {need} (no view enlarged), or views.local_size "
+                   f"smaller, or views.local_scale's lower bound larger")
     return out
