@@ -6,7 +6,7 @@ Two measurements per setting, each as images/s (one image = all its views):
 and the SP overhead in percent (the same step with SP on vs off).
 
 GPU setting (default on CUDA): ViT-S/16, 2x224 + 6x96 views, batch 128, bf16 autocast,
-torch.compile, fused AdamW, 256 px canvases. CPU setting (``--small`` or no GPU): a tiny
+torch.compile, fused AdamW, the preset's canvases (448 px) and local scale. CPU setting (``--small`` or no GPU): a tiny
 ViT at 32/16 px, batch 32.
 
 With ``--peer PATH`` (``../shared/bench/peer_dino_step.py``, copied where the GPU run can
@@ -53,8 +53,7 @@ def settings(framework: str, small: bool, compile_: bool, batch: int | None) -> 
                f"train.compile={str(compile_).lower()}"]
     else:
         ov += ["backbone.name=vit_small", "backbone.patch_size=16", "backbone.img_size=224", "views.global_size=224",
-               "views.local_size=96", f"train.batch_size={batch or 128}", f"train.compile={str(compile_).lower()}",
-               "views.local_scale=[0.05,0.25]"]
+               "views.local_size=96", f"train.batch_size={batch or 128}", f"train.compile={str(compile_).lower()}"]
     return presets, ov
 
 
@@ -62,7 +61,7 @@ def bench(framework: str, sp: bool, small: bool, compile_: bool, steps: int, bat
           device: torch.device, profile: int = 0) -> dict:
     presets, ov = settings(framework, small, compile_, batch)
     cfg = config.resolve(presets, [*ov, f"sp.enabled={str(sp).lower()}", f"train.steps={steps + 10 + profile}"])
-    canvas = 48 if small else 256
+    canvas = 48 if small else cfg["data"]["canvas_size"]  # the preset's canvas (448 px for the ViT presets)
     run = build(cfg, (canvas, canvas), device)
     run.framework.collect_logs = False  # as on the trainer's non-logging steps
     b = cfg["train"]["batch_size"]
@@ -78,6 +77,8 @@ def bench(framework: str, sp: bool, small: bool, compile_: bool, steps: int, bat
             torch.cuda.synchronize()
 
     out = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for mode in ("model", "e2e"):
         times = []
         for i in range(steps + 5):  # 5 warm-up steps (compilation happens here)
@@ -94,6 +95,8 @@ def bench(framework: str, sp: bool, small: bool, compile_: bool, steps: int, bat
         med = statistics.median(times)
         out[mode] = b / med
         out[mode + "_ms"] = med * 1000
+    if device.type == "cuda":  # peak over both modes: the e2e step holds the canvases and the views too
+        out["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
     out["views"] = f"{cfg['views']['n_global']}x{cfg['views']['global_size']}+{run.multicrop.n_local}x{cfg['views']['local_size']}"
     if profile:
         out["profile"] = profile_steps(run, pool, b, profile, device, g)
@@ -164,18 +167,21 @@ def main() -> None:
                 profiles[f"{fw}{' + SP' if sp else ''}"] = res[sp].pop("profile")
         for mode in ("model", "e2e"):
             base, with_sp = res[False][mode], res[True][mode]
-            rows.append((fw, mode, res[False]["views"], res[True]["views"], base, with_sp, 100 * (base / with_sp - 1)))
+            rows.append((fw, mode, res[False]["views"], res[True]["views"], base, with_sp, 100 * (base / with_sp - 1),
+                         res[False].get("peak_gib"), res[True].get("peak_gib")))
     print(f"\nthroughput on {name}, torch {torch.__version__}, {'small CPU setting' if small else 'ViT-S/16 bf16'}"
           f"{' + torch.compile' if compile_ else ''}")
     if peer:
         print("peer (peer_dino_step.py, model only, same card): "
               + ", ".join(f"{k} {v:,.0f} img/s" for k, v in peer.items()) + f"; ratio column: ours / peer {ref_style}")
+    cuda = device.type == "cuda"
     print(f"| framework | measure | views (off) | views (+SP) | img/s | img/s + SP | SP overhead |"
-          + (" ours / peer | ours + SP / peer |" if peer else ""))
-    print("|---|---|---|---|---:|---:|---:|" + ("---:|---:|" if peer else ""))
-    for fw, mode, v0, v1, base, with_sp, ovh in rows:
+          + (" ours / peer | ours + SP / peer |" if peer else "") + (" peak GiB | peak GiB + SP |" if cuda else ""))
+    print("|---|---|---|---|---:|---:|---:|" + ("---:|---:|" if peer else "") + ("---:|---:|" if cuda else ""))
+    for fw, mode, v0, v1, base, with_sp, ovh, m0, m1 in rows:
         ratio = f" {base / peer[ref_style]:.2f} | {with_sp / peer[ref_style]:.2f} |" if peer else ""
-        print(f"| {fw} | {mode} | {v0} | {v1} | {base:,.0f} | {with_sp:,.0f} | {ovh:+.1f}% |{ratio}")
+        mem = f" {m0:.1f} | {m1:.1f} |" if cuda and m0 is not None else ""
+        print(f"| {fw} | {mode} | {v0} | {v1} | {base:,.0f} | {with_sp:,.0f} | {ovh:+.1f}% |{ratio}{mem}")
     for k, table in profiles.items():
         print(f"\nprofile, {k}, {a.profile} end-to-end steps (torch.profiler, by total device time):\n{table}")
     if a.json:
