@@ -120,7 +120,7 @@ def test_training_on_shards_resumes_mid_epoch_exactly(tmp_path, tiny_overrides):
     g = torch.Generator().manual_seed(0)
     imgs = torch.randint(0, 256, (20, 3, 48, 48), dtype=torch.uint8, generator=g)
     shards.prepare_canvases(CanvasSet(imgs), tmp_path / "sh", "train", shard_size=6, progress=False)
-    ov = [*tiny_overrides, "data.name=shards", f"data.root={tmp_path / 'sh'}", "train.steps=5",
+    ov = [*tiny_overrides, "data.name=shards", f"data.root={tmp_path / 'sh'}", "data.canvas_size=48", "train.steps=5",
           "train.checkpoint_every=100"]
     # decoded in this process for one run, in a DataLoader worker for the other: the same batches
     full = pretrain(config.resolve([], [*ov, "data.workers=0", f"out_dir={tmp_path / 'full'}"]))
@@ -160,3 +160,16 @@ def test_cli_data_prepare_then_train_split_reads_the_shards(tmp_path, capsys):
     ds = load_split({"name": "shards", "root": str(tmp_path / "sh")}, "test")
     assert isinstance(ds, shards.ShardSet) and ds.size == (16, 16) and len(ds) == 18
     assert main(["data", "prepare", "--out", str(tmp_path / "x")]) == 2  # no --root: one-line error
+
+
+def test_shards_of_another_canvas_size_than_the_config_are_an_error(tmp_path):
+    """Views, enlargement warnings and presets assume data.canvas_size: shards prepared at
+    another size must not train silently at theirs."""
+    from spatialssl.data import load_split
+    from spatialssl.data.canvases import CanvasSet
+
+    imgs = torch.randint(0, 256, (6, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    shards.prepare_canvases(CanvasSet(imgs), tmp_path / "sh", "train", progress=False)
+    assert load_split({"name": "shards", "root": str(tmp_path / "sh"), "canvas_size": 24}, "train").canvas_size == 24
+    with pytest.raises(ValueError, match=r"24 px canvases but config key 'data.canvas_size' is 448"):
+        load_split({"name": "shards", "root": str(tmp_path / "sh"), "canvas_size": 448}, "train")

@@ -43,7 +43,14 @@ def load_split(data_cfg: dict, split: str, progress: bool = True):
 
         if not data_cfg["root"]:
             raise ValueError("config key 'data.root' must name a prepared shards folder when data.name is 'shards'")
-        return ShardSet(data_cfg["root"], split)
+        ds = ShardSet(data_cfg["root"], split)
+        want = data_cfg.get("canvas_size")
+        if want is not None and int(want) != ds.canvas_size:
+            # the views' checks (enlargement, fallback rates) and presets assume data.canvas_size
+            raise ValueError(f"{data_cfg['root']} holds {ds.canvas_size} px canvases but config key "
+                             f"'data.canvas_size' is {want}: set data.canvas_size={ds.canvas_size}, or prepare "
+                             f"the shards again with --canvas {want}")
+        return ds
     if name == "partsworld":
         from . import partsworld
 
