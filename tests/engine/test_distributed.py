@@ -155,6 +155,26 @@ def test_views_are_keyed_by_the_sample_not_the_process(flip, tiny_overrides):
         assert sum(int(p.fallbacks) for p in parts) == int(whole.fallbacks)
 
 
+GRAD_CASES = [("dino", "vit_tiny"), ("ibot", "vit_tiny"), ("mocov3", "vit_tiny"), ("simclr", "resnet_mini"),
+              ("byol", "resnet_mini")]
+
+
+@pytest.mark.parametrize("name,backbone", GRAD_CASES)
+def test_every_trainable_parameter_gets_a_gradient(name, backbone, tiny_overrides):
+    """DDP runs with ``find_unused_parameters=False``: it needs every trainable parameter of
+    the step's forward (framework and SP) to get a gradient at every step."""
+    from spatialssl.frameworks import REGISTRY
+
+    assert {n for n, _ in GRAD_CASES} == set(REGISTRY)  # every registered framework
+    cfg = config.resolve([], [*tiny_overrides, f"framework.name={name}", f"backbone.name={backbone}",
+                              "sp.enabled=true", "train.clip_grad=0", "out_dir=unused"])
+    run = build(cfg, (48, 48), torch.device("cpu"))
+    c = torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    train_step(run, c, 0)
+    missing = [n for m in run.modules() for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{name}: no gradient for {missing[:5]}"
+
+
 def test_sync_bn_converts_every_batchnorm_and_keeps_the_state(tiny_overrides):
     """``train.sync_bn``: BatchNorm layers of backbone, heads and teacher copies become
     SyncBatchNorm with the same parameters, buffers and state-dict keys (checkpoints load
