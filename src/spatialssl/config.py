@@ -123,6 +123,10 @@ DEFAULTS: dict[str, Any] = {
         "collapse_every": 50,
         "num_threads": 0,  # torch CPU threads; 0 = torch default
         "progress": True,
+        # several processes (torchrun; docs/distributed.md): ddp = DistributedDataParallel (gradient
+        # all-reduce overlapped with backward) | allreduce = one flat all-reduce after backward
+        "data_parallel": "ddp",
+        "sync_bn": False,  # BatchNorm statistics over all processes (SyncBatchNorm; GPUs only) when world > 1
     },
     "eval": {
         "tasks": ["knn", "linear", "patch_pair"],
@@ -176,6 +180,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "views.local_flip": ("auto", "per_image", "per_view", "none"),
     "sp.offsets": ("canvas", "reference"),
     "train.precision": ("auto", "fp32", "bf16"),
+    "train.data_parallel": ("ddp", "allreduce"),
 }
 
 
@@ -383,11 +388,11 @@ def check_values(cfg: dict) -> None:
 
 
 # keys a run may change when it resumes: they decide where and how a run is logged, not
-# what it computes (``device`` and ``train.compile`` change floating-point rounding only;
+# what it computes (``device``, ``train.compile`` and ``train.data_parallel`` change floating-point rounding only;
 # ``eval.*`` is read by evaluations, never by training)
 RESUME_SAFE: tuple[str, ...] = (
     "name", "out_dir", "device", "data.cache_dir", "train.progress", "train.log_every", "train.checkpoint_every",
-    "train.collapse_every", "train.num_threads", "train.compile", "eval.",
+    "train.collapse_every", "train.num_threads", "train.compile", "train.data_parallel", "eval.",
 )
 RESUME_HISTORY = "resumed_with_changes"  # config.yaml entry listing changes forced on resume
 

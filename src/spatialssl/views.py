@@ -5,6 +5,12 @@ matmuls per view), so the box of each view is known exactly (SP needs it) and
 augmentation costs no CPU workers. Photometric augmentation (colour jitter, grayscale, blur, solarisation) is
 batched on the device too, with per-sample random parameters. The same code runs on CPU.
 
+Random draws are keyed by the sample, not by the process: with data parallelism each
+process passes ``part`` (its rows of the global batch) and every draw is made for the
+whole global batch from a generator seeded alike on all processes, then sliced, so
+sample i gets the same boxes, flips and photometric parameters whether one process cuts
+the batch or rank r of W (``BatchPart``; ``tests/engine/test_distributed.py``).
+
 Flips follow ``views.local_flip`` (see docs/sp.md): ``per_image`` mirrors the whole canvas
 of an image before its local views are cut (boxes and SP targets live in the flipped
 frame), ``per_view`` mirrors each local view alone (its box then no longer describes its
@@ -124,8 +130,38 @@ def cut(canvases: torch.Tensor, boxes: torch.Tensor, size: int,
     return torch.stack(out)
 
 
-def _rand(n: int, g: torch.Generator | None, device) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device)
+@dataclass(frozen=True)
+class BatchPart:
+    """The rows ``start .. start + size`` of a global batch of ``total`` samples: the part
+    one data-parallel process cuts views for (``MultiCrop(..., part=...)``).
+
+    Draws are made for all ``total`` samples and this part's columns kept, so the random
+    numbers of a sample do not depend on how the batch is split. ``None`` (one process)
+    draws for the batch it is given, the same stream as a whole part.
+    """
+
+    start: int
+    size: int
+    total: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.start and self.size > 0 and self.start + self.size <= self.total):
+            raise ValueError(f"batch part {self.start}..{self.start + self.size} is not inside a batch of {self.total}")
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.start + self.size)
+
+
+def _rand(n: int, g: torch.Generator | None, device, part: BatchPart | None = None) -> torch.Tensor:
+    """``n`` uniforms; with ``part``, ``n = k * part.size`` draws laid out [k, part] (view
+    major, as the views of a batch are), cut from the [k, part.total] draws of the whole
+    global batch: the same numbers for a sample on any process. Drawn flat, so the stream
+    equals the one-process one (``torch.rand(k * total)``)."""
+    if part is None or part.size == part.total:
+        return torch.rand(n, generator=g, device=device)
+    k = n // part.size
+    return torch.rand(k * part.total, generator=g, device=device).view(k, part.total)[:, part.rows].reshape(n)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -148,20 +184,20 @@ def _constant(name: str, device: torch.device, dtype: torch.dtype) -> torch.Tens
     return value.to(device=device, dtype=dtype)
 
 
-def color_jitter(x: torch.Tensor, p: float, strength: list[float], g, ) -> torch.Tensor:
+def color_jitter(x: torch.Tensor, p: float, strength: list[float], g, part: BatchPart | None = None) -> torch.Tensor:
     """Batched brightness, contrast, saturation, hue jitter on [B, 3, H, W] in [0, 1].
 
     Applied in that fixed order (torchvision draws a random order per call; one fixed
     order keeps the batch vectorised). Hue is rotated in YIQ space, a cheap linear
-    stand-in for torchvision's HSV round trip *(our choice)*.
+    stand-in for torchvision's HSV round trip *(our choice)*. ``part``: see ``_rand``.
     """
     b, dev = x.shape[0], x.device
-    on = (_rand(b, g, dev) < p).float().view(b, 1, 1, 1)
+    on = (_rand(b, g, dev, part) < p).float().view(b, 1, 1, 1)
     br, co, sa, hu = strength
-    f_b = 1 + br * (2 * _rand(b, g, dev) - 1)
-    f_c = 1 + co * (2 * _rand(b, g, dev) - 1)
-    f_s = 1 + sa * (2 * _rand(b, g, dev) - 1)
-    f_h = hu * (2 * _rand(b, g, dev) - 1)
+    f_b = 1 + br * (2 * _rand(b, g, dev, part) - 1)
+    f_c = 1 + co * (2 * _rand(b, g, dev, part) - 1)
+    f_s = 1 + sa * (2 * _rand(b, g, dev, part) - 1)
+    f_h = hu * (2 * _rand(b, g, dev, part) - 1)
     y = x * f_b.view(b, 1, 1, 1)
     y = y.clamp(0, 1)
     mean = _gray(y).mean(dim=(2, 3), keepdim=True)
@@ -182,18 +218,18 @@ def color_jitter(x: torch.Tensor, p: float, strength: list[float], g, ) -> torch
 
 
 def gaussian_blur(x: torch.Tensor, p: float, g, sigma: tuple[float, float] = (0.1, 2.0),
-                  ref_size: int = 224) -> torch.Tensor:
+                  ref_size: int = 224, part: BatchPart | None = None) -> torch.Tensor:
     """Per-sample Gaussian blur with probability ``p`` on [B, 3, H, W].
 
     Sigma ~ U(0.1, 2.0) as in SimCLR/DINO at 224 px, scaled by H / ``ref_size`` so a
     small view is blurred alike relative to its size *(our choice)*. One grouped,
-    separable convolution blurs the whole batch.
+    separable convolution blurs the whole batch. ``part``: see ``_rand``.
     """
     b, c, h, w = x.shape
     dev = x.device
-    on = _rand(b, g, dev) < p
+    on = _rand(b, g, dev, part) < p
     scale = h / ref_size
-    s = (sigma[0] + (sigma[1] - sigma[0]) * _rand(b, g, dev)) * scale
+    s = (sigma[0] + (sigma[1] - sigma[0]) * _rand(b, g, dev, part)) * scale
     s = s.clamp(min=1e-3)
     radius = max(1, int(round(3 * sigma[1] * scale)))
     t = torch.arange(-radius, radius + 1, device=dev, dtype=x.dtype)
@@ -211,16 +247,18 @@ def gaussian_blur(x: torch.Tensor, p: float, g, sigma: tuple[float, float] = (0.
     return y.view(b, c, h, w)
 
 
-def photometric(x: torch.Tensor, cfg: dict, g, blur_p: float, solarize_p: float) -> torch.Tensor:
-    """Colour jitter, grayscale, blur, solarisation on [B, 3, H, W] in [0, 1]."""
+def photometric(x: torch.Tensor, cfg: dict, g, blur_p: float, solarize_p: float,
+                part: BatchPart | None = None) -> torch.Tensor:
+    """Colour jitter, grayscale, blur, solarisation on [B, 3, H, W] in [0, 1] (with
+    ``part``, B = k x part.size rows laid out view major: see ``_rand``)."""
     b, dev = x.shape[0], x.device
-    x = color_jitter(x, cfg["color_jitter"], cfg["jitter_strength"], g)
-    gray_on = (_rand(b, g, dev) < cfg["grayscale"]).view(b, 1, 1, 1)
+    x = color_jitter(x, cfg["color_jitter"], cfg["jitter_strength"], g, part)
+    gray_on = (_rand(b, g, dev, part) < cfg["grayscale"]).view(b, 1, 1, 1)
     x = torch.where(gray_on, _gray(x).expand_as(x), x)
     if blur_p > 0:
-        x = gaussian_blur(x, blur_p, g)
+        x = gaussian_blur(x, blur_p, g, part=part)
     if solarize_p > 0:
-        sol_on = (_rand(b, g, dev) < solarize_p).view(b, 1, 1, 1)
+        sol_on = (_rand(b, g, dev, part) < solarize_p).view(b, 1, 1, 1)
         x = torch.where(sol_on & (x >= 0.5), 1 - x, x)
     return x
 
@@ -273,26 +311,37 @@ class MultiCrop:
         if self.local_flip == "auto":
             raise ValueError("views.local_flip 'auto' must be resolved by config.derive first")
 
-    def __call__(self, canvases: torch.Tensor, g: torch.Generator | None = None) -> Views:
-        """canvases: uint8 [B, 3, H, W] on the training device."""
+    def __call__(self, canvases: torch.Tensor, g: torch.Generator | None = None,
+                 part: BatchPart | None = None) -> Views:
+        """canvases: uint8 [B, 3, H, W] on the training device.
+
+        ``part``: these B canvases are rows ``part.rows`` of a global batch of
+        ``part.total`` (data parallelism); every random draw is made for the global batch
+        and sliced, so the views of a sample do not depend on the process that cuts them.
+        Boxes and pair rejection sampling cost O(total) (small tensors); images are cut
+        for the B rows only. ``None``: the batch is whole (the same draws as a whole part).
+        """
         cfg = self.cfg
         b, _, h, w = canvases.shape
         dev = canvases.device
+        if part is not None and part.size != b:
+            raise ValueError(f"batch part of {part.size} rows given with {b} canvases")
+        total, rows = (b, slice(0, b)) if part is None else (part.total, part.rows)
         x = canvases.float() / 255.0
 
         # global views: boxes, cut [G, B, 3, S, S], per-view flips, photometric
-        gboxes = geometry.sample_boxes(self.n_global * b, (h, w), cfg["global_scale"], cfg["ratio"], g, dev)
-        gboxes = gboxes.view(self.n_global, b, 4)
+        gboxes = geometry.sample_boxes(self.n_global * total, (h, w), cfg["global_scale"], cfg["ratio"], g, dev)
+        gboxes = gboxes.view(self.n_global, total, 4)[:, rows].contiguous()
         gall = cut(x, gboxes, cfg["global_size"])
         globals_ = []
         for i in range(self.n_global):
             v = gall[i]
             if cfg["global_flip"]:
-                flip = (_rand(b, g, dev) < 0.5).view(b, 1, 1, 1)
+                flip = (_rand(b, g, dev, part) < 0.5).view(b, 1, 1, 1)
                 v = torch.where(flip, v.flip(-1), v)
             blur_p = cfg["blur"][min(i, len(cfg["blur"]) - 1)]
             sol_p = cfg["solarize"] if i == 1 else 0.0
-            globals_.append(normalize(photometric(v, cfg, g, blur_p, sol_p)))
+            globals_.append(normalize(photometric(v, cfg, g, blur_p, sol_p, part)))
 
         # local views: boxes drawn as exchangeable disjoint pairs, flips by policy
         m = self.n_local
@@ -302,24 +351,25 @@ class MultiCrop:
         if m > 0:
             boxes = []
             for i in range(n_pairs):
-                a, bb, valid[i] = geometry.sample_pairs(b, (h, w), cfg["local_scale"], cfg["ratio"], self.max_iou,
-                                                        self.candidates, g, dev, self.min_gap)
-                boxes += [a, bb]
+                a, bb, ok = geometry.sample_pairs(total, (h, w), cfg["local_scale"], cfg["ratio"], self.max_iou,
+                                                  self.candidates, g, dev, self.min_gap)
+                boxes += [a[rows], bb[rows]]
+                valid[i] = ok[rows]
             for _ in range(m - 2 * n_pairs):
-                boxes.append(geometry.sample_boxes(b, (h, w), cfg["local_scale"], cfg["ratio"], g, dev))
+                boxes.append(geometry.sample_boxes(total, (h, w), cfg["local_scale"], cfg["ratio"], g, dev)[rows])
             lboxes = torch.stack(boxes)  # [L, B, 4]
             src = x
             if self.local_flip == "per_image":
                 # boxes are drawn in the mirrored frame of a flipped image (the box law is
                 # mirror-symmetric), so boxes and targets describe what the views show
-                flip_img = _rand(b, g, dev) < 0.5
+                flip_img = _rand(b, g, dev, part) < 0.5
                 src = torch.where(flip_img.view(b, 1, 1, 1), x.flip(-1), x)
             # all local views (one size): [L, B, 3, s, s] -> [L * B, 3, s, s]
             flat = cut(src, lboxes, cfg["local_size"]).flatten(0, 1)
             if self.local_flip == "per_view":
-                flip = (_rand(m * b, g, dev) < 0.5).view(m * b, 1, 1, 1)
+                flip = (_rand(m * b, g, dev, part) < 0.5).view(m * b, 1, 1, 1)
                 flat = torch.where(flip, flat.flip(-1), flat)
-            flat = normalize(photometric(flat, cfg, g, cfg["local_blur"], 0.0))
+            flat = normalize(photometric(flat, cfg, g, cfg["local_blur"], 0.0, part))
             locals_ = flat.view(m, b, 3, cfg["local_size"], cfg["local_size"])
         else:
             lboxes = torch.zeros(0, b, 4, device=dev)

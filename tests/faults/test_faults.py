@@ -150,8 +150,8 @@ def test_nan_batch_stops_with_one_line_and_the_last_good_checkpoint(tmp_path, im
 
     real_call, calls = views.MultiCrop.__call__, []
 
-    def poisoned(self, canvases, g=None):
-        out = real_call(self, canvases, g)
+    def poisoned(self, canvases, g=None, part=None):
+        out = real_call(self, canvases, g, part)
         calls.append(1)
         if len(calls) == 3:  # the batch of step 3
             out.globals[0, 0, 0, 0, 0] = float("nan")

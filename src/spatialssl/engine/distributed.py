@@ -1,18 +1,34 @@
-"""Data-parallel pretraining over processes started by ``torchrun``.
+"""Data-parallel pretraining over processes started by ``torchrun`` (docs/distributed.md).
 
     torchrun --nproc_per_node=N -m spatialssl.cli pretrain -c dino_sp --set ...
+    torchrun --nnodes=M --node_rank=R --nproc_per_node=N --rdzv_backend=c10d \\
+        --rdzv_endpoint=HOST:29500 --rdzv_id=JOB -m spatialssl.cli pretrain ...
 
 One process per GPU (NCCL), or CPU processes (gloo). ``train.batch_size`` stays the
-*global* batch: each process takes its slice of every batch (same data order as one
-process), cuts its own views from it, and the gradients are averaged over processes
-before clipping and the optimiser step, so the run follows the schedules of a one-process
-run with the whole batch. Losses that need the whole batch gather it themselves (SimCLR's
-NT-Xent, MoCo v3's keys; DINO's and iBOT's centres are averaged by lightly). BatchNorm
-statistics stay per process (no SyncBatchNorm yet). Only rank 0 writes the run
-directory: config, logs, checkpoints, exported weights.
+*global* batch: each process reads only its slice of every batch (the same data order as
+one process) and cuts the views of its slice, with every random draw made for the whole
+global batch and sliced (``views.BatchPart``), so a sample gets the same views on any
+process. The step's forward (teacher, student, SP) runs inside one module wrapped in
+``DistributedDataParallel`` (``train.data_parallel=ddp``, the default): the gradients are
+averaged over processes in buckets while backward still runs, and are whole when backward
+returns, so the hooks between backward and the optimiser step (last-layer freezing,
+clipping) see the averaged gradients, as with one process. ``train.data_parallel=allreduce``
+averages them instead in one flat all-reduce after backward (no overlap; kept for
+measurement and for plug-in frameworks that leave parameters without gradients, which DDP
+without ``find_unused_parameters`` refuses). Losses that need the whole batch gather it
+themselves (SimCLR's NT-Xent, MoCo v3's keys; DINO's and iBOT's centres are averaged by
+lightly). ``train.sync_bn=true`` turns the BatchNorm layers of backbones and heads into
+``torch.nn.SyncBatchNorm`` (statistics over the global batch; GPUs only, torch's
+SyncBatchNorm refuses CPU tensors); otherwise each process normalises with the statistics
+of its slice, and DDP copies rank 0's running statistics to every process at each step.
+Only rank 0 writes the run directory: config, logs, checkpoints, exported weights.
 
-Tested on CPU with two gloo processes (``tests/engine/test_distributed.py``); not yet
-measured on several GPUs.
+With a BatchNorm-free model, two processes end at the weights of one process with the same
+global batch (to float rounding; ``tests/engine/test_distributed.py``, CPU gloo, both
+``data_parallel`` modes). iBOT is the exception: its block masks are drawn per process
+batch (``frameworks/ibot.py``), so its runs depend on the number of processes. Not
+measured on several GPUs (none here); ``benchmarks/data_parallel.py`` times DDP against the
+flat all-reduce with CPU processes.
 """
 
 from __future__ import annotations
@@ -21,6 +37,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 def init(device: str) -> tuple[int, int, int]:
@@ -53,14 +70,45 @@ def any_rank(flag: torch.Tensor, world: int) -> torch.Tensor:
     return x > 0
 
 
-def all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
-    """Average the gradients over processes, in one flat all-reduce.
+def sync_batch_norm(modules: list[torch.nn.Module]) -> int:
+    """Turn every BatchNorm layer inside ``modules`` (backbones, heads, teacher copies, SP)
+    into a synchronised one, in place; returns how many were converted.
 
-    Why not ``DistributedDataParallel``: our step runs teacher, student and SP in one
-    forward and calls hooks between backward and the optimiser step (last-layer freezing,
-    clipping); one explicit all-reduce keeps ``train_step`` one readable function. DDP's
-    bucketed all-reduce overlapped with backward would be faster on many GPUs.
+    timm's ``convert_sync_batchnorm`` rather than torch's alone: it also converts timm's
+    fused ``BatchNormAct2d`` (keeping its activation), which torch's would replace by a
+    bare SyncBatchNorm. Parameters and buffers are the same tensors, so the optimiser and
+    checkpoints are unaffected (state-dict keys do not change).
     """
+    from timm.layers import convert_sync_batchnorm
+
+    bn = torch.nn.modules.batchnorm._BatchNorm
+    n = 0
+    for m in modules:
+        n += sum(isinstance(c, bn) and not isinstance(c, torch.nn.SyncBatchNorm) for c in m.modules())
+        for name, child in list(m.named_children()):
+            setattr(m, name, convert_sync_batchnorm(child))
+    return n
+
+
+def wrap(model: torch.nn.Module, device: torch.device, world: int, mode: str) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel`` when ``world > 1`` and ``mode == "ddp"``,
+    else ``model`` itself.
+
+    ``find_unused_parameters=False``: every trainable parameter of every registered
+    framework and of SP gets a gradient at every step (checked for all of them, ViT and
+    ResNet, with and without SP), and the search for unused ones would walk the autograd
+    graph after every forward. Teacher and momentum copies have ``requires_grad=False`` and
+    are not reduced.
+    """
+    if world <= 1 or mode != "ddp":
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average the gradients over processes, in one flat all-reduce after backward
+    (``train.data_parallel=allreduce``; DDP overlaps the same averaging with backward)."""
     grads = [p.grad for p in params if p.grad is not None]
     if world <= 1 or not grads:
         return

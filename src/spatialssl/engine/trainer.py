@@ -6,7 +6,9 @@ function: views from uint8 canvases on the device, the framework's named loss te
 ``total = framework + sp.weight * sp``, backward, clipping, optimiser step, momentum hooks.
 
 Randomness is keyed by the step (data order by epoch, views by step), so a run resumed
-from its checkpoint takes exactly the same path as one never interrupted.
+from its checkpoint takes exactly the same path as one never interrupted; and by the
+sample, not the process, so several processes (``engine/distributed.py``) cut the views
+one process would.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import config as config_mod
@@ -29,7 +32,7 @@ from ..data.shards import ShardSet, stream_batches
 from ..frameworks import create_framework
 from ..frameworks.base import Framework, encode
 from ..sp import SpatialPrediction
-from ..views import MultiCrop, Views
+from ..views import BatchPart, MultiCrop, Views
 from . import checkpoint, distributed, schedules
 from .monitor import RunLog, embedding_std, log, rankme
 
@@ -105,22 +108,55 @@ def step_batches(data: CanvasSet | ShardSet, cfg: dict, device: torch.device, st
         yield canvases[index(step).to(canvases.device)].to(device, non_blocking=True)
 
 
-def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) -> torch.Generator:
-    """The views' randomness at ``step`` (each process cuts different views)."""
-    return torch.Generator(device).manual_seed(seed * 1_000_003 + 7919 * step + 1 + rank * 1_000_000_007)
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The views' randomness at ``step``: seeded alike on every process, which draws for the
+    whole global batch and keeps its rows (``views.BatchPart``)."""
+    return torch.Generator(device).manual_seed(seed * 1_000_003 + 7919 * step + 1)
+
+
+class StepForward(torch.nn.Module):
+    """The forward of a training step as one module: the framework's named terms, then SP
+    on the local embeddings (or on SP's extra views, encoded by the student backbone).
+
+    One module so that ``DistributedDataParallel`` can wrap the whole forward (teacher,
+    student, SP): DDP reduces the gradients of the parameters used in its module's forward
+    and must see every one of them there. Returns (total loss, SP terms, framework output).
+    """
+
+    def __init__(self, framework: Framework, sp: SpatialPrediction | None, sp_weight: float) -> None:
+        super().__init__()
+        self.framework, self.sp, self.sp_weight = framework, sp, sp_weight
+
+    def forward(self, views: Views, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+        out = self.framework(views, step)
+        total, terms = out["loss"], {"loss_fw": out["loss"]}
+        if self.sp is not None:
+            emb = out.get("local_emb")
+            if emb is None:  # frameworks without local views: SP encodes its extra views
+                emb = encode(self.framework.backbone, views.locals)
+            # fallback pairs (no candidate met max_iou / min_gap) are left out of the SP loss
+            sp_out = self.sp(emb, views.local_boxes, views.sp_pairs, views.sp_valid)
+            total = total + self.sp_weight * sp_out["loss"]
+            terms.update({f"sp_{k}" if k != "loss" else "loss_sp": v for k, v in sp_out.items()})
+        return total, terms, out
 
 
 class Run:
     """Everything a step needs; built once by ``build``."""
 
     def __init__(self, cfg: dict, device: torch.device, framework: Framework, sp: SpatialPrediction | None,
-                 multicrop: MultiCrop, optimizer: torch.optim.Optimizer, lr: torch.Tensor, wd: torch.Tensor) -> None:
+                 multicrop: MultiCrop, optimizer: torch.optim.Optimizer, lr: torch.Tensor, wd: torch.Tensor,
+                 rank: int = 0, world: int = 1) -> None:
         self.cfg, self.device, self.framework, self.sp = cfg, device, framework, sp
         self.multicrop, self.optimizer, self.lr, self.wd = multicrop, optimizer, lr, wd
         precision = cfg["train"]["precision"]
         self.bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
         self.sp_weight = cfg["sp"]["weight"] if sp is not None else 0.0
-        self.rank, self.world = 0, 1  # data-parallel position (engine/distributed.py)
+        self.rank, self.world = rank, world  # data-parallel position (engine/distributed.py)
+        # the step's forward; in DistributedDataParallel with several processes (train.data_parallel=ddp)
+        self.model = distributed.wrap(StepForward(framework, sp, self.sp_weight), device, world,
+                                      cfg["train"]["data_parallel"])
+        self.ddp = isinstance(self.model, DistributedDataParallel)
 
     def autocast(self):
         if not self.bf16:
@@ -131,8 +167,10 @@ class Run:
         return [self.framework] + ([self.sp] if self.sp is not None else [])
 
 
-def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device) -> Run:
-    """Backbone, framework, SP, views, optimiser and schedules from the config."""
+def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device, rank: int = 0, world: int = 1) -> Run:
+    """Backbone, framework, SP, views, optimiser and schedules from the config; with
+    ``world > 1`` processes (a started process group), SyncBatchNorm if ``train.sync_bn``
+    and the step's forward in DistributedDataParallel if ``train.data_parallel=ddp``."""
     t = cfg["train"]
     steps = t["steps"]
     torch.manual_seed(cfg["seed"])  # model initialisation
@@ -151,6 +189,14 @@ def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device) -> Run:
         if n_local < 2:
             raise config_mod.ConfigError(f"config key 'sp.extra_local_views' must be >= 2 with framework "
                                          f"'{cfg['framework']['name']}' (SP needs pairs of local views), got {n_local}")
+    if t["sync_bn"] and world > 1:
+        if device.type != "cuda":
+            raise config_mod.ConfigError(
+                f"config key 'train.sync_bn' is true with {world} processes on {device.type}: torch's SyncBatchNorm "
+                f"runs on GPUs only; set train.sync_bn=false (each process then normalises with its own batch)")
+        n_bn = distributed.sync_batch_norm([framework] + ([sp] if sp is not None else []))
+        if rank == 0:
+            log.info("train.sync_bn: %d BatchNorm layers synchronised over %d processes", n_bn, world)
     if sp is not None and n_local % 2:
         log.warning("%d local views: SP pairs them as (0,1), (2,3), ...; the last one has no SP pair", n_local)
     # local boxes are drawn as disjoint pairs with or without SP, so "framework" and
@@ -169,7 +215,7 @@ def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device) -> Run:
         for m in framework.modules():
             if m.__class__.__name__ == "Backbone":
                 m.compile(dynamic=False)
-    return Run(cfg, device, framework, sp, multicrop, optimizer, lr, wd)
+    return Run(cfg, device, framework, sp, multicrop, optimizer, lr, wd, rank, world)
 
 
 def train_step(run: Run, canvases: torch.Tensor | None, step: int, views: Views | None = None) -> dict[str, torch.Tensor]:
@@ -179,30 +225,23 @@ def train_step(run: Run, canvases: torch.Tensor | None, step: int, views: Views 
     Returns the step's named terms (tensors, not synchronised): ``loss`` (total),
     ``loss_fw``, ``loss_sp`` and the framework's and SP's logs.
     """
-    cfg, fw, sp = run.cfg, run.framework, run.sp
+    cfg, fw = run.cfg, run.framework
     for group in run.optimizer.param_groups:
         group["lr"] = float(run.lr[step])
         if group["apply_wd"]:
             group["weight_decay"] = float(run.wd[step])
 
     if views is None:
-        views = run.multicrop(canvases, step_generator(cfg["seed"], step, run.device, run.rank))
+        # this process's rows of the global batch: views drawn per sample, not per process
+        b = canvases.shape[0]
+        part = BatchPart(run.rank * b, b, run.world * b) if run.world > 1 else None
+        views = run.multicrop(canvases, step_generator(cfg["seed"], step, run.device), part)
     with run.autocast():
-        out = fw(views, step)
-        terms = {"loss_fw": out["loss"]}
-        total = out["loss"]
-        if sp is not None:
-            emb = out.get("local_emb")
-            if emb is None:  # frameworks without local views: SP encodes its extra views
-                emb = encode(fw.backbone, views.locals)
-            # fallback pairs (no candidate met max_iou / min_gap) are left out of the SP loss
-            sp_out = sp(emb, views.local_boxes, views.sp_pairs, views.sp_valid)
-            total = total + run.sp_weight * sp_out["loss"]
-            terms.update({f"sp_{k}" if k != "loss" else "loss_sp": v for k, v in sp_out.items()})
+        total, terms, out = run.model(views, step)
 
     run.optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    if run.world > 1:
+    total.backward()  # in DDP: gradients averaged over processes during backward
+    if run.world > 1 and not run.ddp:
         distributed.all_reduce_grads([p for m in run.modules() for p in m.parameters()], run.world)
     fw.after_backward(step)
     clip = cfg["train"]["clip_grad"]
@@ -443,8 +482,7 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
         raise config_mod.ConfigError(f"train split has {n} images, fewer than train.batch_size={t['batch_size']}")
 
     # --- model, optimiser, schedules ---
-    run = build(cfg, data.size, device)
-    run.rank, run.world = rank, world
+    run = build(cfg, data.size, device, rank, world)
 
     # --- resume ---
     ckpt_path = out / checkpoint.CHECKPOINT
