@@ -38,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.canvases import CanvasSet
+from ..data.shards import has_split
 from . import corruptions as _corruptions
 from . import linear
 from .corruptions import CORRUPTIONS, corrupt
@@ -96,7 +97,8 @@ def ood_split(ctx: EvalContext) -> CanvasSet | None:
     """The ``ood`` split when the data set has one (PartsWorld; a folder with ``ood/``)."""
     data = ctx.cfg["data"]
     if "ood" in ctx._splits or data["name"] == "partsworld" or (
-            data["name"] == "folder" and data["root"] and (Path(data["root"]) / "ood").is_dir()):
+            data["name"] == "folder" and data["root"] and (Path(data["root"]) / "ood").is_dir()) or (
+            data["name"] == "shards" and data["root"] and has_split(data["root"], "ood")):
         return ctx.split("ood")
     return None
 
