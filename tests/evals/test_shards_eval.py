@@ -121,37 +121,43 @@ def test_features_of_a_set_larger_than_the_buffer_are_streamed_in_batches(plante
 
 def test_cache_keyed_by_the_manifest_not_the_pixels(planted_tools, prepared, tmp_path, monkeypatch):
     """A second evaluation of the same shards reads its features from disk without decoding or
-    hashing an image; other rows, or re-prepared images under the same path, get other keys."""
+    hashing an image; other rows, or other images prepared under the same path (same shard
+    layout and counts), get other keys."""
+    src = shards.ShardSet(prepared / "sh", "train")
+    img0 = src.decode(torch.arange(len(src)))
     sh_root = tmp_path / "sh"
-    with pytest.warns(UserWarning):
-        shards.prepare_folder(prepared / "img", sh_root, canvas_size=16, shard_size=64, progress=False, workers=1)
-    data = {"name": "shards", "root": str(sh_root), "workers": 0}
-    a = _ctx(planted_tools, data, n_train=60)
-    a.cache_dir = tmp_path / "cache"
-    fa, _ = a.features("train")
+
+    def prepare(images):
+        shards.prepare_canvases(CanvasSet(images, labels=src.labels, class_names=src.class_names), sh_root,
+                                "train", shard_size=64, progress=False, workers=1)
+
+    def features():
+        ctx = _ctx(planted_tools, {"name": "shards", "root": str(sh_root), "workers": 0}, n_train=60)
+        ctx.cache_dir = tmp_path / "cache"
+        return ctx, ctx.features("train")[0]
+
+    prepare(img0)
+    _, fa = features()
     calls = []
     monkeypatch.setattr(shards.ShardSet, "decode", lambda *a, **k: calls.append(1))
     monkeypatch.setattr(shards, "_file_digest", lambda p: calls.append(p))
-    b = _ctx(planted_tools, data, n_train=60)
-    b.cache_dir = tmp_path / "cache"
-    fb, _ = b.features("train")
+    b, fb = features()
     assert torch.equal(fa, fb) and calls == []  # from disk: no image decoded, no shard file hashed
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
     monkeypatch.undo()
     full = b.full_split("train")
     k1, k2 = b.cache_key(full.select(torch.arange(50)), False), b.cache_key(full.select(torch.arange(50, 100)), False)
     assert k1 != k2
-    # the folder prepared again from other images, at the same path, with the same row count
+    # the folder prepared again from other images, at the same path: same shards, same counts
     (sh_root / "meta.json").unlink()
     for f in (sh_root / "train").glob("*.npz"):
         f.unlink()
-    img = full.decode(torch.arange(len(full)))
-    img[:, 0] = 255 - img[:, 0]  # other red codes
-    shards.prepare_canvases(CanvasSet(img, labels=full.labels, class_names=full.class_names), sh_root, "train",
-                            shard_size=64, progress=False)
-    c = _ctx(planted_tools, data, n_train=60)
-    c.cache_dir = tmp_path / "cache"
-    fc, _ = c.features("train")
+    img1 = img0.clone()
+    img1[:, 0] = 255 - img1[:, 0]  # other red codes
+    prepare(img1)
+    _, fc = features()
     assert not torch.equal(fa, fc)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
 
 
 def test_segmentation_and_depth_read_prepared_shards(planted_tools, tmp_path):
