@@ -225,3 +225,32 @@ def test_subsets_of_shards_are_lazy_stratified_views(planted_tools, prepared):
     full = ctx.full_split("train")
     rows = torch.from_numpy(sub._rows)
     assert torch.equal(sub.decode(torch.arange(40)), full.decode(rows))  # the view's images are the split's rows
+
+
+def test_spatialssl_eval_on_prepared_partsworld_shards(tmp_path, capsys):
+    """End to end from the command line: a tiny checkpoint trained on PartsWorld, the same
+    PartsWorld prepared as shards, ``spatialssl eval --set data.name=shards`` on whole splits
+    (streamed in 2 workers) scores within JPEG's reach of the in-memory evaluation, dense
+    tasks included (their targets come from the shards)."""
+    import json
+
+    from spatialssl.cli import main
+    from test_evaluate import _pretrain
+
+    run = _pretrain(tmp_path / "run")
+    data = ["--set", "data.n_train=64", "--set", "data.n_eval=32"]
+    assert main(["data", "prepare", "--dataset", "partsworld", "-c", "demo", *data, "--out", str(tmp_path / "sh"),
+                 "--splits", "train,test", "--workers", "1"]) == 0
+    ev = ["--set", "eval.n_train=0", "--set", "eval.n_test=0", "--set", "eval.linear_epochs=10",
+          "--set", "eval.random_floor=false", "--set", "eval.dense_epochs=3", "--set", "eval.batch_size=16"]
+    tasks = ["--tasks", "knn,linear,segmentation,depth"]
+    assert main(["eval", "--checkpoint", str(run), *tasks, *ev, "--out", str(tmp_path / "mem")]) == 0
+    assert main(["eval", "--checkpoint", str(run), *tasks, *ev, "--out", str(tmp_path / "sh_eval"),
+                 "--set", "data.name=shards", "--set", f"data.root={tmp_path / 'sh'}", "--set", "data.workers=2"]) == 0
+    capsys.readouterr()
+    for task, key, tol in (("knn", "top1", 0.07), ("linear", "top1", 0.1), ("segmentation", "miou", 0.01),
+                           ("depth", "rmse", 0.01)):
+        a = json.loads((tmp_path / "mem" / "metrics" / f"{task}.json").read_text())["values"]
+        b = json.loads((tmp_path / "sh_eval" / "metrics" / f"{task}.json").read_text())
+        assert b["data_config"]["name"] == "shards" and b["values"]["n_test"] == a["n_test"] == 32
+        assert abs(b["values"][key] - a[key]) <= tol * max(1.0, abs(a[key])), (task, a[key], b["values"][key])
