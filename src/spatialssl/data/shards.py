@@ -1,13 +1,18 @@
 """Prepared shards: a data set decoded and resized once, stored as JPEG bytes on disk, read lazily.
 
-``spatialssl data prepare --root DIR --out SHARDS [--canvas 256]`` turns an ImageFolder (or
-PartsWorld) into this layout; training and evaluation then read only the images they need,
-so memory does not grow with the data set (ImageNet-1k at 256 px would be ~250 GB as an
-in-memory canvas tensor, per process)::
+``spatialssl data prepare --root DIR --out SHARDS [--canvas 256]`` turns an ImageFolder, a
+segmentation or depth folder (``--layout segmentation|depth``), or PartsWorld into this
+layout; training and evaluation then read only the images they need, so memory does not
+grow with the data set (ImageNet-1k at 256 px would be ~250 GB as an in-memory canvas
+tensor, per process)::
 
-    SHARDS/meta.json                 format, canvas size, per split: shard list, counts, class names
-    SHARDS/<split>/shard-00000.bin   the JPEG bytes of up to ``shard_size`` canvases, concatenated
-    SHARDS/<split>/shard-00000.npz   offsets int64 [n + 1], labels, fine labels, skipped files
+    SHARDS/meta.json                        format, canvas size, per split: shard list, counts,
+                                            per-shard SHA-1 of the JPEG bytes, targets, class names
+    SHARDS/<split>/shard-00000.bin          the JPEG bytes of up to ``shard_size`` canvases, concatenated
+    SHARDS/<split>/shard-00000.<target>.bin dense targets (semantic / parts / depth), lossless
+                                            (``encode_target``: zlib of the raw array), concatenated
+    SHARDS/<split>/shard-00000.npz          offsets int64 [n + 1] (and <target>_offsets), labels,
+                                            fine labels, skipped files, the .bin's SHA-1
 
 Format *(our choice, see docs/data.md for the measurements)*: memory-mapped arrays
 (``numpy.memmap``) of JPEG bytes with an offsets index. Random access by index is what
@@ -23,9 +28,10 @@ Canvases are made by the folder loaders' rule (``folders._decode_image``: shorte
 the canvas, centre crop), then JPEG-encoded at ``quality`` (default 95); a streamed canvas
 therefore differs from the in-memory loader's by JPEG's error only (a test bounds it).
 
-Preparation is resumable: shards are written one by one (bytes, then index, each to a
-temporary file renamed into place), a shard whose index exists is never redone, and
-``meta.json`` is written last.
+Preparation is resumable: shards are written one by one (bytes, then targets, then index,
+each to a temporary file renamed into place), a shard whose index exists is never redone,
+and ``meta.json`` is written last. The per-shard digests make a cheap content identity for
+the evaluations' feature cache (``ShardSet.digest``: no image is read to compute it).
 """
 
 from __future__ import annotations
