@@ -255,3 +255,19 @@ def test_spatialssl_eval_on_prepared_partsworld_shards(tmp_path, capsys):
         b = json.loads((tmp_path / "sh_eval" / "metrics" / f"{task}.json").read_text())
         assert b["data_config"]["name"] == "shards" and b["values"]["n_test"] == a["n_test"] == 32
         assert abs(b["values"][key] - a[key]) <= tol * max(1.0, abs(a[key])), (task, a[key], b["values"][key])
+
+
+def test_supervised_reference_trains_on_shards_batch_by_batch(planted_tools, prepared, monkeypatch):
+    """``--reference supervised`` on prepared shards decodes each step's batch only, and trains
+    the same weights as on the same images in memory."""
+    from spatialssl.evals.reference import reference_key, train_supervised
+
+    cfg = _ctx(planted_tools, {"name": "shards", "root": str(prepared / "sh")}).cfg
+    cfg["train"].update(steps=3, batch_size=8, warmup_steps=1)
+    ds = shards.ShardSet(prepared / "sh", "train")
+    mem = ds.load()
+    monkeypatch.setattr(shards.ShardSet, "images", property(lambda self: (_ for _ in ()).throw(AssertionError)))
+    a = train_supervised(cfg, ds, seed=0).state_dict()
+    b = train_supervised(cfg, mem, seed=0).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert reference_key(cfg, ds, 0) != reference_key(cfg, ds.select(torch.arange(100)), 0)
