@@ -271,3 +271,38 @@ def test_supervised_reference_trains_on_shards_batch_by_batch(planted_tools, pre
     b = train_supervised(cfg, mem, seed=0).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert reference_key(cfg, ds, 0) != reference_key(cfg, ds.select(torch.arange(100)), 0)
+
+
+def test_robustness_on_shards_is_streamed_and_equals_the_in_memory_path(planted_tools, prepared, monkeypatch):
+    """A random-init CNN: robustness on shards (streamed; the test split's images never decoded
+    whole) gives the clean and corrupted features, and every value, of the same images in memory
+    (corrupted in chunks of 32 here: the generator must see the chunks alike on both paths)."""
+    from spatialssl.evals import robustness
+
+    monkeypatch.setattr(robustness, "CORRUPT_BATCH", 32)
+    t = planted_tools
+    net = t["random_backbone"](0)
+    kw = dict(robust_corruptions=["gaussian_noise", "fog"], robust_severities=[1, 5], robust_n_test=0,
+              batch_size=32, n_test=0, linear_epochs=5)
+    mem_splits = {s: shards.ShardSet(prepared / "sh", s).load() for s in ("train", "test")}
+    got = {}
+
+    def run(ctx, name):
+        seen, orig = {}, ctx.features
+
+        def spy(split, patch=False, images=None, tag="", settings=None, transform=None, transform_batch=256):
+            out = orig(split, patch, images, tag, settings, transform, transform_batch)
+            seen[tag] = out[0]
+            return out
+
+        ctx.features = spy
+        got[name] = robustness.run(ctx), seen
+
+    run(_ctx(t, {"name": "folder"}, net, splits=dict(mem_splits), **kw), "memory")
+    monkeypatch.setattr(shards.ShardSet, "images", property(lambda self: (_ for _ in ()).throw(AssertionError)))
+    run(_ctx(t, {"name": "shards", "root": str(prepared / "sh"), "workers": 2}, net, **kw), "shards")
+    (va, fa), (vb, fb) = got["memory"], got["shards"]
+    assert set(fa) == set(fb) == {"", "gaussian_noise1", "gaussian_noise5", "fog1", "fog5"}
+    for tag in fa:
+        assert torch.equal(fa[tag], fb[tag]), tag
+    assert va == vb and va["n_test"] == 100

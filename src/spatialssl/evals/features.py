@@ -234,17 +234,31 @@ def image_batches(images: torch.Tensor | ShardSet, batch_size: int, workers: int
 @torch.no_grad()
 def extract(backbone: Backbone, images: torch.Tensor | ShardSet, img_size: int, batch_size: int = 256,
             device: torch.device | str = "cpu", patch: bool = False, desc: str = "features",
-            progress: bool = True, workers: int = 2, prefetch: int = 2) -> tuple[torch.Tensor, torch.Tensor | None]:
+            progress: bool = True, workers: int = 2, prefetch: int = 2,
+            transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            transform_batch: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Frozen features of uint8 images [N, 3, H, W] (a tensor, or a ``ShardSet`` streamed in
     batches: see ``image_batches``), resized to ``img_size``.
 
+    Args:
+        transform: applied in this process, in order, to consecutive chunks of
+            ``transform_batch`` uint8 images (uint8 [b, 3, H, W] -> the same shape) before the
+            forward (robustness corrupts streamed images so; a stateful generator sees the
+            chunks in the order ``robustness.corrupted`` does).
     Returns:
         global float32 [N, D] and, with ``patch=True``, patch float32 [N, D, h, w] (else None),
         on the CPU (moved to the device by the probes that use them).
     """
     backbone.eval().to(device)
     glob, patches = [], []
-    batches = image_batches(images, batch_size, workers, prefetch)
+    if transform is None:
+        batches = image_batches(images, batch_size, workers, prefetch)
+    else:
+        def chunks():
+            for big in image_batches(images, transform_batch, workers, prefetch):
+                t = transform(big)
+                yield from (t[i:i + batch_size] for i in range(0, len(t), batch_size))
+        batches = chunks()
     for b in tqdm(batches, total=-(-len(images) // batch_size), desc=desc, disable=not progress, leave=False):
         x = to_input(b.to(device), img_size)
         g, p = backbone.features(x)
@@ -362,11 +376,16 @@ class EvalContext:
         return hashlib.sha1(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
     def features(self, name: str, patch: bool = False, images: torch.Tensor | ShardSet | None = None,
-                 tag: str = "", settings: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 tag: str = "", settings: dict | None = None,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, transform_batch: int = 256
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Features of split ``name``'s subset (or of ``images``, e.g. corrupted or reassembled
         ones; ``tag`` only names the cache file, ``settings`` are the probe settings that shaped
-        ``images`` and enter the key). A ShardSet subset is streamed, never decoded whole.
-        Non-finite features raise ``NonFiniteError``."""
+        ``images`` and enter the key). A ShardSet subset is streamed, never decoded whole;
+        ``transform`` (see ``extract``; its ``settings`` must name it, they are its key) is
+        applied to the streamed chunks. Non-finite features raise ``NonFiniteError``."""
+        if transform is not None and not settings:
+            raise ValueError("features(transform=...) needs the settings that name the transform (the cache key)")
         if images is None:
             sub = self.split(name)
             imgs = sub if isinstance(sub, ShardSet) else sub.images
@@ -389,7 +408,8 @@ class EvalContext:
             data = self.cfg["data"]
             out = extract(self.backbone, imgs, self.img_size, self.ecfg["batch_size"], self.device, patch,
                           desc=f"features {name}{' ' + tag if tag else ''}", progress=self.progress,
-                          workers=int(data.get("workers", 2)), prefetch=int(data.get("prefetch", 2)))
+                          workers=int(data.get("workers", 2)), prefetch=int(data.get("prefetch", 2)),
+                          transform=transform, transform_batch=transform_batch)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
