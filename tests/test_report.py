@@ -330,7 +330,8 @@ def test_mismatched_pair_is_refused(tmp_path, change, key):
 
 def test_sp_name_and_folder_may_differ_and_flip_policy_is_stated(tmp_path):
     dirs = [fake_run(tmp_path, "dino", False, figures=False),
-            fake_run(tmp_path, "dino_sp", True, figures=False, sp__weight=1.0, train__progress=True)]
+            fake_run(tmp_path, "dino_sp", True, figures=False, sp__weight=1.0, train__progress=True,
+                     data__workers=4)]  # decoding processes (training and eval) change no number
     runs = report.read_runs(dirs)
     cols = report.columns(runs)
     _, pairs = report._pairs_section(cols, report.check_pairs(cols))

@@ -5,6 +5,7 @@
     spatialssl report runs/dino runs/dino_sp --out runs/report
     spatialssl data preview --dataset partsworld --out preview.png
     spatialssl data prepare --root IMAGEFOLDER --out SHARDS [--canvas 256]   (then data.name=shards data.root=SHARDS)
+    spatialssl data prepare --layout segmentation --root SEGROOT --out SEGSHARDS   (then eval.seg_root=SEGSHARDS)
     spatialssl demo [--out runs/demo]
     spatialssl compare --frameworks dino,simclr --budget small
     spatialssl config [-c PRESET ...] [--set k=v ...]   (print the resolved config)
@@ -93,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("-n", type=int, default=16)
     q.add_argument("--size", type=int, default=64)
     q = dsub.add_parser("prepare", help="decode a data set once into shards on disk (read lazily by training and evals)")
-    q.add_argument("--root", default="", help="ImageFolder root (root/<split>/<class>/... or root/<class>/...)")
+    q.add_argument("--root", default="", help="ImageFolder root (root/<split>/<class>/... or root/<class>/...); "
+                   "with --layout segmentation/depth: root/<split>/{images,masks} or root/<split>/{images,depth}")
+    q.add_argument("--layout", default="classification", choices=["classification", "segmentation", "depth"],
+                   help="folder layout (segmentation: PNG masks; depth: .npy or 16-bit .png depth maps)")
+    q.add_argument("--depth-scale", type=float, default=1.0, help="--layout depth: metres = stored value x this")
     q.add_argument("--dataset", default="folder", choices=["folder", "partsworld"],
                    help="partsworld: render the built-in set (with -c/--set data.* for its size) and shard it")
     q.add_argument("--out", required=True, help="shards folder to write (resumable: rerun to finish)")
@@ -234,8 +239,12 @@ def _prepare(a: argparse.Namespace) -> int:
     if a.dataset == "folder":
         if not a.root:
             raise ValueError("data prepare: give --root IMAGEFOLDER (or --dataset partsworld)")
-        entries = shards.prepare_folder(a.root, a.out, a.canvas, splits or None, a.shard_size, a.quality,
-                                        a.on_error, a.workers)
+        if a.layout == "classification":
+            entries = shards.prepare_folder(a.root, a.out, a.canvas, splits or None, a.shard_size, a.quality,
+                                            a.on_error, a.workers)
+        else:
+            entries = shards.prepare_dense(a.root, a.out, a.layout, a.canvas, splits or None, a.shard_size, a.quality,
+                                           a.on_error, a.workers, depth_scale=a.depth_scale)
     else:
         from .data import SPLITS, load_split
 
@@ -247,7 +256,11 @@ def _prepare(a: argparse.Namespace) -> int:
                    for s in (splits or SPLITS)}
     for split, e in entries.items():
         print(f"{split}: {e['n']} images in {len(e['shards'])} shard(s), {len(e['skipped'])} skipped")
-    print(f"shards: {a.out}  (train with --set data.name=shards --set data.root={a.out})")
+    if a.dataset == "folder" and a.layout != "classification":
+        key = "seg_root" if a.layout == "segmentation" else "depth_root"
+        print(f"shards: {a.out}  (evaluate with --set eval.{key}={a.out})")
+    else:
+        print(f"shards: {a.out}  (train and evaluate with --set data.name=shards --set data.root={a.out})")
     return 0
 
 

@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
         "cache_dir": "",  # "" = $SPATIALSSL_CACHE or ~/.cache/spatialssl
         "on_error": "skip",  # skip | raise  (unreadable files in folder data)
         "max_pixels": 64_000_000,  # folder data: larger images (w x h) are refused before decoding; 0 = no limit
-        "workers": 2,  # shards: DataLoader processes decoding training batches (0 = in the training process)
+        "workers": 2,  # shards: DataLoader processes decoding training and eval-feature batches (0 = in process)
         "prefetch": 2,  # shards: batches each worker decodes ahead (memory: workers x prefetch batches)
     },
     "backbone": {

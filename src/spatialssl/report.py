@@ -231,7 +231,13 @@ EVAL_KEYS_IGNORED = {"tasks", "n_examples"}  # which tasks ran; how many example
 # keys that may differ without comment: SP itself, the run's name and folder, and settings that
 # change no number (logging, progress bars, checkpoint cadence)
 FREE_PREFIXES = ("sp.", "name", "out_dir", "train.progress", "train.log_every", "train.checkpoint_every",
-                 "train.collapse_every", "device", "num_workers", "data.num_workers", "data.cache_dir")
+                 "train.collapse_every", "device", "num_workers", "data.num_workers", "data.cache_dir",
+                 "data.workers", "data.prefetch")
+DATA_KEYS_FREE = ("workers", "prefetch")  # how prepared shards are decoded (DataLoader processes): no number moves
+
+
+def _data_keys(d: dict | None) -> dict:
+    return {k: v for k, v in (d or {}).items() if k not in DATA_KEYS_FREE}
 
 
 def _flatten(d, prefix: str = "") -> dict:
@@ -259,8 +265,10 @@ def pair_differences(base: Run, sp: Run) -> tuple[list[str], list[str]]:
     blocking, other = [], []
     fmt = "{} ({!r} vs {!r})".format
     for sec in PAIR_SECTIONS:
-        blocking += [fmt(f"{sec}.{k}", x, y) for k, x, y in _differ(base.config.get(sec, {}) or {},
-                                                                      sp.config.get(sec, {}) or {})]
+        a, b = base.config.get(sec, {}) or {}, sp.config.get(sec, {}) or {}
+        if sec == "data":
+            a, b = _data_keys(a), _data_keys(b)
+        blocking += [fmt(f"{sec}.{k}", x, y) for k, x, y in _differ(a, b)]
     fa, fb = _flatten(base.config), _flatten(sp.config)
     for k in PAIR_KEYS:
         if fa.get(k, "(absent)") != fb.get(k, "(absent)"):
@@ -271,7 +279,7 @@ def pair_differences(base: Run, sp: Run) -> tuple[list[str], list[str]]:
         blocking += [fmt(f"eval_config[{task}].{k}", x, y) for k, x, y in _differ(ea, eb)]
         da, db = base.metrics[task].get("data_config"), sp.metrics[task].get("data_config")
         if da is not None or db is not None:  # the data the evaluation read (may be overridden at eval time)
-            blocking += [fmt(f"data_config[{task}].{k}", x, y) for k, x, y in _differ(da or {}, db or {})]
+            blocking += [fmt(f"data_config[{task}].{k}", x, y) for k, x, y in _differ(_data_keys(da), _data_keys(db))]
         na, nb = base.metrics[task].get("n_test"), sp.metrics[task].get("n_test")
         if na is not None and nb is not None and na != nb:
             blocking.append(fmt(f"{task}.n_test", na, nb))

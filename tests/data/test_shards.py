@@ -173,3 +173,103 @@ def test_shards_of_another_canvas_size_than_the_config_are_an_error(tmp_path):
     assert load_split({"name": "shards", "root": str(tmp_path / "sh"), "canvas_size": 24}, "train").canvas_size == 24
     with pytest.raises(ValueError, match=r"24 px canvases but config key 'data.canvas_size' is 448"):
         load_split({"name": "shards", "root": str(tmp_path / "sh"), "canvas_size": 448}, "train")
+
+def _dense_folder(root, kind: str, n: int = 30, size=(20, 14)):
+    """``root/<split>/images`` + ``masks`` (8-bit PNG ids, some 255 = ignore) or ``depth``
+    (.npy float, and 16-bit PNG in millimetres for every third image), with bad files: an
+    unreadable image, an image without its target, and an unreadable target."""
+    rng = np.random.default_rng(1)
+    for split in ("train", "test"):
+        ip, tp = root / split / "images", root / split / kind
+        ip.mkdir(parents=True)
+        tp.mkdir()
+        for i in range(n):
+            yy, xx = np.mgrid[0:size[1], 0:size[0]]
+            img = (rng.uniform(40, 200, 3)[None, None] + 30 * np.sin(xx[..., None] / 3 + yy[..., None] / (2 + i % 4)))
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(ip / f"{i:03d}.png")
+            if kind == "masks":
+                m = rng.integers(0, 6, size[::-1]).astype(np.uint8)
+                m[0, :3] = 255
+                Image.fromarray(m).save(tp / f"{i:03d}.png")
+            elif i % 3:
+                np.save(tp / f"{i:03d}.npy", rng.uniform(0.5, 9.0, size[::-1]).astype(np.float32))
+            else:
+                Image.fromarray(rng.integers(0, 60000, size[::-1]).astype(np.uint16)).save(tp / f"{i:03d}.png")
+        (ip / "broken.jpg").write_bytes(b"not an image")
+        Image.new("RGB", size).save(ip / "orphan.png")  # no target
+        Image.new("RGB", size).save(ip / "badtarget.png")
+        (tp / ("badtarget.png" if kind == "masks" else "badtarget.npy")).write_bytes(b"junk")
+    return root
+
+
+@pytest.mark.parametrize("layout", ["segmentation", "depth"])
+def test_dense_layouts_round_trip_equal_the_folder_loaders(tmp_path, layout):
+    """prepare -> ShardSet.load(): the same items, targets equal exactly (stored losslessly), images
+    within JPEG's error, the same files skipped (unreadable image, no target, unreadable target)."""
+    kind = "masks" if layout == "segmentation" else "depth"
+    root = _dense_folder(tmp_path / "d", kind)
+    with pytest.warns(UserWarning, match="skipped"):
+        shards.prepare_dense(root, tmp_path / "sh", layout, canvas_size=12, shard_size=7, progress=False,
+                             workers=2, depth_scale=0.001)
+    for split in ("train", "test"):
+        with pytest.warns(UserWarning, match="skipped"):
+            if layout == "segmentation":
+                ref = folders.load_segmentation(str(root / split / "images"), str(root / split / "masks"), 12,
+                                                progress=False)
+            else:
+                ref = folders.load_depth(str(root / split / "images"), str(root / split / "depth"), 12,
+                                         depth_scale=0.001, progress=False)
+        ds = shards.ShardSet(tmp_path / "sh", split)
+        got = ds.load()
+        assert len(got) == len(ref) == 30
+        target = "semantic" if layout == "segmentation" else "depth"
+        assert ds.targets == (target,)
+        a, b = getattr(got, target), getattr(ref, target)
+        assert a.dtype == b.dtype and torch.equal(a, b)
+        assert torch.equal(ds.decode_target(torch.tensor([5, 2]), target), b[[5, 2]])
+        err = (got.images.float() - ref.images.float()).abs()
+        assert err.mean() < 2.0
+        assert sorted(ds.meta["skipped"]) == sorted(ref.meta["skipped"]) and len(ref.meta["skipped"]) == 3
+
+
+def test_dense_layout_size_mismatch_is_an_error_naming_both_files(tmp_path):
+    root = _dense_folder(tmp_path / "d", "masks", n=3)
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "train" / "masks" / "001.png")
+    with pytest.raises(ValueError, match=r"001\.png.*001\.png"):
+        with pytest.warns(UserWarning):
+            shards.prepare_dense(root, tmp_path / "sh", "segmentation", canvas_size=8, progress=False)
+
+
+def test_target_codec_is_lossless_for_every_dtype():
+    rng = np.random.default_rng(0)
+    for a in (rng.integers(0, 256, (9, 9)), rng.integers(0, 70000, (9, 9)), rng.integers(-3, 3, (9, 9)),
+              rng.normal(size=(9, 9)).astype(np.float32)):
+        back = shards.decode_target(shards.encode_target(a), 9)
+        assert np.array_equal(back.numpy(), a.astype(back.numpy().dtype))
+        assert back.dtype == (torch.float32 if a.dtype == np.float32 else torch.int64)
+
+
+def test_partsworld_prepared_keeps_its_targets_and_meta(tmp_path):
+    from spatialssl.data import partsworld
+
+    cfg = partsworld.PartsWorldConfig(size=32, n_train=12, n_val=4, n_test=4, n_ood=4)
+    cs = partsworld.render(cfg, "train", 0, 12)
+    shards.prepare_canvases(cs, tmp_path / "sh", "train", shard_size=5, progress=False, workers=1)
+    ds = shards.ShardSet(tmp_path / "sh", "train")
+    got = ds.load()
+    for t in ("depth", "semantic", "parts"):
+        assert torch.equal(getattr(got, t), getattr(cs, t)), t
+    assert torch.equal(got.labels, cs.labels) and torch.equal(got.fine_labels, cs.fine_labels)
+    assert got.meta["far"] == cs.meta["far"] and got.meta["part_names"] == cs.meta["part_names"]
+
+
+def test_cli_data_prepare_segmentation_layout(tmp_path, capsys):
+    from spatialssl.cli import main
+
+    root = _dense_folder(tmp_path / "d", "masks", n=4)
+    with pytest.warns(UserWarning):
+        assert main(["data", "prepare", "--layout", "segmentation", "--root", str(root), "--out", str(tmp_path / "sh"),
+                     "--canvas", "8", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 4 images in 1 shard(s), 3 skipped" in out and "eval.seg_root=" in out
+    assert shards.ShardSet(tmp_path / "sh", "test").targets == ("semantic",)

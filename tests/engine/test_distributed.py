@@ -61,7 +61,7 @@ def _overrides(tiny: list[str], root: Path) -> list[str]:
     # a BatchNorm-free model (ViT, DINO head without BN, SP): no per-process statistics
     return [*tiny, "framework.name=dino", "sp.enabled=true", "framework.freeze_last_layer_steps=2",
             f"train.steps={STEPS}", "train.checkpoint_every=100", "data.name=shards", f"data.root={root}",
-            "data.workers=0"]
+            "data.workers=0", "data.canvas_size=48"]
 
 
 def _one_process(cfg: dict) -> dict:

@@ -6,7 +6,7 @@ use: ``data.name: partsworld`` renders (once, cached) the built-in PartsWorld se
 for ``train`` when it has no ``train`` folder), every split labelled by the train split's
 class names; ``data.name: shards`` opens a folder prepared by
 ``spatialssl data prepare`` lazily (``shards.ShardSet``: same attributes, images decoded per
-batch; ``subset`` gives an in-memory ``CanvasSet``).
+batch; ``select`` gives a lazy view of some rows, ``subset`` an in-memory ``CanvasSet``).
 """
 
 from __future__ import annotations

@@ -9,6 +9,14 @@ config, the eval image size, the probe settings that shaped the input (jigsaw's
 reassembled images), and ``FEATURE_VERSION`` (bumped whenever this file's feature code
 changes). A stale file cannot be picked up after any of those change.
 
+Prepared shards (``data.name=shards``, ``data/shards.py``) are never held in memory: a
+subset of a ``ShardSet`` is a lazy view of its rows (``ShardSet.select``), its features are
+extracted from batches decoded in ``data.workers`` DataLoader processes (``extract``: at
+most ``workers x prefetch`` decoded batches exist at once, whatever the split's size), and
+its cache key uses the shards' manifest digest and the rows (``ShardSet.digest``) instead
+of the decoded pixels. In-memory sets (PartsWorld, folders: ``CanvasSet``) keep the
+in-memory path. Both give the same features for the same images (a test checks it).
+
 Every subset a protocol uses (probe-train, test, dense, robustness, jigsaw, the two
 patch-pair halves) is a **seeded random sample, stratified by class** where the split has
 labels (``stratified_sample``): seeded by the evaluation seed and the subset's purpose,
@@ -35,6 +43,7 @@ from tqdm import tqdm
 from ..backbones import Backbone, create_backbone
 from ..data import load_split
 from ..data.canvases import CanvasSet
+from ..data.shards import ShardSet, stream_batches
 from ..views import to_input
 
 FEATURE_VERSION = 2  # bump when extract(), to_input() or what a cache file holds changes
@@ -200,25 +209,74 @@ def stratified_sample(n: int, k: int, labels: torch.Tensor | None, key: str) -> 
     return torch.cat(picks).sort().values
 
 
-@torch.no_grad()
-def extract(backbone: Backbone, images: torch.Tensor, img_size: int, batch_size: int = 256,
-            device: torch.device | str = "cpu", patch: bool = False, desc: str = "features",
-            progress: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Frozen features of uint8 images [N, 3, H, W], resized to ``img_size``.
+class _Rows:
+    """Step ``k`` -> rows ``k * batch ..`` of a set of ``n`` (picklable, for DataLoader workers)."""
 
+    def __init__(self, n: int, batch: int) -> None:
+        self.n, self.batch = n, batch
+
+    def __call__(self, k: int) -> torch.Tensor:
+        return torch.arange(k * self.batch, min(self.n, (k + 1) * self.batch))
+
+
+def image_batches(images: torch.Tensor | ShardSet, batch_size: int, workers: int = 2,
+                  prefetch: int = 2):
+    """uint8 [B, 3, H, W] batches of ``images`` in order: slices of an in-memory tensor, or a
+    ``ShardSet`` decoded in ``workers`` DataLoader processes (0: in this one; at most
+    ``workers x prefetch`` batches wait decoded)."""
+    n = len(images)
+    steps = -(-n // batch_size)
+    if isinstance(images, ShardSet):
+        return stream_batches(images, _Rows(n, batch_size), 0, steps, workers if steps > 1 else 0, prefetch)
+    return (images[i:i + batch_size] for i in range(0, n, batch_size))
+
+
+@torch.no_grad()
+def extract(backbone: Backbone, images: torch.Tensor | ShardSet, img_size: int, batch_size: int = 256,
+            device: torch.device | str = "cpu", patch: bool = False, desc: str = "features",
+            progress: bool = True, workers: int = 2, prefetch: int = 2,
+            transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            transform_batch: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Frozen features of uint8 images [N, 3, H, W] (a tensor, or a ``ShardSet`` streamed in
+    batches: see ``image_batches``), resized to ``img_size``.
+
+    Args:
+        transform: applied in this process, in order, to consecutive chunks of
+            ``transform_batch`` uint8 images (uint8 [b, 3, H, W] -> the same shape) before the
+            forward (robustness corrupts streamed images so; a stateful generator sees the
+            chunks in the order ``robustness.corrupted`` does).
     Returns:
         global float32 [N, D] and, with ``patch=True``, patch float32 [N, D, h, w] (else None),
         on the CPU (moved to the device by the probes that use them).
     """
     backbone.eval().to(device)
     glob, patches = [], []
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
-        x = to_input(images[i:i + batch_size].to(device), img_size)
+    if transform is None:
+        batches = image_batches(images, batch_size, workers, prefetch)
+    else:
+        def chunks():
+            for big in image_batches(images, transform_batch, workers, prefetch):
+                t = transform(big)
+                yield from (t[i:i + batch_size] for i in range(0, len(t), batch_size))
+        batches = chunks()
+    for b in tqdm(batches, total=-(-len(images) // batch_size), desc=desc, disable=not progress, leave=False):
+        x = to_input(b.to(device), img_size)
         g, p = backbone.features(x)
         glob.append(g.float().cpu())
         if patch:
             patches.append(p.float().cpu())
     return torch.cat(glob), (torch.cat(patches) if patch else None)
+
+
+def in_memory(cs: CanvasSet | ShardSet) -> CanvasSet:
+    """``cs`` as an in-memory ``CanvasSet`` (a ShardSet view decoded with its dense targets):
+    for the protocols that need every pixel of a bounded subset at once (dense probes)."""
+    return cs.load() if isinstance(cs, ShardSet) else cs
+
+
+def has_target(cs: CanvasSet | ShardSet, kind: str) -> bool:
+    """Whether ``cs`` carries dense target ``kind`` (without decoding a ShardSet's)."""
+    return kind in cs.targets if isinstance(cs, ShardSet) else getattr(cs, kind) is not None
 
 
 class EvalContext:
@@ -288,14 +346,15 @@ class EvalContext:
     def sample(self, cs: CanvasSet, n: int, purpose: str) -> CanvasSet:
         """A seeded, class-stratified random subset of ``n`` rows of ``cs`` (0 or >= len: all of it).
 
-        Seeded by ``purpose`` and the evaluation seed, never by the checkpoint.
+        Seeded by ``purpose`` and the evaluation seed, never by the checkpoint. Of a
+        ``ShardSet``, a lazy view (``select``: nothing decoded); of a ``CanvasSet``, its rows.
         """
         if not n or n >= len(cs):
             return cs
         key = (purpose, self.seed, n, len(cs))
         if key not in self._subsets:
             idx = stratified_sample(len(cs), n, cs.labels, f"{purpose}/n={n}/of={len(cs)}/seed={self.seed}")
-            self._subsets[key] = cs.subset(idx)
+            self._subsets[key] = cs.select(idx) if isinstance(cs, ShardSet) else cs.subset(idx)
         return self._subsets[key]
 
     def split(self, name: str) -> CanvasSet:
@@ -305,19 +364,33 @@ class EvalContext:
         return self.sample(self.full_split(name), limit, f"split:{name}")
 
     # ---- features --------------------------------------------------------------------
-    def cache_key(self, images: torch.Tensor, patch: bool, settings: dict | None = None) -> str:
-        """Hash of everything that decides the features of ``images`` (see module docstring)."""
-        material = {"version": FEATURE_VERSION, "weights": self.ckpt_hash, "images": _digest_cached(images),
-                    "data": self.cfg["data"], "img_size": self.img_size, "patch": patch,
+    def cache_key(self, images: torch.Tensor | ShardSet, patch: bool, settings: dict | None = None) -> str:
+        """Hash of everything that decides the features of ``images`` (see module docstring):
+        of a ShardSet, its manifest digest and rows (``ShardSet.digest``), never its pixels."""
+        content = f"shards:{images.digest()}" if isinstance(images, ShardSet) else _digest_cached(images)
+        # how batches are decoded (workers, prefetch) does not change the features
+        data = {k: v for k, v in self.cfg["data"].items() if k not in ("workers", "prefetch")}
+        material = {"version": FEATURE_VERSION, "weights": self.ckpt_hash, "images": content,
+                    "data": data, "img_size": self.img_size, "patch": patch,
                     "settings": settings or {}}
         return hashlib.sha1(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
-    def features(self, name: str, patch: bool = False, images: torch.Tensor | None = None,
-                 tag: str = "", settings: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def features(self, name: str, patch: bool = False, images: torch.Tensor | ShardSet | None = None,
+                 tag: str = "", settings: dict | None = None,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, transform_batch: int = 256
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Features of split ``name``'s subset (or of ``images``, e.g. corrupted or reassembled
         ones; ``tag`` only names the cache file, ``settings`` are the probe settings that shaped
-        ``images`` and enter the key). Non-finite features raise ``NonFiniteError``."""
-        imgs = images if images is not None else self.split(name).images
+        ``images`` and enter the key). A ShardSet subset is streamed, never decoded whole;
+        ``transform`` (see ``extract``; its ``settings`` must name it, they are its key) is
+        applied to the streamed chunks. Non-finite features raise ``NonFiniteError``."""
+        if transform is not None and not settings:
+            raise ValueError("features(transform=...) needs the settings that name the transform (the cache key)")
+        if images is None:
+            sub = self.split(name)
+            imgs = sub if isinstance(sub, ShardSet) else sub.images
+        else:
+            imgs = images
         key = self.cache_key(imgs, patch, settings)
         if key in self._feats:
             return self._feats[key]
@@ -332,8 +405,11 @@ class EvalContext:
                 except Exception:  # a damaged cache file is recomputed, never trusted
                     path.unlink()
         if out is None:
+            data = self.cfg["data"]
             out = extract(self.backbone, imgs, self.img_size, self.ecfg["batch_size"], self.device, patch,
-                          desc=f"features {name}{' ' + tag if tag else ''}", progress=self.progress)
+                          desc=f"features {name}{' ' + tag if tag else ''}", progress=self.progress,
+                          workers=int(data.get("workers", 2)), prefetch=int(data.get("prefetch", 2)),
+                          transform=transform, transform_batch=transform_batch)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")

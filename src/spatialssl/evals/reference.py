@@ -32,6 +32,7 @@ from tqdm import tqdm
 from .. import geometry
 from ..backbones import Backbone, create_backbone
 from ..data.canvases import CanvasSet
+from ..data.shards import ShardSet
 from ..views import cut, normalize
 from .features import EvalContext, _digest_cached, state_digest
 
@@ -47,7 +48,7 @@ def lr_at(step: int, steps: int, peak: float, warmup: int, min_lr: float) -> flo
     return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * t))
 
 
-def train_supervised(cfg: dict, data: CanvasSet, device: torch.device | str = "cpu", seed: int = 0,
+def train_supervised(cfg: dict, data: CanvasSet | ShardSet, device: torch.device | str = "cpu", seed: int = 0,
                      progress: bool = False) -> Backbone:
     """A backbone of ``cfg["backbone"]`` trained on ``data.labels`` (see module docstring), frozen."""
     if data.labels is None:
@@ -70,7 +71,8 @@ def train_supervised(cfg: dict, data: CanvasSet, device: torch.device | str = "c
         idx = torch.randint(0, len(data), (bs,), generator=g)
         boxes = geometry.sample_boxes(bs, hw, v["global_scale"], v["ratio"], g)
         flip = torch.rand(bs, generator=g) < 0.5
-        x = data.images[idx].to(device).float() / 255.0
+        # prepared shards: only the step's batch is decoded (the split is never held in memory)
+        x = (data.decode(idx) if isinstance(data, ShardSet) else data.images[idx]).to(device).float() / 255.0
         x = cut(x, boxes.to(device), v["global_size"])
         if v["global_flip"]:
             x = torch.where(flip.to(device).view(bs, 1, 1, 1), x.flip(-1), x)
@@ -85,11 +87,12 @@ def train_supervised(cfg: dict, data: CanvasSet, device: torch.device | str = "c
     return backbone.eval()
 
 
-def reference_key(cfg: dict, data: CanvasSet, seed: int) -> str:
+def reference_key(cfg: dict, data: CanvasSet | ShardSet, seed: int) -> str:
     """Hash of everything the reference backbone depends on."""
     tr, v = cfg["train"], cfg["views"]
+    images = f"shards:{data.digest()}" if isinstance(data, ShardSet) else _digest_cached(data.images)
     material = {"version": REFERENCE_VERSION, "backbone": cfg["backbone"], "data": cfg["data"], "seed": seed,
-                "images": _digest_cached(data.images), "labels": _digest_cached(data.labels),
+                "images": images, "labels": _digest_cached(data.labels),
                 "train": {k: tr[k] for k in ("steps", "batch_size", "lr", "lr_scale_with_batch", "warmup_steps",
                                              "min_lr", "weight_decay", "clip_grad")},
                 "views": {k: v[k] for k in ("global_size", "global_scale", "ratio", "global_flip")}}

@@ -23,6 +23,10 @@ Values (accuracies in [0, 1]):
   split (PartsWorld: unseen palettes, textures, lighting and skies), when the data set has
   one and ``eval.robust_ood`` is on.
 
+On prepared shards (``data.name=shards``) nothing is decoded whole: clean and corrupted
+features come from streamed batches (each chunk of ``CORRUPT_BATCH`` images corrupted in
+order with the same fixed generator, so the corrupted images are the in-memory path's).
+
 Per-image outcomes (``mean``): 0/1 correctness for ``clean_top1``, ``acc_<c>_s<k>`` and
 ``ood_top1``; for the aggregates (``acc_<c>``, ``acc_s<k>``, ``mCA``) each image's mean
 correctness over the grid it averages. ``rel_mCA`` (a ratio) has none.
@@ -38,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.canvases import CanvasSet
+from ..data.shards import ShardSet, has_split
 from . import corruptions as _corruptions
 from . import linear
 from .corruptions import CORRUPTIONS, corrupt
@@ -71,9 +76,13 @@ _CACHE_BYTES = 1 << 30
 CORRUPTION_CODE = hashlib.sha1(Path(_corruptions.__file__).read_bytes()).hexdigest()[:12]
 
 
-def corrupted(images: torch.Tensor, name: str, severity: int, batch: int = 256) -> torch.Tensor:
-    """uint8 [N, 3, H, W] -> the same images corrupted (batched; deterministic)."""
-    key = (tensor_digest(images), name, severity, CORRUPTION_CODE, corrupt)
+CORRUPT_BATCH = 256  # images corrupted per call of the generator (in memory and streamed alike)
+
+
+def corrupted(images: torch.Tensor, name: str, severity: int, batch: int | None = None) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> the same images corrupted (in chunks of ``CORRUPT_BATCH``; deterministic)."""
+    batch = batch or CORRUPT_BATCH
+    key = (tensor_digest(images), name, severity, CORRUPTION_CODE, corrupt, batch)
     if key in _CACHE:
         return _CACHE[key]
     g = corruption_generator(name, severity)
@@ -96,7 +105,8 @@ def ood_split(ctx: EvalContext) -> CanvasSet | None:
     """The ``ood`` split when the data set has one (PartsWorld; a folder with ``ood/``)."""
     data = ctx.cfg["data"]
     if "ood" in ctx._splits or data["name"] == "partsworld" or (
-            data["name"] == "folder" and data["root"] and (Path(data["root"]) / "ood").is_dir()):
+            data["name"] == "folder" and data["root"] and (Path(data["root"]) / "ood").is_dir()) or (
+            data["name"] == "shards" and data["root"] and has_split(data["root"], "ood")):
         return ctx.split("ood")
     return None
 
@@ -106,15 +116,27 @@ def run(ctx: EvalContext) -> dict:
     names, sevs = settings(e)
     split = e["split_test"]
     te = ctx.sample(ctx.split(split), e["robust_n_test"], "robustness:test")
-    images, y = te.images, te.labels
+    # prepared shards stay streamed: clean and corrupted features from batches decoded in workers
+    stream = isinstance(te, ShardSet)
+    images, y = (te if stream else te.images), te.labels
     if y is None:
         raise ValueError(f"robustness needs labels on split {split}")
     head, norm, _, _ = linear_probe(ctx)
 
-    def right(imgs: torch.Tensor, tag: str, labels: torch.Tensor = y, name: str = split,
-              shaped: dict | None = None) -> torch.Tensor:
-        f, _ = ctx.features(name, images=imgs, tag=tag, settings=shaped)
+    def right(imgs: torch.Tensor | ShardSet, tag: str, labels: torch.Tensor = y, name: str = split,
+              shaped: dict | None = None, transform=None) -> torch.Tensor:
+        f, _ = ctx.features(name, images=imgs, tag=tag, settings=shaped, transform=transform,
+                            transform_batch=CORRUPT_BATCH)
         return correct(linear.predict(head, norm, f), labels)
+
+    def corrupted_right(c: str, s: int) -> torch.Tensor:
+        shaped = {"corruption": c, "severity": s, "code": CORRUPTION_CODE}
+        if not stream:
+            return right(corrupted(images, c, s), f"{c}{s}", shaped=shaped)
+        # keyed by the shards' digest, not the corrupted pixels: the function called names the code too
+        shaped["function"] = f"{corrupt.__module__}.{corrupt.__qualname__}"
+        g = corruption_generator(c, s)  # consumed chunk by chunk, in order: the in-memory images exactly
+        return right(images, f"{c}{s}", shaped=shaped, transform=lambda b: corrupt(b, c, s, g))
 
     clean = right(images, "")
     ctx.record("clean_top1", "mean", x=clean)
@@ -122,8 +144,7 @@ def run(ctx: EvalContext) -> dict:
     grid: dict[tuple[str, int], torch.Tensor] = {}
     jobs = [(c, s) for c in names for s in sevs]
     for c, s in tqdm(jobs, desc="corruptions", disable=not ctx.progress, leave=False):
-        grid[c, s] = right(corrupted(images, c, s), f"{c}{s}",
-                           shaped={"corruption": c, "severity": s, "code": CORRUPTION_CODE})
+        grid[c, s] = corrupted_right(c, s)
         ctx.record(f"acc_{c}_s{s}", "mean", x=grid[c, s])
         out[f"acc_{c}_s{s}"] = float(grid[c, s].mean())
     # aggregates as per-image means over the grid (so each is a mean over test images too)
@@ -143,9 +164,9 @@ def run(ctx: EvalContext) -> dict:
         ood = ood_split(ctx)
         if ood is not None and ood.labels is not None:
             ood = ctx.sample(ood, e["robust_n_test"], "robustness:ood")
-            x = right(ood.images, "", ood.labels, "ood")
+            x = right(ood if isinstance(ood, ShardSet) else ood.images, "", ood.labels, "ood")
             ctx.record("ood_top1", "mean", x=x)
             out["ood_top1"] = float(x.mean())
             out["n_ood"] = len(ood)
-    out.update({"n_test": len(images), "corruptions": names, "severities": sevs})
+    out.update({"n_test": len(y), "corruptions": names, "severities": sevs})
     return out

@@ -14,9 +14,13 @@ per-image counts) chunk by chunk: full-size logits of the whole test set never e
 Per-image outcomes: ``miou`` as intersections and unions [N, C], ``pixel_acc`` as [N].
 
 Data: PartsWorld masks (``eval.seg_target``: ``semantic`` = object category + background,
-``parts`` = every part of every category + background), or a folder data set
+``parts`` = every part of every category + background; in memory, or prepared shards of
+PartsWorld with ``data.name=shards``), or a folder data set
 ``eval.seg_root/<split>/{images,masks}`` (PNG masks, value = class id, 0 = background,
-``eval.seg_ignore_index`` left out).
+``eval.seg_ignore_index`` left out), or that folder prepared as shards
+(``spatialssl data prepare --layout segmentation``; ``eval.seg_root`` = the shards folder).
+Dense probes hold their subsets' pixels, targets and patch features in memory: their size
+is bounded by ``eval.dense_n_train`` / ``eval.dense_n_test``, not by the data set.
 
 ``fit_dense`` (the probe), ``dense_data`` and ``dense_subsets`` are shared with ``depth``.
 """
@@ -33,7 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.canvases import CanvasSet
-from .features import EvalContext
+from ..data.shards import ShardSet, is_prepared
+from .features import EvalContext, has_target, in_memory
 from .probes import feature_stats
 
 SEG_TARGETS = ("semantic", "parts")
@@ -41,8 +46,9 @@ SEG_TARGETS = ("semantic", "parts")
 
 def dense_data(ctx: EvalContext, kind: str) -> tuple[tuple[str, CanvasSet], tuple[str, CanvasSet]] | None:
     """(name, set) of the probe-train and test data that carry ``kind`` ("semantic", "parts",
-    "depth") targets: folder data from ``eval.seg_root`` / ``eval.depth_root`` when set (whole
-    folders), else the context's probe-train and test subsets; None when the data set has none."""
+    "depth") targets: folder data (or prepared shards of it) from ``eval.seg_root`` /
+    ``eval.depth_root`` when set (whole splits), else the context's probe-train and test
+    subsets; None when the data set has none."""
     e = ctx.ecfg
     root = e["depth_root"] if kind == "depth" else e["seg_root"]
     names = (e["split_train"], e["split_test"])
@@ -55,7 +61,12 @@ def dense_data(ctx: EvalContext, kind: str) -> tuple[tuple[str, CanvasSet], tupl
             key = f"{kind}_{Path(root).name}_{split}"
             if key not in ctx._splits:
                 d = Path(root) / split
-                if kind == "depth":
+                if is_prepared(root):  # `spatialssl data prepare --layout segmentation|depth`
+                    cs = ShardSet(root, split)
+                    if kind not in cs.targets:
+                        raise ValueError(f"eval.{'depth' if kind == 'depth' else 'seg'}_root {root}: the prepared "
+                                         f"split {split} has no {kind} target (stored: {list(cs.targets) or 'none'})")
+                elif kind == "depth":
                     cs = folders.load_depth(str(d / "images"), str(d / "depth"), size, ctx.cfg["data"]["on_error"],
                                             e["depth_scale"], progress=ctx.progress)
                 else:
@@ -68,17 +79,26 @@ def dense_data(ctx: EvalContext, kind: str) -> tuple[tuple[str, CanvasSet], tupl
         tr, te = ctx.split(names[0]), ctx.split(names[1])
     except (FileNotFoundError, ValueError):
         return None
-    if getattr(tr, kind) is None or getattr(te, kind) is None:
+    if not has_target(tr, kind) or not has_target(te, kind):
         return None
     return (names[0], tr), (names[1], te)
 
 
 def dense_subsets(ctx: EvalContext, data: tuple) -> tuple[CanvasSet, CanvasSet]:
     """Seeded, stratified samples of ``eval.dense_n_train`` / ``eval.dense_n_test`` images of
-    the dense probe-train and test data (0 = all)."""
+    the dense probe-train and test data (0 = all), in memory (a ShardSet's decoded once)."""
     (n_tr, tr), (n_te, te) = data
     e = ctx.ecfg
-    return ctx.sample(tr, e["dense_n_train"], f"dense:{n_tr}"), ctx.sample(te, e["dense_n_test"], f"dense:{n_te}")
+    out = []
+    for name, cs, n in ((n_tr, tr, e["dense_n_train"]), (n_te, te, e["dense_n_test"])):
+        sub = ctx.sample(cs, n, f"dense:{name}")
+        if isinstance(sub, ShardSet):  # decoded once per evaluation, shared by the run and its floor
+            key = ("dense-decoded", name, sub.digest())
+            if key not in ctx._subsets:
+                ctx._subsets[key] = in_memory(sub)
+            sub = ctx._subsets[key]
+        out.append(sub)
+    return out[0], out[1]
 
 
 def patch_features(ctx: EvalContext, split: str, cs: CanvasSet) -> torch.Tensor:
