@@ -162,17 +162,22 @@ def test_cli_data_prepare_then_train_split_reads_the_shards(tmp_path, capsys):
     assert main(["data", "prepare", "--out", str(tmp_path / "x")]) == 2  # no --root: one-line error
 
 
-def test_shards_of_another_canvas_size_than_the_config_are_an_error(tmp_path):
-    """Views, enlargement warnings and presets assume data.canvas_size: shards prepared at
-    another size must not train silently at theirs."""
-    from spatialssl.data import load_split
+def test_shards_of_another_canvas_size_than_the_config_are_an_error(tmp_path, tiny_overrides):
+    """Views, enlargement warnings and presets assume data.canvas_size: training must not run
+    silently on shards prepared at another size (evaluations resize and accept any)."""
+    from spatialssl import config
+    from spatialssl.data import check_canvas, load_split
     from spatialssl.data.canvases import CanvasSet
+    from spatialssl.engine.trainer import pretrain
 
     imgs = torch.randint(0, 256, (6, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     shards.prepare_canvases(CanvasSet(imgs), tmp_path / "sh", "train", progress=False)
-    assert load_split({"name": "shards", "root": str(tmp_path / "sh"), "canvas_size": 24}, "train").canvas_size == 24
-    with pytest.raises(ValueError, match=r"24 px canvases but config key 'data.canvas_size' is 448"):
-        load_split({"name": "shards", "root": str(tmp_path / "sh"), "canvas_size": 448}, "train")
+    cfg = {"name": "shards", "root": str(tmp_path / "sh"), "canvas_size": 24}
+    check_canvas(cfg, load_split(cfg, "train"))
+    assert load_split({**cfg, "canvas_size": 448}, "train").canvas_size == 24  # evaluations: any canvas
+    with pytest.raises(ValueError, match=r"24 px canvases but config key 'data.canvas_size' is 64"):
+        pretrain(config.resolve([], [*tiny_overrides, "data.name=shards", f"data.root={tmp_path / 'sh'}",
+                                     "data.canvas_size=64", f"out_dir={tmp_path / 'run'}"]))
 
 def _dense_folder(root, kind: str, n: int = 30, size=(20, 14)):
     """``root/<split>/images`` + ``masks`` (8-bit PNG ids, some 255 = ignore) or ``depth``

@@ -35,6 +35,17 @@ def train_folder(root: Path) -> tuple[Path, tuple[str, ...]]:
     return root, tuple(s for s in SPLITS if (root / s).is_dir())
 
 
+def check_canvas(data_cfg: dict, ds) -> None:
+    """Training on prepared shards: their canvas must be ``data.canvas_size``, which the views'
+    checks (enlargement, fallback rates) and the presets assume; else a ValueError naming both.
+    (Evaluations resize to their own input size and accept any canvas.)"""
+    have = getattr(ds, "canvas_size", None)
+    want = data_cfg.get("canvas_size")
+    if data_cfg.get("name") == "shards" and want is not None and have is not None and int(want) != have:
+        raise ValueError(f"{data_cfg['root']} holds {have} px canvases but config key 'data.canvas_size' is "
+                         f"{want}: set data.canvas_size={have}, or prepare the shards again with --canvas {want}")
+
+
 def load_split(data_cfg: dict, split: str, progress: bool = True):
     """One split of the configured data set: a CanvasSet (in memory) or a ShardSet (prepared shards)."""
     name = data_cfg["name"]
@@ -43,14 +54,7 @@ def load_split(data_cfg: dict, split: str, progress: bool = True):
 
         if not data_cfg["root"]:
             raise ValueError("config key 'data.root' must name a prepared shards folder when data.name is 'shards'")
-        ds = ShardSet(data_cfg["root"], split)
-        want = data_cfg.get("canvas_size")
-        if want is not None and int(want) != ds.canvas_size:
-            # the views' checks (enlargement, fallback rates) and presets assume data.canvas_size
-            raise ValueError(f"{data_cfg['root']} holds {ds.canvas_size} px canvases but config key "
-                             f"'data.canvas_size' is {want}: set data.canvas_size={ds.canvas_size}, or prepare "
-                             f"the shards again with --canvas {want}")
-        return ds
+        return ShardSet(data_cfg["root"], split)
     if name == "partsworld":
         from . import partsworld
 

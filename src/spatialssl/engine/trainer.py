@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .. import config as config_mod
 from ..backbones import create_backbone, export_timm_state_dict
-from ..data import load_split
+from ..data import check_canvas, load_split
 from ..data.canvases import CanvasSet
 from ..data.shards import ShardSet, stream_batches
 from ..frameworks import create_framework
@@ -469,6 +469,7 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
         if not main:
             distributed.barrier(world)  # rank 0 renders / caches the data first
         data = load_split(cfg["data"], "train", progress=t["progress"] and main)
+        check_canvas(cfg["data"], data)
         if main:
             distributed.barrier(world)
     n = len(data)
