@@ -43,7 +43,7 @@ def _eval_overrides(items: list[str]) -> dict:
             raise config_mod.ConfigError(
                 f"eval --set {key}: only eval.* and data.* keys can be set for eval (the backbone, views and "
                 f"framework come from the checkpoint's config)")
-    cfg = config_mod.resolve([], items)
+    cfg = config_mod.resolve([], items, warn=False)  # validation of the eval.*/data.* keys only
     out: dict = {}
     for item in items:
         key = item.split("=", 1)[0].strip()

@@ -315,17 +315,20 @@ def _deep_update(dst: dict, src: dict) -> None:
 
 
 def resolve(presets: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = (),
-            base: dict | None = None) -> dict:
-    """Defaults (or ``base``), then each preset delta, then ``key=value`` overrides; validated."""
+            base: dict | None = None, warn: bool = True) -> dict:
+    """Defaults (or ``base``), then each preset delta, then ``key=value`` overrides; validated.
+
+    ``warn=False``: no SP/view warnings (for configs resolved only to read or validate their
+    eval.* and data.* keys, whose views nobody trains on)."""
     cfg = copy.deepcopy(base if base is not None else DEFAULTS)
     for p in presets:
         _merge(cfg, load_preset(p))
     for o in overrides:
         _merge(cfg, parse_override(o))
-    return derive(cfg)
+    return derive(cfg, warn)
 
 
-def derive(cfg: dict) -> dict:
+def derive(cfg: dict, warn: bool = True) -> dict:
     """Values that follow from others, computed in this one place."""
     check_values(cfg)
     v, sp = cfg["views"], cfg["sp"]
@@ -341,9 +344,10 @@ def derive(cfg: dict) -> dict:
         raise ConfigError("config key 'train.batch_size' must be >= 2")
     if not 0.0 <= sp["max_iou"] < 1.0:
         raise ConfigError(f"config key 'sp.max_iou' must be in [0, 1), got {sp['max_iou']}")
-    from .sp import log_config_warnings  # SP's checks: pair fallback rate, upsampled views
+    if warn:
+        from .sp import log_config_warnings  # SP's checks: pair fallback rate, upsampled views
 
-    log_config_warnings(cfg)
+        log_config_warnings(cfg)
     return cfg
 
 

@@ -73,7 +73,7 @@ def evaluate_run(run_dir: Path, tasks: str | list[str], eval_overrides: list[str
     """Evaluate a run with ``eval.*`` overrides (and, for runs trained elsewhere, this run's
     data section), over ``seeds`` probe seeds."""
     t0 = time.perf_counter()
-    ev = config_mod.resolve(["demo"], eval_overrides)["eval"]  # (the demo's sizes: no warning about other presets)
+    ev = config_mod.resolve(["demo"], eval_overrides, warn=False)["eval"]  # (the demo's sizes: no warning about other presets)
     overrides: dict = {"eval": {k: ev[k] for k in _keys(eval_overrides)}}
     if data is not None:
         overrides["data"] = data
@@ -146,7 +146,7 @@ def demo(out: Path = Path("runs/demo"), overrides: list[str] | None = None, rele
     presets = framework_presets(fw)
     ov = [f"framework.name={fw}", *BUDGETS[DEMO_BUDGET], *overrides]
     cfg = config_mod.resolve(presets, ov)
-    tasks = [t for t in config_mod.resolve(["demo"], _eval_only(overrides))["eval"]["tasks"] if t in available_tasks()]
+    tasks = [t for t in config_mod.resolve(["demo"], _eval_only(overrides), warn=False)["eval"]["tasks"] if t in available_tasks()]
     seeds = cfg["eval"]["seeds"]
     t0 = time.perf_counter()
     eval_overrides = DEMO_EVAL + _eval_only(overrides)
@@ -183,7 +183,7 @@ def compare(frameworks: list[str], budget: str, out: Path, tasks: str, overrides
         if f not in FLIP_POLICIES:
             raise ValueError(f"--flips: unknown policy '{f}' (known: {', '.join(FLIP_POLICIES)})")
     overrides = list(overrides or [])
-    cfg = config_mod.resolve(["demo"], _eval_only(overrides))
+    cfg = config_mod.resolve(["demo"], _eval_only(overrides), warn=False)
     seeds = cfg["eval"]["seeds"]
     dirs: list[Path] = []
     for fw in frameworks:
