@@ -252,12 +252,15 @@ def test_rank_shards_are_disjoint_and_complete(tmp_path, tiny_overrides):
 def test_views_are_keyed_by_the_sample_not_the_process(flip, tiny_overrides):
     """The views one process cuts for a batch are those W processes cut for their rows
     (``BatchPart``): boxes, SP pairs and their validity, flips, photometric parameters,
-    with every augmentation on; an odd local view (drawn without a pair) included."""
+    with every augmentation on; an odd local view (drawn without a pair) included; and
+    each process's count of the global batch's valid SP pairs (fallbacks forced: 4
+    candidates)."""
     cfg = config.resolve([], [*tiny_overrides, f"views.local_flip={flip}", "views.solarize=0.5",
                               "views.color_jitter=1.0", "views.blur=[1.0,0.5]", "views.local_blur=0.5"])
     c = torch.randint(0, 256, (8, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    mc = MultiCrop(cfg["views"], n_local=5, min_gap=3.0)
+    mc = MultiCrop(cfg["views"], n_local=5, min_gap=3.0, candidates=4)
     whole = mc(c, torch.Generator().manual_seed(7))
+    assert 0 < int(whole.fallbacks) < 16
     for world in (2, 4):
         b = 8 // world
         parts = [mc(c[r * b:(r + 1) * b], torch.Generator().manual_seed(7), BatchPart(r * b, b, 8)) for r in range(world)]
@@ -266,6 +269,9 @@ def test_views_are_keyed_by_the_sample_not_the_process(flip, tiny_overrides):
             assert torch.allclose(got.float(), getattr(whole, k).float(), atol=1e-5), (world, k)
         assert torch.equal(torch.cat([p.local_flipped for p in parts]), whole.local_flipped)
         assert sum(int(p.fallbacks) for p in parts) == int(whole.fallbacks)
+        # every process knows the global batch's valid SP pairs (SP's loss is normalised by them)
+        assert [int(p.sp_valid_total) for p in parts] == [int(whole.sp_valid.sum())] * world
+        assert int(whole.sp_valid_total) == int(whole.sp_valid.sum())
 
 
 GRAD_CASES = [("dino", "vit_tiny"), ("ibot", "vit_tiny"), ("mocov3", "vit_tiny"), ("simclr", "resnet_mini"),
