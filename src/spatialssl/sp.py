@@ -173,6 +173,13 @@ class SpatialPrediction(nn.Module):
         pairs: long [P, 2] indices into L: (reference a, view b).
         valid: optional bool [P, B]: pairs the sampler drew as asked (``Views.sp_valid``);
             fallback pairs are left out of the loss and of the logs.
+        n_valid: optional count the summed per-pair loss (and ``loss_zero``) is divided
+            by; default this batch's valid pairs (at least 1), i.e. the mean over them.
+            With W data-parallel processes whose gradients are averaged, the caller passes
+            the global batch's valid pairs / W: the averaged gradient is then that of the
+            mean over every valid pair of the global batch, however the fallbacks fall
+            across the processes (each process's own mean would weigh a pair of a process
+            with fewer valid pairs more). This module does no communication itself.
         returns dict: ``loss`` (scalar), ``r2_dx/dy/ds`` and ``loss_zero`` (the loss of
         predicting zero, the floor to beat), all detached but ``loss``.
     """
@@ -206,7 +213,8 @@ class SpatialPrediction(nn.Module):
         return ((t - self.t_mean) / self.t_std).reshape(-1, 3)
 
     def forward(self, emb: torch.Tensor, boxes: torch.Tensor, pairs: torch.Tensor,
-                valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                valid: torch.Tensor | None = None,
+                n_valid: torch.Tensor | float | None = None) -> dict[str, torch.Tensor]:
         if pairs.numel() == 0:
             raise ValueError("SP needs at least one pair of local views (got none): "
                              "set views.n_local or sp.extra_local_views >= 2")
@@ -217,14 +225,16 @@ class SpatialPrediction(nn.Module):
         pred = self.head(za, zb)  # fp32 (see SPHead.forward)
         w = None if valid is None else valid.reshape(-1).to(torch.float32)  # [P*B]
         per_pair = F.smooth_l1_loss(pred, target, beta=self.beta, reduction="none").mean(1)
-        if w is None:
-            loss = per_pair.mean()
-        else:
-            loss = (w * per_pair).sum() / w.sum().clamp(min=1.0)
+
+        def mean(x: torch.Tensor) -> torch.Tensor:  # over the valid pairs, or by n_valid
+            if n_valid is not None:
+                return (x if w is None else w * x).sum() / n_valid
+            return x.mean() if w is None else (w * x).sum() / w.sum().clamp(min=1.0)
+
+        loss = mean(per_pair)
         with torch.no_grad():
             r2 = r2_score(pred, target, w)
-            zero = F.smooth_l1_loss(torch.zeros_like(target), target, beta=self.beta, reduction="none").mean(1)
-            zero = zero.mean() if w is None else (w * zero).sum() / w.sum().clamp(min=1.0)
+            zero = mean(F.smooth_l1_loss(torch.zeros_like(target), target, beta=self.beta, reduction="none").mean(1))
         out = {"loss": loss, "loss_zero": zero}
         for i, c in enumerate(COMPONENTS):
             out[f"r2_{c}"] = r2[i]

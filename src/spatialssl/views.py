@@ -51,6 +51,12 @@ class Views:
             loss); None when views are made elsewhere (every pair then counts).
         local_flipped: bool [B], the images whose local views were cut from the mirrored
             canvas (``per_image`` flips; all False otherwise); None when unknown.
+        part: the rows of the global batch these views are of (``BatchPart``, data
+            parallelism), so a framework can key its own draws by the sample (iBOT's block
+            masks); None: the batch is whole.
+        sp_valid_total: valid SP pairs (0-dim long) in the whole global batch, all
+            processes' rows (known without communication: the pairs are drawn for the global
+            batch); ``sp_valid.sum()`` for a whole batch; None when views are made elsewhere.
     """
 
     globals: torch.Tensor
@@ -62,6 +68,8 @@ class Views:
     fallbacks: torch.Tensor | int = 0
     sp_valid: torch.Tensor | None = None
     local_flipped: torch.Tensor | None = field(default=None)
+    part: BatchPart | None = None
+    sp_valid_total: torch.Tensor | None = None
 
 
 def _aa_weights(lo: torch.Tensor, hi: torch.Tensor, size: int, length: int) -> torch.Tensor:
@@ -347,6 +355,7 @@ class MultiCrop:
         m = self.n_local
         n_pairs = m // 2 if self.pair_locals else 0
         valid = torch.ones(n_pairs, b, dtype=torch.bool, device=dev)
+        valid_total = torch.zeros((), dtype=torch.long, device=dev)  # over the global batch
         flip_img = torch.zeros(b, dtype=torch.bool, device=dev)
         if m > 0:
             boxes = []
@@ -355,6 +364,7 @@ class MultiCrop:
                                                   self.candidates, g, dev, self.min_gap)
                 boxes += [a[rows], bb[rows]]
                 valid[i] = ok[rows]
+                valid_total += ok.sum()
             for _ in range(m - 2 * n_pairs):
                 boxes.append(geometry.sample_boxes(total, (h, w), cfg["local_scale"], cfg["ratio"], g, dev)[rows])
             lboxes = torch.stack(boxes)  # [L, B, 4]
@@ -375,7 +385,8 @@ class MultiCrop:
             lboxes = torch.zeros(0, b, 4, device=dev)
             locals_ = torch.zeros(0, b, 3, cfg["local_size"], cfg["local_size"], device=dev)
         pairs = torch.arange(2 * n_pairs, device=dev).view(n_pairs, 2)
-        return Views(torch.stack(globals_), locals_, gboxes, lboxes, pairs, (h, w), (~valid).sum(), valid, flip_img)
+        return Views(torch.stack(globals_), locals_, gboxes, lboxes, pairs, (h, w), (~valid).sum(), valid, flip_img,
+                     part, valid_total)
 
 
 # the resolved config warns when a global view is upsampled from its median box by more

@@ -16,7 +16,8 @@ from spatialssl import config
 from spatialssl.data import shards
 from spatialssl.data.canvases import CanvasSet
 from spatialssl.engine import checkpoint
-from spatialssl.engine.trainer import batch_indices, build, local_batch_indices, step_batches, train_step
+from spatialssl.engine.trainer import (batch_indices, build, local_batch_indices, step_batches, step_generator,
+                                       train_step)
 from spatialssl.views import BatchPart, MultiCrop
 
 STEPS = 6  # 24 images, global batch 8: two epochs, with the last-layer freeze lifted at step 2
@@ -29,7 +30,7 @@ SCRIPT = textwrap.dedent('''
     from spatialssl.engine import distributed
     from spatialssl.engine.trainer import build, pretrain, step_batches, train_step
 
-    out, overrides = sys.argv[1], sys.argv[2:]
+    out, what, overrides = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
     cfg = config.resolve([], overrides + [f"out_dir={out}/unused"])
     rank, world, local = distributed.init(cfg["device"])
     dev = torch.device("cuda", local) if cfg["device"] == "cuda" else torch.device("cpu")
@@ -44,7 +45,8 @@ SCRIPT = textwrap.dedent('''
             train_step(run, batch, step)
         torch.save({"framework": run.framework.state_dict(), "sp": run.sp.state_dict()}, f"{out}/{mode}-rank{rank}.pt")
     # 2. pretrain end to end (DDP): rank 0 alone writes the run directory
-    pretrain(config.resolve([], overrides + [f"out_dir={out}/run"]))
+    if "pretrain" in what:
+        pretrain(config.resolve([], overrides + [f"out_dir={out}/run"]))
 ''')
 
 
@@ -74,14 +76,15 @@ def _one_process(cfg: dict) -> dict:
     return {"framework": cpu(run.framework.state_dict()), "sp": cpu(run.sp.state_dict())}
 
 
-def _two_processes(tmp_path: Path, ov: list[str]) -> dict:
-    """Runs SCRIPT under torchrun with 2 processes; the one-process weights for comparison."""
+def _two_processes(tmp_path: Path, ov: list[str], pretrain: bool = True) -> dict:
+    """Runs SCRIPT under torchrun with 2 processes (the steps by hand in both modes, then
+    ``pretrain`` unless told not to); the one-process weights for comparison."""
     (tmp_path / "worker.py").write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"),
                                                          os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(tmp_path / "worker.py"), str(tmp_path), *ov]
+           str(tmp_path / "worker.py"), str(tmp_path), "steps,pretrain" if pretrain else "steps", *ov]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return _one_process(config.resolve([], [*ov, f"out_dir={tmp_path / 'one'}"]))
@@ -121,6 +124,92 @@ def test_two_processes_match_one_process_and_rank0_writes(tmp_path, tiny_overrid
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, STEPS + 1))  # logged once, by rank 0
     assert (run / "backbone.safetensors").exists()
+
+
+def test_ibot_and_uneven_sp_fallbacks_match_one_process(tmp_path, tiny_overrides):
+    """iBOT + SP: two processes end where one process ends, with iBOT's block masks drawn
+    for the global batch (``ibot.step_masks``), its patch centre over every process's
+    masked tokens, and SP's loss the mean over the global batch's valid pairs while SP
+    falls back on ~44% of its pairs (``sp.pair_candidates=4``), unevenly across the ranks."""
+    from spatialssl.frameworks.ibot import mask_seed, step_masks
+
+    root = _shards(tmp_path / "shards")
+    ov = [*_overrides(tiny_overrides, root), "device=cpu", "framework.name=ibot", "sp.pair_candidates=4"]
+    cfg = config.resolve([], [*ov, f"out_dir={tmp_path / 'u'}"])
+    # the set-up has teeth: some step gives the ranks different numbers of valid SP pairs
+    # and of masked patches (otherwise per-rank means would be exact already)
+    s, v, cpu = cfg["sp"], cfg["views"], torch.device("cpu")
+    mc = MultiCrop(v, n_local=v["n_local"], max_iou=s["max_iou"], candidates=s["pair_candidates"], min_gap=s["min_gap"])
+    f, g, b = cfg["framework"], v["n_global"], cfg["train"]["batch_size"] // 2
+    uneven_sp = uneven_masks = 0
+    for step, batch in enumerate(step_batches(shards.ShardSet(root, "train"), cfg, cpu, 0, STEPS)):
+        valid = mc(batch, step_generator(cfg["seed"], step, cpu)).sp_valid  # [P, 2b]
+        per_rank = valid.view(valid.shape[0], 2, b).sum((0, 2))
+        uneven_sp += int(per_rank[0] != per_rank[1])
+        masked = [int(step_masks(g, b, BatchPart(r * b, b, 2 * b), (4, 4), f["mask_prob"], tuple(f["mask_ratio"]),
+                                 mask_seed(cfg["seed"], step)).sum()) for r in (0, 1)]
+        uneven_masks += int(masked[0] != masked[1])
+    assert uneven_sp >= 2 and uneven_masks >= 2, (uneven_sp, uneven_masks)
+
+    one = _two_processes(tmp_path, ov, pretrain=False)
+    _ranks_match_one_process(tmp_path, one, 1e-6)
+
+
+def test_ibot_masks_are_keyed_by_the_sample_not_the_process(monkeypatch, tiny_overrides):
+    """iBOT's block masks of W processes' rows are the one-process masks of the global
+    batch; and one process draws exactly the masks it drew before (lightly's
+    ``random_block_mask`` for its G * B views at the old seed, whose rank term was 0)."""
+    from spatialssl.frameworks import ibot
+
+    g, total, grid = 2, 8, (4, 4)
+    whole = ibot.step_masks(g, total, None, grid, 0.5, (0.1, 0.5), seed=11)
+    assert whole.shape == (g * total, *grid)
+    for world in (2, 4):
+        b = total // world
+        parts = [ibot.step_masks(g, b, BatchPart(r * b, b, total), grid, 0.5, (0.1, 0.5), seed=11).view(g, b, *grid)
+                 for r in range(world)]
+        assert torch.equal(torch.cat(parts, dim=1).reshape(g * total, *grid), whole), world
+
+    cfg = config.resolve([], [*tiny_overrides, "framework.name=ibot", "out_dir=unused"])
+    run = build(cfg, (48, 48), torch.device("cpu"))
+    drawn = []
+    real = ibot.block_masks
+    monkeypatch.setattr(ibot, "block_masks", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    c = torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    train_step(run, c, 3)
+    f = cfg["framework"]
+    old = real(2 * 4, grid, f["mask_prob"], tuple(f["mask_ratio"]), torch.device("cpu"),
+               (cfg["seed"] * 1_000_003 + 3) * 1024 + 0)  # the seed before: per step, plus the rank
+    assert len(drawn) == 1 and torch.equal(drawn[0], old)
+
+
+def test_sp_loss_is_the_global_mean_with_uneven_fallbacks():
+    """SP's loss with ``n_valid`` = (global valid pairs) / W: the average of two ranks'
+    gradients is the gradient of one process's mean over the global batch's valid pairs,
+    with the ranks' valid pairs planted 4 and 1 (each rank's own mean is not)."""
+    from spatialssl.sp import SpatialPrediction
+
+    torch.manual_seed(0)
+    sp = SpatialPrediction(8, (48, 48), (0.05, 0.25), hidden_dim=16)
+    l, bsz, d = 2, 8, 8
+    emb = torch.randn(l, bsz, d)
+    lo = torch.rand(l, bsz, 2) * 30
+    boxes = torch.cat([lo, lo + 4 + torch.rand(l, bsz, 2) * 10], -1)
+    pairs = torch.tensor([[0, 1]])
+    valid = torch.tensor([[True, True, True, True, False, False, True, False]])  # rank 0: 4 valid, rank 1: 1
+
+    def grads(loss: torch.Tensor) -> torch.Tensor:
+        sp.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in sp.parameters()])
+
+    ref = grads(sp(emb, boxes, pairs, valid)["loss"])
+    n_valid = valid.sum().float() / 2
+    rows = (slice(0, 4), slice(4, 8))
+    avg = sum(grads(sp(emb[:, r], boxes[:, r], pairs, valid[:, r], n_valid)["loss"]) for r in rows) / 2
+    torch.testing.assert_close(avg, ref, rtol=1e-5, atol=1e-7)
+    own = sum(grads(sp(emb[:, r], boxes[:, r], pairs, valid[:, r])["loss"]) for r in rows) / 2
+    assert not torch.allclose(own, ref, rtol=1e-2, atol=0)  # per-rank means: the bug this guards against
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (NCCL, SyncBatchNorm)")
@@ -163,12 +252,15 @@ def test_rank_shards_are_disjoint_and_complete(tmp_path, tiny_overrides):
 def test_views_are_keyed_by_the_sample_not_the_process(flip, tiny_overrides):
     """The views one process cuts for a batch are those W processes cut for their rows
     (``BatchPart``): boxes, SP pairs and their validity, flips, photometric parameters,
-    with every augmentation on; an odd local view (drawn without a pair) included."""
+    with every augmentation on; an odd local view (drawn without a pair) included; and
+    each process's count of the global batch's valid SP pairs (fallbacks forced: 4
+    candidates)."""
     cfg = config.resolve([], [*tiny_overrides, f"views.local_flip={flip}", "views.solarize=0.5",
                               "views.color_jitter=1.0", "views.blur=[1.0,0.5]", "views.local_blur=0.5"])
     c = torch.randint(0, 256, (8, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    mc = MultiCrop(cfg["views"], n_local=5, min_gap=3.0)
+    mc = MultiCrop(cfg["views"], n_local=5, min_gap=3.0, candidates=4)
     whole = mc(c, torch.Generator().manual_seed(7))
+    assert 0 < int(whole.fallbacks) < 16
     for world in (2, 4):
         b = 8 // world
         parts = [mc(c[r * b:(r + 1) * b], torch.Generator().manual_seed(7), BatchPart(r * b, b, 8)) for r in range(world)]
@@ -177,6 +269,9 @@ def test_views_are_keyed_by_the_sample_not_the_process(flip, tiny_overrides):
             assert torch.allclose(got.float(), getattr(whole, k).float(), atol=1e-5), (world, k)
         assert torch.equal(torch.cat([p.local_flipped for p in parts]), whole.local_flipped)
         assert sum(int(p.fallbacks) for p in parts) == int(whole.fallbacks)
+        # every process knows the global batch's valid SP pairs (SP's loss is normalised by them)
+        assert [int(p.sp_valid_total) for p in parts] == [int(whole.sp_valid.sum())] * world
+        assert int(whole.sp_valid_total) == int(whole.sp_valid.sum())
 
 
 GRAD_CASES = [("dino", "vit_tiny"), ("ibot", "vit_tiny"), ("mocov3", "vit_tiny"), ("simclr", "resnet_mini"),

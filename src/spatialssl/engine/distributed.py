@@ -25,8 +25,9 @@ Only rank 0 writes the run directory: config, logs, checkpoints, exported weight
 
 With a BatchNorm-free model, two processes end at the weights of one process with the same
 global batch (to float rounding; ``tests/engine/test_distributed.py``, CPU gloo, both
-``data_parallel`` modes). iBOT is the exception: its block masks are drawn per process
-batch (``frameworks/ibot.py``), so its runs depend on the number of processes. Not
+``data_parallel`` modes), iBOT included (block masks drawn for the global batch and
+sliced, ``frameworks/ibot.py``) and with SP's fallback pairs falling unevenly (SP's loss
+is normalised by the global batch's valid pairs, ``trainer.StepForward``). Not
 measured on several GPUs (none here); ``benchmarks/data_parallel.py`` times DDP against the
 flat all-reduce with CPU processes.
 """

@@ -121,11 +121,16 @@ class StepForward(torch.nn.Module):
     One module so that ``DistributedDataParallel`` can wrap the whole forward (teacher,
     student, SP): DDP reduces the gradients of the parameters used in its module's forward
     and must see every one of them there. Returns (total loss, SP terms, framework output).
+
+    With ``world`` > 1 processes SP's loss is normalised by the global batch's valid pairs
+    (``Views.sp_valid_total``, known on every process without communication) over
+    ``world``, so the gradient the processes average is that of SP's mean over the global
+    batch even when fallback pairs fall unevenly across processes.
     """
 
-    def __init__(self, framework: Framework, sp: SpatialPrediction | None, sp_weight: float) -> None:
+    def __init__(self, framework: Framework, sp: SpatialPrediction | None, sp_weight: float, world: int = 1) -> None:
         super().__init__()
-        self.framework, self.sp, self.sp_weight = framework, sp, sp_weight
+        self.framework, self.sp, self.sp_weight, self.world = framework, sp, sp_weight, world
 
     def forward(self, views: Views, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         out = self.framework(views, step)
@@ -134,8 +139,13 @@ class StepForward(torch.nn.Module):
             emb = out.get("local_emb")
             if emb is None:  # frameworks without local views: SP encodes its extra views
                 emb = encode(self.framework.backbone, views.locals)
-            # fallback pairs (no candidate met max_iou / min_gap) are left out of the SP loss
-            sp_out = self.sp(emb, views.local_boxes, views.sp_pairs, views.sp_valid)
+            # fallback pairs (no candidate met max_iou / min_gap) are left out of the SP loss;
+            # with several processes each divides its sum by (global valid pairs) / world: the
+            # gradients' average over processes is then the global mean's gradient
+            n_valid = None
+            if self.world > 1 and views.sp_valid_total is not None:
+                n_valid = views.sp_valid_total.clamp(min=1).float() / self.world
+            sp_out = self.sp(emb, views.local_boxes, views.sp_pairs, views.sp_valid, n_valid)
             total = total + self.sp_weight * sp_out["loss"]
             terms.update({f"sp_{k}" if k != "loss" else "loss_sp": v for k, v in sp_out.items()})
         return total, terms, out
@@ -154,7 +164,7 @@ class Run:
         self.sp_weight = cfg["sp"]["weight"] if sp is not None else 0.0
         self.rank, self.world = rank, world  # data-parallel position (engine/distributed.py)
         # the step's forward; in DistributedDataParallel with several processes (train.data_parallel=ddp)
-        self.model = distributed.wrap(StepForward(framework, sp, self.sp_weight), device, world,
+        self.model = distributed.wrap(StepForward(framework, sp, self.sp_weight, world), device, world,
                                       cfg["train"]["data_parallel"])
         self.ddp = isinstance(self.model, DistributedDataParallel)
 
