@@ -103,13 +103,6 @@ def test_resume_changes_split_safe_from_unsafe():
                                                                                 "data.max_pixels=5"]))[0]
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def test_every_shipped_preset_resolves_and_sp_presets_enlarge_no_local_view():
     """Every configs/*.yaml resolves; with SP on, none warns (no local view enlarged more than
     1.1x, no fallback rate above 5%: docs/sp.md "Resampling"), global views included."""
@@ -123,8 +116,8 @@ def test_every_shipped_preset_resolves_and_sp_presets_enlarge_no_local_view():
 
 
 def test_imagenet_presets_differ_by_sp_alone():
-    base = _flat(config.resolve(["imagenet100_vits16_dino"]))
-    with_sp = _flat(config.resolve(["imagenet100_vits16_dino_sp"]))
+    base = config.flatten(config.resolve(["imagenet100_vits16_dino"]))
+    with_sp = config.flatten(config.resolve(["imagenet100_vits16_dino_sp"]))
     assert {k for k in base if base[k] != with_sp[k]} == {"name", "sp.enabled"}
     assert base["views.local_flip"] == "per_image" and base["data.name"] == "shards"
     assert base["train.steps"] * base["train.batch_size"] >= 100 * 126_689  # 100 epochs

@@ -120,12 +120,12 @@ def cut(canvases: torch.Tensor, boxes: torch.Tensor, size: int,
         float [K, C, size, size] (or [V, B, C, size, size]) in the canvases' scale.
     """
     x = canvases if canvases.is_floating_point() else canvases.float()
-    if boxes.dim() == 2:
-        if index is not None:
-            return torch.cat([cut(x[index[i:i + 256]], boxes[i:i + 256], size)
-                              for i in range(0, boxes.shape[0], 256)]) if boxes.shape[0] else \
-                x.new_zeros(0, x.shape[1], size, size)
-        return cut(x, boxes[None], size)[0]
+    if boxes.dim() == 2:  # box k of canvas index[k]: gathered 256 canvases at a time
+        if index is None:
+            return cut(x, boxes[None], size)[0]
+        chunks = [cut(x[index[i:i + 256]], boxes[i:i + 256][None], size)[0]
+                  for i in range(0, boxes.shape[0], 256)]
+        return torch.cat(chunks) if chunks else x.new_zeros(0, x.shape[1], size, size)
     b, c, h, w = x.shape
     boxes = boxes.to(x.dtype)
     flat = x.reshape(b, c * h, w)
