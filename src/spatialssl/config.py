@@ -118,6 +118,9 @@ DEFAULTS: dict[str, Any] = {
         "clip_grad": 3.0,  # 0 = off
         "precision": "auto",  # auto | fp32 | bf16  (auto: bf16 on CUDA, fp32 on CPU)
         "compile": False,
+        # NHWC activations for CNN backbones (faster convolutions on CPU with oneDNN, and on
+        # GPU tensor cores); benchmarks/cpu_step.py measures it. No effect on ViTs
+        "channels_last": False,
         "checkpoint_every": 500,
         "log_every": 10,
         "collapse_every": 50,
@@ -392,11 +395,11 @@ def check_values(cfg: dict) -> None:
 
 
 # keys a run may change when it resumes: they decide where and how a run is logged, not
-# what it computes (``device``, ``train.compile`` and ``train.data_parallel`` change floating-point rounding only;
+# what it computes (``device``, ``train.compile``, ``train.channels_last`` and ``train.data_parallel`` change floating-point rounding only;
 # ``eval.*`` is read by evaluations, never by training)
 RESUME_SAFE: tuple[str, ...] = (
     "name", "out_dir", "device", "data.cache_dir", "train.progress", "train.log_every", "train.checkpoint_every",
-    "train.collapse_every", "train.num_threads", "train.compile", "train.data_parallel", "eval.",
+    "train.collapse_every", "train.num_threads", "train.compile", "train.channels_last", "train.data_parallel", "eval.",
 )
 RESUME_HISTORY = "resumed_with_changes"  # config.yaml entry listing changes forced on resume
 

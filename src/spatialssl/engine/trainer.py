@@ -218,6 +218,10 @@ def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device, rank: int
     peak = t["lr"] * (t["batch_size"] / 256 if t["lr_scale_with_batch"] else 1.0)
     lr = schedules.cosine(peak, t["min_lr"], steps, t["warmup_steps"])
     wd = schedules.cosine(t["weight_decay"], t["weight_decay_end"], steps)
+    if t["channels_last"]:
+        # NHWC weights make convolutions choose NHWC activations (oneDNN on CPU); a ViT is unaffected
+        for m in [framework] + ([sp] if sp is not None else []):
+            m.to(memory_format=torch.channels_last)
     if t["compile"]:
         # backbones only (student and teacher): heads, losses and SP stay eager. Static
         # shapes: each view size (global, local) gets its own graph instead of one

@@ -1,0 +1,235 @@
+"""CPU training-step speed of the demo's settings: precision, memory format, compile, threads.
+
+Times ``train_step`` end to end (multi-crop from uint8 canvases, both networks, losses,
+backward, AdamW, EMA) for three settings
+
+  byol_sp   the demo: BYOL + SP, resnet_mini (width 16), 2x32 + 2x16 px views, batch 64
+  dino_sp   configs/demo_dino.yaml + SP: 2x32 + 4x16 px views, batch 64
+  vit_tiny  DINO + SP on ViT-Tiny/8 at 32 px (throughput.py's small setting), batch 32
+
+and, for each, these modes (``--modes`` picks some):
+
+  fp32            eager fp32, NCHW: the step before this benchmark (today's default)
+  fp32_1t         the same on one thread (torch.set_num_threads(1))
+  bf16            bf16 autocast on the CPU (oneDNN; AVX512-BF16 / AMX where the CPU has them)
+  cl              channels_last (NHWC) weights and activations, fp32
+  compile         torch.compile (inductor, CPU) of the backbones, fp32
+  bf16_cl         bf16 + channels_last
+  bf16_cl_compile bf16 + channels_last + compile (the demo preset's setting)
+
+Each cell prints img/s (one image = all its views), ms per step (median of ``--steps``
+timed steps after 3 warm-up steps, compilation included in those), GFLOP per step
+(torch.utils.flop_counter over one step: convolutions and matmuls, forward and backward)
+and achieved GFLOP/s, beside the machine's measured matmul peak (a 4096^3 matmul on the
+same threads, fp32 and bf16: the peak a dense kernel reaches here, not a datasheet figure)
+and the ratio to the fp32 row.
+
+``--learning``: the loss curves of 400 demo steps (BYOL + SP on PartsWorld, two seeds)
+under fp32 eager and under the preset's bf16 + channels_last + compile, written to
+docs/figures/cpu_step_loss.png and a JSON, with the largest gap between the two modes'
+seed means and the seed-to-seed spread (the check that the faster step learns the same).
+
+Usage:
+    python benchmarks/cpu_step.py [--settings byol_sp,dino_sp,vit_tiny] [--modes ...] [--steps 15]
+    python benchmarks/cpu_step.py --learning [--learning-steps 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from spatialssl import config  # noqa: E402
+from spatialssl.engine.trainer import build, train_step  # noqa: E402
+
+SETTINGS = {
+    "byol_sp": (["byol", "demo"], ["framework.name=byol", "sp.enabled=true"]),
+    "dino_sp": (["dino", "demo_dino"], ["framework.name=dino", "sp.enabled=true"]),
+    "vit_tiny": (["dino", "demo"], ["framework.name=dino", "sp.enabled=true", "backbone.name=vit_tiny",
+                                    "backbone.patch_size=8", "backbone.img_size=32", "train.batch_size=32",
+                                    "framework.out_dim=4096", "framework.hidden_dim=512",
+                                    "framework.head_batch_norm=false"]),
+}
+# mode -> (precision, channels_last, compile, threads); threads 0 = the machine's cores
+MODES = {
+    "fp32": ("fp32", False, False, 0),
+    "fp32_1t": ("fp32", False, False, 1),
+    "bf16": ("bf16", False, False, 0),
+    "cl": ("fp32", True, False, 0),
+    "compile": ("fp32", False, True, 0),
+    "bf16_cl": ("bf16", True, False, 0),
+    "bf16_cl_compile": ("bf16", True, True, 0),
+}
+BASE = ["views.local_flip=per_image", "train.progress=false", "device=cpu"]
+
+
+def mode_overrides(mode: str) -> list[str]:
+    precision, cl, comp, _ = MODES[mode]
+    return [f"train.precision={precision}", f"train.channels_last={str(cl).lower()}",
+            f"train.compile={str(comp).lower()}"]
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
+    """GFLOP/s of an n^3 matmul on the current threads (best of ``reps``)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def step_flops(run, canvases: torch.Tensor) -> float:
+    """FLOPs of one training step (forward + backward), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step(run, canvases, 1)
+    return float(counter.get_total_flops())
+
+
+def bench(setting: str, mode: str, steps: int) -> dict:
+    presets, ov = SETTINGS[setting]
+    threads = MODES[mode][3] or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    cfg = config.resolve(presets, [*ov, *BASE, *mode_overrides(mode), f"train.steps={steps + 10}"], warn=False)
+    c = cfg["data"]["canvas_size"]
+    run = build(cfg, (c, c), torch.device("cpu"))
+    run.framework.collect_logs = False  # as on the trainer's non-logging steps
+    b = cfg["train"]["batch_size"]
+    g = torch.Generator().manual_seed(0)
+    pool = torch.randint(0, 256, (4 * b, 3, c, c), dtype=torch.uint8, generator=g)
+    times = []
+    t0 = time.perf_counter()
+    for i in range(steps + 3):
+        idx = torch.randint(0, len(pool), (b,), generator=g)
+        t = time.perf_counter()
+        train_step(run, pool[idx], i)
+        times.append(time.perf_counter() - t)
+    warm_s = sum(times[:3])
+    med = statistics.median(times[3:])
+    flops = step_flops(run, pool[:b])
+    return {"setting": setting, "mode": mode, "threads": threads, "batch": b, "img_s": b / med, "ms": med * 1e3,
+            "gflop_step": flops / 1e9, "gflops": flops / med / 1e9, "warmup_s": warm_s,
+            "total_s": time.perf_counter() - t0}
+
+
+def speed(args) -> None:
+    threads = torch.get_num_threads()
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    print(f"# CPU: {cpu_name()}, {threads} threads; matmul peak (4096^3, measured here): "
+          f"fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s", flush=True)
+    rows = []
+    print("| setting | mode | threads | img/s | ms/step | GFLOP/step | GFLOP/s | % of peak | x fp32 | warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    for setting in args.settings.split(","):
+        base = None
+        for mode in args.modes.split(","):
+            if setting == "vit_tiny" and MODES[mode][1]:
+                continue  # channels_last does nothing for a ViT
+            r = bench(setting, mode, args.steps)
+            torch.set_num_threads(threads)
+            base = base or (r["img_s"] if mode == "fp32" else None)
+            peak = peak16 if MODES[mode][0] == "bf16" else peak32
+            r["pct_peak"] = 100 * r["gflops"] / peak
+            r["x_fp32"] = r["img_s"] / base if base else float("nan")
+            rows.append(r)
+            print(f"| {setting} | {mode} | {r['threads']} | {r['img_s']:.0f} | {r['ms']:.0f} | {r['gflop_step']:.2f} | "
+                  f"{r['gflops']:.0f} | {r['pct_peak']:.1f} | {r['x_fp32']:.2f} | {r['warmup_s']:.0f} |", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "threads": threads, "peak_fp32": peak32,
+                                               "peak_bf16": peak16, "rows": rows}, indent=1))
+
+
+def learning(args) -> None:
+    """400 demo steps under fp32 eager and under the preset's fast step, two seeds each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from spatialssl.engine.trainer import pretrain
+
+    out_root = Path(args.runs)
+    curves: dict[str, dict[int, list[float]]] = {}
+    for mode in ("fp32", "bf16_cl_compile"):
+        for seed in (0, 1):
+            presets, ov = SETTINGS["byol_sp"]
+            cfg = config.resolve(presets, [*ov, *BASE[:2], *mode_overrides(mode), f"seed={seed}",
+                                           f"train.steps={args.learning_steps}", "train.log_every=10",
+                                           f"out_dir={out_root / f'{mode}_s{seed}'}"], warn=False)
+            t = time.perf_counter()
+            run_dir = pretrain(cfg, resume=False)
+            rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+            curves.setdefault(mode, {})[seed] = [v for _, v in losses]
+            steps_axis = [s for s, _ in losses]
+            print(f"{mode} seed {seed}: {time.perf_counter() - t:.0f} s, final loss {losses[-1][1]:.4f}", flush=True)
+    mean = {m: [statistics.mean(v) for v in zip(*c.values())] for m, c in curves.items()}
+    seed_gap = max(max(abs(a - b) for a, b in zip(*c.values())) for c in curves.values())
+    mode_gap = max(abs(a - b) for a, b in zip(mean["fp32"], mean["bf16_cl_compile"]))
+    last = slice(-10, None)  # the last 100 steps
+    seed_gap_end = max(statistics.mean(abs(a - b) for a, b in list(zip(*c.values()))[last]) for c in curves.values())
+    mode_gap_end = statistics.mean(abs(a - b) for a, b in list(zip(mean["fp32"], mean["bf16_cl_compile"]))[last])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for mode, color in (("fp32", "tab:blue"), ("bf16_cl_compile", "tab:orange")):
+        for seed, v in curves[mode].items():
+            ax.plot(steps_axis, v, color=color, alpha=0.8, ls="-" if seed == 0 else "--",
+                    label=f"{mode} seed {seed}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("total loss (BYOL + SP), logged every 10 steps")
+    ax.set_title("demo step: fp32 eager vs bf16 + channels_last + compile (2-core CPU)")
+    ax.legend()
+    fig.tight_layout()
+    png = REPO / "docs" / "figures" / "cpu_step_loss.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    summary = {"steps": args.learning_steps, "curves": curves, "steps_axis": steps_axis,
+               "max_gap_between_modes": mode_gap, "max_gap_between_seeds": seed_gap,
+               "mean_gap_between_modes_last100": mode_gap_end, "mean_gap_between_seeds_last100": seed_gap_end}
+    (REPO / "benchmarks" / "cpu_step_learning.json").write_text(json.dumps(summary, indent=1))
+    print(f"largest gap between the modes' seed means {mode_gap:.4f}; between seeds of one mode {seed_gap:.4f}")
+    print(f"last 100 steps, mean gap: modes {mode_gap_end:.4f}, seeds {seed_gap_end:.4f}; plot {png}")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--settings", default=",".join(SETTINGS))
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--json", default="")
+    p.add_argument("--learning", action="store_true")
+    p.add_argument("--learning-steps", type=int, default=400)
+    p.add_argument("--runs", default="runs/cpu_step")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.learning:
+        learning(args)
+    else:
+        speed(args)
+
+
+if __name__ == "__main__":
+    main()
