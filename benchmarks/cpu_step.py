@@ -15,7 +15,14 @@ and, for each, these modes (``--modes`` picks some):
   cl              channels_last (NHWC) weights and activations, fp32
   compile         torch.compile (inductor, CPU) of the backbones, fp32
   bf16_cl         bf16 + channels_last
-  bf16_cl_compile bf16 + channels_last + compile (the demo preset's setting)
+  bf16_cl_compile bf16 + channels_last + compile
+  bf16_cl_1t      bf16 + channels_last on one thread (the study's setting: two cells at once,
+                  one core each; with two threads each step's OpenMP regions wait on the slower
+                  core, and any other load on the machine stalls them)
+
+The demo presets (configs/demo.yaml, and so every CPU compare/study cell) use ``FAST``:
+bf16 + channels_last without compile (compile adds ~30-60 s of start-up per process for
+a few percent on the demo CNN; benchmarks/RESULTS.md "CPU step").
 
 Each cell prints img/s (one image = all its views), ms per step (median of ``--steps``
 timed steps after 3 warm-up steps, compilation included in those), GFLOP per step
@@ -25,7 +32,7 @@ same threads, fp32 and bf16: the peak a dense kernel reaches here, not a datashe
 and the ratio to the fp32 row.
 
 ``--learning``: the loss curves of 400 demo steps (BYOL + SP on PartsWorld, two seeds)
-under fp32 eager and under the preset's bf16 + channels_last + compile, written to
+under fp32 eager and under ``FAST`` (the demo preset's step), written to
 docs/figures/cpu_step_loss.png and a JSON, with the largest gap between the two modes'
 seed means and the seed-to-seed spread (the check that the faster step learns the same).
 
@@ -69,7 +76,9 @@ MODES = {
     "compile": ("fp32", False, True, 0),
     "bf16_cl": ("bf16", True, False, 0),
     "bf16_cl_compile": ("bf16", True, True, 0),
+    "bf16_cl_1t": ("bf16", True, False, 1),
 }
+FAST = "bf16_cl"  # the demo preset's step
 BASE = ["views.local_flip=per_image", "train.progress=false", "device=cpu"]
 
 
@@ -101,57 +110,77 @@ def step_flops(run, canvases: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
-def bench(setting: str, mode: str, steps: int) -> dict:
+def build_mode(setting: str, mode: str, steps: int):
+    """A run (model, optimiser, views) of ``setting`` in ``mode``; its batch size and canvas."""
     presets, ov = SETTINGS[setting]
-    threads = MODES[mode][3] or torch.get_num_threads()
-    torch.set_num_threads(threads)
     cfg = config.resolve(presets, [*ov, *BASE, *mode_overrides(mode), f"train.steps={steps + 10}"], warn=False)
     c = cfg["data"]["canvas_size"]
     run = build(cfg, (c, c), torch.device("cpu"))
     run.framework.collect_logs = False  # as on the trainer's non-logging steps
-    b = cfg["train"]["batch_size"]
+    return run, cfg["train"]["batch_size"], c
+
+
+def bench(setting: str, modes: list[str], steps: int) -> list[dict]:
+    """Every mode of ``setting``, timed round-robin (one step of each mode in turn), so that a
+    change of the machine's load during the run hits every mode alike."""
+    torch._dynamo.reset()
+    # each compiled mode adds graphs of Backbone.forward (student, teacher, two view sizes)
+    torch._dynamo.config.recompile_limit = 64
+    default_threads = torch.get_num_threads()
+    runs = {m: build_mode(setting, m, steps) for m in modes}
     g = torch.Generator().manual_seed(0)
+    b, c = next(iter(runs.values()))[1:]
     pool = torch.randint(0, 256, (4 * b, 3, c, c), dtype=torch.uint8, generator=g)
-    times = []
-    t0 = time.perf_counter()
-    for i in range(steps + 3):
-        idx = torch.randint(0, len(pool), (b,), generator=g)
-        t = time.perf_counter()
-        train_step(run, pool[idx], i)
-        times.append(time.perf_counter() - t)
-    warm_s = sum(times[:3])
-    med = statistics.median(times[3:])
-    flops = step_flops(run, pool[:b])
-    return {"setting": setting, "mode": mode, "threads": threads, "batch": b, "img_s": b / med, "ms": med * 1e3,
-            "gflop_step": flops / 1e9, "gflops": flops / med / 1e9, "warmup_s": warm_s,
-            "total_s": time.perf_counter() - t0}
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for i in range(steps + 3):  # 3 warm-up rounds (compilation happens there)
+        for m in modes:
+            torch.set_num_threads(MODES[m][3] or default_threads)
+            idx = torch.randint(0, len(pool), (b,), generator=g)
+            t = time.perf_counter()
+            train_step(runs[m][0], pool[idx], i)
+            times[m].append(time.perf_counter() - t)
+    torch.set_num_threads(default_threads)
+    out = []
+    for m in modes:
+        med = statistics.median(times[m][3:])
+        flops = step_flops(runs[m][0], pool[:b])
+        out.append({"setting": setting, "mode": m, "threads": MODES[m][3] or default_threads, "batch": b,
+                    "img_s": b / med, "ms": med * 1e3, "gflop_step": flops / 1e9, "gflops": flops / med / 1e9,
+                    "warmup_s": sum(times[m][:3])})
+    return out
 
 
 def speed(args) -> None:
     threads = torch.get_num_threads()
-    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-    print(f"# CPU: {cpu_name()}, {threads} threads; matmul peak (4096^3, measured here): "
-          f"fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s", flush=True)
+    peaks = [(matmul_peak(torch.float32), matmul_peak(torch.bfloat16))]
     rows = []
-    print("| setting | mode | threads | img/s | ms/step | GFLOP/step | GFLOP/s | % of peak | x fp32 | warm-up s |")
-    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for setting in args.settings.split(","):
-        base = None
-        for mode in args.modes.split(","):
-            if setting == "vit_tiny" and MODES[mode][1]:
-                continue  # channels_last does nothing for a ViT
-            r = bench(setting, mode, args.steps)
-            torch.set_num_threads(threads)
-            base = base or (r["img_s"] if mode == "fp32" else None)
-            peak = peak16 if MODES[mode][0] == "bf16" else peak32
-            r["pct_peak"] = 100 * r["gflops"] / peak
-            r["x_fp32"] = r["img_s"] / base if base else float("nan")
-            rows.append(r)
-            print(f"| {setting} | {mode} | {r['threads']} | {r['img_s']:.0f} | {r['ms']:.0f} | {r['gflop_step']:.2f} | "
-                  f"{r['gflops']:.0f} | {r['pct_peak']:.1f} | {r['x_fp32']:.2f} | {r['warmup_s']:.0f} |", flush=True)
+        modes = [m for m in args.modes.split(",") if not (setting == "vit_tiny" and MODES[m][1])]  # NHWC: no ViT
+        rows += bench(setting, modes, args.steps)
+        print(f"{setting}: done", flush=True)
+    peaks.append((matmul_peak(torch.float32), matmul_peak(torch.bfloat16)))
+    peak32, peak16 = max(p[0] for p in peaks), max(p[1] for p in peaks)  # the less disturbed of two readings
+    print(f"# CPU: {cpu_name()}, {threads} threads; matmul peak (4096^3, measured here before and after, the "
+          f"better): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s; load average {load()}")
+    print("| setting | mode | threads | img/s | ms/step | GFLOP/step | GFLOP/s | % of peak | x fp32 | warm-up s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        base = next((x["img_s"] for x in rows if x["setting"] == r["setting"] and x["mode"] == "fp32"), None)
+        r["pct_peak"] = 100 * r["gflops"] / (peak16 if MODES[r["mode"]][0] == "bf16" else peak32)
+        r["x_fp32"] = r["img_s"] / base if base else float("nan")
+        print(f"| {r['setting']} | {r['mode']} | {r['threads']} | {r['img_s']:.0f} | {r['ms']:.0f} | "
+              f"{r['gflop_step']:.2f} | {r['gflops']:.0f} | {r['pct_peak']:.1f} | {r['x_fp32']:.2f} | "
+              f"{r['warmup_s']:.0f} |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "threads": threads, "peak_fp32": peak32,
-                                               "peak_bf16": peak16, "rows": rows}, indent=1))
+                                               "peak_bf16": peak16, "load": load(), "rows": rows}, indent=1))
+
+
+def load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def learning(args) -> None:
@@ -163,12 +192,14 @@ def learning(args) -> None:
     from spatialssl.engine.trainer import pretrain
 
     out_root = Path(args.runs)
+    torch.set_num_threads(args.threads)
     curves: dict[str, dict[int, list[float]]] = {}
-    for mode in ("fp32", "bf16_cl_compile"):
+    for mode in ("fp32", FAST):
         for seed in (0, 1):
             presets, ov = SETTINGS["byol_sp"]
             cfg = config.resolve(presets, [*ov, *BASE[:2], *mode_overrides(mode), f"seed={seed}",
                                            f"train.steps={args.learning_steps}", "train.log_every=10",
+                                           f"train.num_threads={args.threads}",
                                            f"out_dir={out_root / f'{mode}_s{seed}'}"], warn=False)
             t = time.perf_counter()
             run_dir = pretrain(cfg, resume=False)
@@ -179,18 +210,18 @@ def learning(args) -> None:
             print(f"{mode} seed {seed}: {time.perf_counter() - t:.0f} s, final loss {losses[-1][1]:.4f}", flush=True)
     mean = {m: [statistics.mean(v) for v in zip(*c.values())] for m, c in curves.items()}
     seed_gap = max(max(abs(a - b) for a, b in zip(*c.values())) for c in curves.values())
-    mode_gap = max(abs(a - b) for a, b in zip(mean["fp32"], mean["bf16_cl_compile"]))
+    mode_gap = max(abs(a - b) for a, b in zip(mean["fp32"], mean[FAST]))
     last = slice(-10, None)  # the last 100 steps
     seed_gap_end = max(statistics.mean(abs(a - b) for a, b in list(zip(*c.values()))[last]) for c in curves.values())
-    mode_gap_end = statistics.mean(abs(a - b) for a, b in list(zip(mean["fp32"], mean["bf16_cl_compile"]))[last])
+    mode_gap_end = statistics.mean(abs(a - b) for a, b in list(zip(mean["fp32"], mean[FAST]))[last])
     fig, ax = plt.subplots(figsize=(7, 4))
-    for mode, color in (("fp32", "tab:blue"), ("bf16_cl_compile", "tab:orange")):
+    for mode, color in (("fp32", "tab:blue"), (FAST, "tab:orange")):
         for seed, v in curves[mode].items():
             ax.plot(steps_axis, v, color=color, alpha=0.8, ls="-" if seed == 0 else "--",
                     label=f"{mode} seed {seed}")
     ax.set_xlabel("step")
     ax.set_ylabel("total loss (BYOL + SP), logged every 10 steps")
-    ax.set_title("demo step: fp32 eager vs bf16 + channels_last + compile (2-core CPU)")
+    ax.set_title(f"demo step: fp32 eager vs {FAST} (2-core CPU)")
     ax.legend()
     fig.tight_layout()
     png = REPO / "docs" / "figures" / "cpu_step_loss.png"
@@ -223,6 +254,7 @@ def main() -> None:
     p.add_argument("--learning", action="store_true")
     p.add_argument("--learning-steps", type=int, default=400)
     p.add_argument("--runs", default="runs/cpu_step")
+    p.add_argument("--threads", type=int, default=1, help="--learning: torch threads (1: as the study runs)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.learning:

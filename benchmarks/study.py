@@ -85,6 +85,8 @@ BACKBONE_SETTINGS = {
     "vits16": [],
 }
 
+CPU_STEPS = 3000  # the cpu budget's steps: set from the learning curve (docs/study.md)
+
 TINY_TRAIN = ["train.steps=8", "train.batch_size=16", "data.n_train=128", "data.n_eval=64", "train.warmup_steps=2",
               "train.checkpoint_every=4", "train.log_every=4", "train.collapse_every=4"]
 TINY_EVAL = ["eval.n_train=64", "eval.n_test=32", "eval.linear_epochs=20", "eval.linear_lr=[0.01]",
@@ -139,6 +141,21 @@ BUDGETS: dict[str, Budget] = {
         eval=["eval.n_train=5000", "eval.n_test=2000"], eval_seeds=3,  # n_test: all of a 2,000-image split
         expected={"cnn": (330.0, 120.0), "vit_tiny": (300.0, 120.0), "vits16": (360.0, 150.0)},
         workers=4, num_threads=2, margin_s=30.0, device="cuda"),
+    # the 2-core CPU (issue "Evidence where the baselines learn"): the demo CNN (and iBOT's ViT-Tiny/4
+    # stand-in) at the budget the learning curve picked (benchmarks/learning_curve.py: the smallest
+    # at which every baseline's kNN is >= its random-init floor + 0.10), the demo preset's fast step
+    # (bf16 + channels_last), two cells at a time, one core each; evaluation at the demo's
+    # probe sizes, 3 probe seeds
+    "cpu": Budget(
+        "cpu",
+        train={"cnn": [f"train.steps={CPU_STEPS}", "train.batch_size=64", "data.n_train=8000", "data.n_eval=1000",
+                       "train.warmup_steps=40", "train.checkpoint_every=250", "train.log_every=50", "train.collapse_every=250"]},
+        eval=list(experiments.DEMO_EVAL),
+        eval_seeds=3,
+        # two cells at once on one thread each: 1.6x the throughput of one cell on two threads, whose
+        # OpenMP regions stall whenever anything else runs (benchmarks/cpu_step.py, RESULTS.md "CPU step")
+        expected={"cnn": (CPU_STEPS * 0.25, 300.0)},
+        workers=2, num_threads=1, margin_s=20.0, device="cpu"),
 }
 
 

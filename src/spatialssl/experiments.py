@@ -34,7 +34,7 @@ DEMO_EVAL = ["eval.n_train=2000", "eval.n_test=1000", "eval.dense_n_train=500", 
              "eval.dense_epochs=15", "eval.robust_n_test=300", "eval.robust_severities=[1,3,5]",
              "eval.jigsaw_n_train=500", "eval.jigsaw_n_test=250", "eval.jigsaw_epochs=60"]
 
-# checkpoints trained on a GPU with `spatialssl pretrain`, kept in the repository (see checkpoints/README.md);
+# the CPU study's seed-0 pairs (benchmarks/release.py), kept in the repository (see checkpoints/README.md);
 # the demo evaluates them on the core protocols only, to stay within its CPU time
 RELEASED = Path(__file__).resolve().parents[2] / "checkpoints"
 RELEASED_TASKS = ["knn", "linear", "patch_pair"]
@@ -83,25 +83,21 @@ def evaluate_run(run_dir: Path, tasks: str | list[str], eval_overrides: list[str
 
 def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str], data: dict,
                   seeds: int = 1) -> list[Path]:
-    """Copy the released GPU checkpoints into ``out/released_*`` and evaluate them here, on
-    ``data`` (the demo's PartsWorld: image i of a split is the same whatever the split's size,
-    so the probes see the same first images as for the demo's own runs)."""
+    """Copy the released checkpoints (``checkpoints/<cell>/``: the CPU study's seed-0 pairs,
+    each differing by SP alone; checkpoints/README.md) into ``out/released_<cell>`` and
+    evaluate them here, on ``data`` (the demo's PartsWorld: image i of a split is the same
+    whatever the split's size, so the probes see the same first images as for the demo's own
+    runs)."""
     dirs = []
-    for src in sorted(RELEASED.glob("*/checkpoint.pt")):
+    for src in sorted(RELEASED.glob("*/backbone.safetensors")):
         cfg = yaml.safe_load((src.parent / "config.yaml").read_text())
-        steps = cfg["train"]["steps"]
-        # the released DINO pair was trained with views.local_flip 'auto': per_view without
-        # SP, per_image with it, so it differs by its flips as well as by SP: the run's name
-        # (the report labels columns by directory) says which flips a run's local views had
-        flip = cfg["views"]["local_flip"]
-        has_locals = cfg["sp"]["enabled"] or cfg["framework"]["name"] in ("dino", "ibot")
-        dst = out / (f"released_{src.parent.name}" + (f"_{flip}_flips" if has_locals else ""))
+        dst = out / f"released_{src.parent.name}"
         dst.mkdir(parents=True, exist_ok=True)
-        for f in ("checkpoint.pt", "metrics.jsonl"):
+        for f in ("backbone.safetensors", "status.json", "metrics.jsonl"):
             if (src.parent / f).exists() and not (dst / f).exists():
                 shutil.copy(src.parent / f, dst / f)
-        cfg["name"] = (f"{cfg['framework']['name']}{'+SP' if cfg['sp']['enabled'] else ''} "
-                       f"(released, GPU {steps} steps, {flip} flips)")
+        cfg["name"] = (f"{cfg['framework']['name']}{' + SP' if cfg['sp']['enabled'] else ''} "
+                       f"(released, CPU study {cfg['train']['steps']} steps, seed {cfg['seed']})")
         (dst / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         evaluate_run(dst, tasks, eval_overrides, data=data, seeds=seeds)
         dirs.append(dst)
@@ -138,8 +134,8 @@ def demo(out: Path = Path("runs/demo"), overrides: list[str] | None = None, rele
 
     Trains the demo's framework (``DEMO_FRAMEWORK``, with ``compare``'s settings for it at
     ``DEMO_BUDGET``) with and without SP here, one flip policy for both, evaluates both
-    (``eval.seeds`` probe seeds), then evaluates the released GPU checkpoints (DINO, DINO +
-    SP, SimCLR, SimCLR + SP) beside them.
+    (``eval.seeds`` probe seeds), then evaluates the released pairs (``checkpoints/``: the CPU
+    study's seed-0 pairs, whose baselines learn) beside them on ``RELEASED_TASKS``.
     """
     overrides = list(overrides or [])
     fw = DEMO_FRAMEWORK
@@ -155,12 +151,10 @@ def demo(out: Path = Path("runs/demo"), overrides: list[str] | None = None, rele
     if released:
         dirs += released_runs(out, [t for t in tasks if t in RELEASED_TASKS],
                               [*DEMO_EVAL, *RELEASED_EVAL, *_eval_only(overrides)], cfg["data"], seeds)
-    _report(dirs, out, f"spatialssl demo: {fw} vs {fw} + SP on PartsWorld (CPU, {flip} flips for both), and released "
-                       f"GPU checkpoints (trained with local flips per_view without SP and per_image with it: for "
-                       f"DINO that changes the baseline's own local views, for SimCLR, which has none without SP, "
-                       f"nothing the baseline sees)",
-            # the released DINO pair was trained before flips were pinned: shown, marked, never tested
-            allow_mismatch=["views.local_flip"] if released else None)
+    _report(dirs, out, f"spatialssl demo: {fw} vs {fw} + SP trained here on PartsWorld (CPU, {cfg['train']['steps']} "
+                       f"steps, {flip} flips for both: the columns not marked 'released'), and the released pairs "
+                       f"(columns 'released': the CPU study's seed-0 pairs, trained longer, checkpoints/README.md), "
+                       f"evaluated here alike")
     log.info("demo done in %.0fs: %s", time.perf_counter() - t0, out)
     return dirs
 
