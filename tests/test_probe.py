@@ -196,3 +196,17 @@ def test_probe_command_writes_named_metrics(tmp_path, capsys):
         cli.main(["probe", "--weights", str(path)])  # --arch is required
     assert cli.main(["probe", "--weights", str(path), "--arch", DINO2, "--set", "backbone.name=resnet18"]) == 2
     assert "only eval.*, data.*, views.* keys" in capsys.readouterr().err
+
+
+def test_floor_is_the_same_architecture_at_random_init(tmp_path):
+    from spatialssl.evals.pretrained import context_from_weights, probe_config
+
+    src = _timm(DINO2, img_size=56, num_classes=0, **DINO2_KW)
+    torch.save(src.state_dict(), tmp_path / "d.pth")
+    ctx = context_from_weights(tmp_path / "d.pth", DINO2, probe_config(), DINO2_KW, progress=False)
+    for c in (ctx, ctx.for_seed(1)):
+        mine, floor = c.backbone.state_dict(), c.floor().backbone.state_dict()
+        assert {k: v.shape for k, v in mine.items()} == {k: v.shape for k, v in floor.items()}
+        assert not torch.equal(mine["model.cls_token"], floor["model.cls_token"])
+    assert not torch.equal(ctx.floor().backbone.state_dict()["model.cls_token"],
+                           ctx.for_seed(1).floor().backbone.state_dict()["model.cls_token"])  # one floor per seed
