@@ -55,7 +55,8 @@ def main() -> None:
     print(f"PartsWorld 64 px, eval image {a.img} px, crops / tiles {a.crop} px (ViTs: nearest multiple of the patch), "
           f"patch pairs on {a.n_test} test images, jigsaw {a.jigsaw_train} / {a.jigsaw_test} images, seed 0, "
           f"{a.threads} thread(s)\n")
-    print("| architecture (random init) | params | pp R² dx | pp R² dy | pp R² ds | jigsaw tile acc (chance 0.111) | s |")
+    print("| architecture (random init) | params | pp R² dx | pp R² dy | pp R² ds | jigsaw tile acc (chance 0.111) "
+          "| s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for arch in a.archs.split(","):

@@ -192,6 +192,10 @@ def test_probe_command_writes_named_metrics(tmp_path, capsys):
         assert (rec["eval_config"]["img_size"], rec["eval_config"]["pp_crop_size"],
                 rec["eval_config"]["jigsaw_tile_size"]) == (28, 14, 14)
         assert any(k.startswith("random_") for k in rec["values"])
+    from spatialssl.report import _runs_section, read_runs
+
+    _, [row] = _runs_section(read_runs([out]))
+    assert row[1:6] == ["probe", "–", "–", "complete", DINO2]  # the report claims no framework, SP or steps either
     with pytest.raises(SystemExit):
         cli.main(["probe", "--weights", str(path)])  # --arch is required
     assert cli.main(["probe", "--weights", str(path), "--arch", DINO2, "--set", "backbone.name=resnet18"]) == 2

@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also evaluate a reference: 'supervised' = the same backbone trained on the labels "
                         "for the run's budget (values supervised_<metric>)")
 
-    p = sub.add_parser("probe", help="evaluate any pretrained backbone: a timm / torchvision architecture + a weights file")
+    p = sub.add_parser("probe", help="evaluate any pretrained backbone: a timm / torchvision architecture "
+                                     "+ a weights file")
     p.add_argument("--weights", required=True,
                    help=".safetensors, .pth or .pt: a state dict, bare or nested (teacher, state_dict, model, ...); "
                         "module./backbone. prefixes stripped, classifier heads dropped")

@@ -168,9 +168,12 @@ def _timm_model(arch: str, kwargs: dict) -> tuple[nn.Module, str]:
     from timm.models.vision_transformer import VisionTransformer
 
     if not timm.is_model(arch):
-        raise ValueError(f"unknown architecture '{arch}' (a timm model name, e.g. {', '.join(timm.list_models('vit_small*')[:3])}, "
+        raise ValueError(f"unknown architecture '{arch}' (a timm model name, e.g. vit_small_patch14_reg4_dinov2, "
                          f"resnet50, convnext_tiny; or torchvision:NAME)")
-    model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    try:  # ViTs take dynamic_img_size; most CNNs refuse it
+        model = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
+    except TypeError:
+        model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
     if not isinstance(model, VisionTransformer):
         with torch.no_grad():
             try:
@@ -184,7 +187,6 @@ def _timm_model(arch: str, kwargs: dict) -> tuple[nn.Module, str]:
     if model.cls_token is None:
         raise ValueError(f"architecture '{arch}': ViTs without a class token are not supported (the global feature is "
                          f"the class token)")
-    model = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
     return model, "vit"
 
 
@@ -217,7 +219,8 @@ class TorchvisionTrunk(nn.Module):
             raise ValueError(f"architecture '{arch}': only torchvision CNNs with a ResNet layout (layer1..layer4) or a "
                              f"'.features' trunk are supported; for a ViT use the timm name")
         self.keep = net  # parameters keep torchvision's names (conv1.weight, features.0.0.weight, ...)
-        with torch.no_grad():
+        with torch.no_grad():  # eval(): the dry run must not move BatchNorm statistics
+            net.eval()
             self.num_features = int(self.trunk(torch.zeros(1, 3, 64, 64)).shape[1])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
