@@ -2,6 +2,7 @@
 
     spatialssl pretrain -c dino_sp --set train.steps=2000 --set out_dir=runs/x
     spatialssl eval --checkpoint runs/x --tasks knn,linear,patch_pair [--seeds 3]
+    spatialssl probe --weights vit_s14_reg4.pth --arch vit_small_patch14_reg4_dinov2 [--tasks patch_pair,jigsaw]
     spatialssl report runs/dino runs/dino_sp --out runs/report
     spatialssl data preview --dataset partsworld --out preview.png
     spatialssl data prepare --root IMAGEFOLDER --out SHARDS [--canvas 256]   (then data.name=shards data.root=SHARDS)
@@ -79,6 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", default=None, choices=["supervised"],
                    help="also evaluate a reference: 'supervised' = the same backbone trained on the labels "
                         "for the run's budget (values supervised_<metric>)")
+
+    p = sub.add_parser("probe", help="evaluate any pretrained backbone: a timm / torchvision architecture "
+                                     "+ a weights file")
+    p.add_argument("--weights", required=True,
+                   help=".safetensors, .pth or .pt: a state dict, bare or nested (teacher, state_dict, model, ...); "
+                        "module./backbone. prefixes stripped, classifier heads dropped")
+    p.add_argument("--arch", required=True,
+                   help="timm model name (vit_small_patch14_reg4_dinov2, resnet50, convnext_tiny, ...) or "
+                        "torchvision:NAME (torchvision:resnet18)")
+    p.add_argument("--arch-arg", action="append", default=[], metavar="KEY=VALUE", dest="arch_args",
+                   help="constructor argument of the architecture, e.g. --arch-arg depth=6; repeatable")
+    p.add_argument("--tasks", default="patch_pair,jigsaw", help="comma-separated tasks, or 'all'")
+    p.add_argument("--seeds", type=int, default=None, help="evaluation seeds (>= 1; default: eval.seeds)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="where metrics/ goes (default: runs/probe/<arch>-<sha256[:8]>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override an eval, data or views key, e.g. --set eval.n_test=500 --set data.name=folder")
 
     p = sub.add_parser("report", help="side-by-side report of evaluated runs")
     p.add_argument("runs", nargs="+")
@@ -203,6 +221,8 @@ def _dispatch(a: argparse.Namespace) -> int:
             shown = {k: round(v, 4) for k, v in values.items() if isinstance(v, float)}
             print(f"{task}: {shown}")
         return 0
+    if a.cmd == "probe":
+        return _probe(a)
     if a.cmd == "report":
         from .report import summary_table, write_report
 
@@ -230,6 +250,25 @@ def _dispatch(a: argparse.Namespace) -> int:
                 [f for f in a.flips.split(",") if f])
         return 0
     raise AssertionError(a.cmd)
+
+
+def _probe(a: argparse.Namespace) -> int:
+    from .evals.pretrained import probe
+
+    if a.seeds is not None and a.seeds < 1:
+        raise config_mod.ConfigError(f"probe --seeds must be >= 1, got {a.seeds}")
+    _check_device(a.device)
+    kwargs = {}
+    for item in a.arch_args:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise config_mod.ConfigError(f"probe --arch-arg {item!r}: expected KEY=VALUE, e.g. depth=6")
+        kwargs[key.strip()] = yaml.safe_load(value)
+    res = probe(a.weights, a.arch, a.tasks, a.out, a.overrides, kwargs, a.seeds, a.device)
+    for task, values in res.items():
+        shown = {k: round(v, 4) for k, v in values.items() if isinstance(v, float)}
+        print(f"{task}: {shown}")
+    return 0
 
 
 def _prepare(a: argparse.Namespace) -> int:

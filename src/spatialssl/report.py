@@ -206,7 +206,8 @@ def read_run(path: str | Path) -> Run:
         rec = _read_json(p)
         metrics[rec.get("task", p.stem)] = rec
     first = next(iter(metrics.values()), {})
-    framework = cfg.get("framework", {}).get("name") or first.get("framework") or "?"
+    # a probed weights file (`spatialssl probe`) has an arch and no framework
+    framework = cfg.get("framework", {}).get("name") or first.get("framework") or ("probe" if "arch" in first else "?")
     sp = bool(cfg.get("sp", {}).get("enabled", first.get("sp", False)))
     return Run(path, cfg.get("name") or path.name, framework, sp, cfg, curve, metrics, path.name)
 
@@ -852,9 +853,11 @@ def _runs_section(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     for r in runs:
         seeds = sorted({int(s) for s in (_finite(m.get("seeds")) or 1 for m in r.metrics.values())})
         inc = r.incomplete()
-        rows.append([r.label, r.framework, "yes" if r.sp else "no", str(r.config.get("train", {}).get("steps", "?")),
+        probed = next((m["arch"] for m in r.metrics.values() if m.get("arch")), None)
+        rows.append([r.label, r.framework, "–" if probed else "yes" if r.sp else "no",
+                     str(r.config.get("train", {}).get("steps", "–" if probed else "?")),
                      f"⚠ INCOMPLETE: {inc}" if inc else "complete",
-                     str(r.config.get("backbone", {}).get("name", "?")), r.local_flip,
+                     str(r.config.get("backbone", {}).get("name", probed or "?")), r.local_flip,
                      "/".join(map(str, seeds)) or "–", str(r.path)])
     return header, rows
 

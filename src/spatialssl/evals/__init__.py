@@ -19,6 +19,7 @@ import importlib
 import json
 import statistics
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -158,13 +159,23 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str], seeds: int | None =
     out_dir = Path(out_dir) if out_dir else (ckpt if ckpt.is_dir() else ckpt.parent)
     names = parse_tasks(tasks)
     base = context_from_checkpoint(ckpt, overrides, device, seed=0, progress=progress, cache_dir=out_dir / "features")
+    return evaluate_context(base, names, seeds, out_dir, progress, supervised_context if reference else None,
+                            reference)
+
+
+def evaluate_context(base: EvalContext, names: list[str], seeds: int | None, out_dir: Path, progress: bool = True,
+                     make_reference: Callable[[EvalContext], EvalContext] | None = None,
+                     reference: str | None = None) -> dict[str, dict]:
+    """``evaluate``'s loop over tasks and seeds on a built context (seed 0), for a training
+    run or a probed weights file (``evals/pretrained.py``); ``make_reference(base)`` builds the
+    reference context when one is asked for."""
     seeds = int(base.ecfg["seeds"] if seeds is None else seeds)
     if seeds < 1:
         raise ValueError(f"eval seeds must be >= 1, got {seeds}")
     ctxs = [base] + [base.for_seed(s) for s in range(1, seeds)]
     refs: list[EvalContext | None] = [None] * seeds
-    if reference == "supervised":
-        sup = supervised_context(base)
+    if make_reference is not None:
+        sup = make_reference(base)
         refs = [sup] + [sup.for_seed(s) for s in range(1, seeds)]
     results: dict[str, dict] = {}
     for task in tqdm(names, desc="eval", disable=not progress):

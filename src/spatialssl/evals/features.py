@@ -293,6 +293,10 @@ class EvalContext:
         task: the task being run (set by ``evals.run_task``; named in errors).
         role: "run", "random" (the random-init floor) or "supervised" (the reference).
         outcomes: per-item outcomes of the current task, by metric key (see ``record``).
+        weights: for a pretrained backbone probed from a weights file (``evals/pretrained.py``),
+            what was loaded (arch, file, sha256, dropped keys); None for a training run.
+        factory: builds the random-init backbone of the floor from a seed (None:
+            ``create_backbone(cfg["backbone"])``).
     """
 
     def __init__(self, cfg: dict, backbone: Backbone, ckpt_hash: str, device: torch.device | str = "cpu",
@@ -318,12 +322,14 @@ class EvalContext:
         self._feats: dict[str, tuple] = {}
         self._floor: EvalContext | None = None
         self.role = "run"  # "run" | "random" (the random-init floor) | "supervised" (the reference)
+        self.weights: dict | None = None
+        self.factory: Callable[[int], Backbone] | None = None
 
     def _derived(self, backbone: Backbone, ckpt_hash: str, seed: int) -> "EvalContext":
         ctx = EvalContext(self.cfg, backbone, ckpt_hash, self.device, self.cache_dir, seed, self.progress,
                           self._splits, self.run_name)
         ctx._subsets, ctx._feats, ctx.step, ctx.role = self._subsets, self._feats, self.step, self.role
-        ctx.complete = self.complete
+        ctx.complete, ctx.weights, ctx.factory = self.complete, self.weights, self.factory
         return ctx
 
     @property
@@ -448,6 +454,8 @@ class EvalContext:
     def random_backbone(self) -> Backbone:
         """A random-init backbone of the same architecture (seeded by the eval seed; the
         global RNG is left as it was)."""
+        if self.factory is not None:
+            return self.factory(self.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             return create_backbone(self.cfg["backbone"])
@@ -505,16 +513,21 @@ def check_finite(values: dict, ctx: EvalContext) -> None:
 
 def write_metrics(out_dir: Path, task: str, values: dict, ctx: EvalContext, extra: dict | None = None) -> Path:
     """``<out_dir>/metrics/<task>.json``: values, eval config, seed, checkpoint hash, training
-    step, whether training was complete, test-set size and subset seed (``allow_nan=False``)."""
+    step, whether training was complete, test-set size and subset seed (``allow_nan=False``).
+    A probed weights file (``ctx.weights``) is named by its arch and sha256 instead of a
+    framework, SP flag, step and completeness it does not have."""
     d = Path(out_dir) / "metrics"
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{task}.json"
     steps = ctx.cfg["train"]["steps"]
     record = {"task": task, "values": values, "eval_config": ctx.ecfg, "data_config": ctx.cfg["data"],
-              "seed": ctx.seed, "subset_seed": ctx.seed, "checkpoint": ctx.ckpt_hash,
-              "framework": ctx.cfg["framework"]["name"], "sp": ctx.cfg["sp"]["enabled"],
-              "step": ctx.step, "complete": ctx.complete if ctx.complete is not None else ctx.step is not None and ctx.step == steps,
-              "n_test": values.get("n_test") if isinstance(values, dict) else None, **(extra or {})}
+              "seed": ctx.seed, "subset_seed": ctx.seed, "checkpoint": ctx.ckpt_hash}
+    if ctx.weights is not None:
+        record.update(arch=ctx.weights["arch"], weights=ctx.weights)
+    else:
+        record.update(framework=ctx.cfg["framework"]["name"], sp=ctx.cfg["sp"]["enabled"], step=ctx.step,
+                      complete=ctx.complete if ctx.complete is not None else ctx.step is not None and ctx.step == steps)
+    record.update(n_test=values.get("n_test") if isinstance(values, dict) else None, **(extra or {}))
     check_finite(record, ctx)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2, allow_nan=False))
