@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from spatialssl import report
+from spatialssl import evals, report
 from spatialssl.cli import main
 
 EVAL = {"tasks": ["knn", "linear"], "n_train": 100, "n_test": 200, "knn_k": 20, "knn_t": 0.07, "seeds": 1}
@@ -144,11 +144,25 @@ def test_diagnostics_and_floors_are_never_marked(tmp_path):
     for key in ("best_lr", "supervised_top1"):
         assert row(details["linear"], key)[3] == "–", key
     assert row(details["knn"], "top1")[3].endswith("✓")
-    for k in ["train_r2_ds", "random_miou", "supervised_top1", "top1_shuffled", "best_lr", "chance", "n_classes",
-              "majority_miou", "k", "t", "n_train", "n_test", "val_acc", "chance_tile", "mean_rmse", "n"]:
-        assert report.direction(k) == 0, k
-    assert [report.direction(k) for k in ("top1", "miou", "r2_dx", "rmse", "abs_rel", "mae", "delta1")] == \
-        [1, 1, 1, -1, -1, -1, 1]
+    zero = [("patch_pair", "train_r2_ds"), ("patch_pair", "train_sign_acc_dx"), ("patch_pair", "random_r2_ds"),
+            ("segmentation", "random_miou"), ("linear", "supervised_top1"), ("jigsaw", "top1_shuffled"),
+            ("linear", "best_lr"), ("linear", "val_acc"), ("knn", "chance"), ("segmentation", "n_classes"),
+            ("segmentation", "majority_miou"), ("knn", "k"), ("knn", "t"), ("knn", "n_train"), ("knn", "n_test"),
+            ("jigsaw", "chance_tile"), ("jigsaw", "n"), ("depth", "mean_rmse"), ("depth", "valid_frac"),
+            ("robustness", "n_ood"), ("nonesuch", "top1")]
+    for task, k in zero:
+        assert report.direction(task, k) == 0, (task, k)
+    signs = [("knn", "top1", 1), ("segmentation", "miou", 1), ("segmentation", "iou_wheel", 1),
+             ("patch_pair", "r2_dx", 1), ("patch_pair", "sign_acc_ds", 1), ("patch_pair", "mae", -1),
+             ("depth", "rmse", -1), ("depth", "abs_rel", -1), ("depth", "delta1", 1), ("robustness", "mCA", 1),
+             ("robustness", "acc_fog_s3", 1), ("jigsaw", "tile_acc_greedy", 1),
+             ("finegrained", "linear_coarse_consistent", 1)]
+    assert [report.direction(t, k) for t, k, _ in signs] == [s for _, _, s in signs]
+    # the summary rows and the floors read the same declaration (evals.METRICS)
+    assert all(sign == evals.direction(t, k) for t, k, _, sign in report.KEY_METRICS)
+    assert evals.metric_keys("patch_pair", {"r2_ds": 0.1, "train_r2_ds": 0.2, "n_test": 9, "chance": 0.5}) == \
+        ["r2_ds", "train_r2_ds"]
+    assert evals.metric_keys("depth", {"rmse": 1.0, "mean_rmse": 2.0, "valid_frac": 0.9}) == ["rmse"]
 
 
 def test_nan_is_a_dash_never_a_signed_mark(tmp_path):
@@ -248,7 +262,7 @@ def test_metric_kinds_known_answers():
     arr = lambda **k: {f: torch.as_tensor(v, dtype=torch.float64) for f, v in k.items()}  # noqa: E731
     assert float(report.metric_from_counts("mean", arr(x=[1, 0, 1, 1]), ones)) == pytest.approx(0.75)
     assert float(report.metric_from_counts("rmse", arr(sq=[1, 4, 9, 2]), ones)) == pytest.approx(2.0)
-    kind, a = report._outcome({"kind": "r2", "err2": [1.0, 1, 1, 1], "target": [10.0, 12, 14, 16]}, "r2")
+    kind, a, _ = report._outcome({"kind": "r2", "err2": [1.0, 1, 1, 1], "target": [10.0, 12, 14, 16]}, "r2")
     assert float(report.metric_from_counts(kind, a, ones)) == pytest.approx(1 - 4 / 20)  # centred
     raw = arr(err2=[1, 1, 1, 1], target=[10, 12, 14, 16])  # centred by the formula too, not only by _outcome
     assert float(report.metric_from_counts("r2", raw, ones)) == pytest.approx(1 - 4 / 20)
