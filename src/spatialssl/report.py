@@ -356,8 +356,9 @@ def _outcome(o, key: str) -> tuple[str, dict[str, torch.Tensor], torch.Tensor | 
     group = None
     if o.get("group") is not None:
         group = torch.as_tensor(o["group"]).to(torch.long)
-        if group.shape != (next(iter(shapes))[0],):
-            raise ValueError(f"outcome of '{key}': group of shape {tuple(group.shape)} for {next(iter(shapes))[0]} items")
+        n = next(iter(shapes))[0]
+        if group.shape != (n,):
+            raise ValueError(f"outcome of '{key}': group of shape {tuple(group.shape)} for {n} items")
     return o["kind"], arrs, group
 
 
