@@ -438,15 +438,16 @@ def resume_changes(saved: dict, new: dict) -> tuple[dict[str, tuple], dict[str, 
     unsafe, safe = {}, {}
     for key, value in flatten({k: v for k, v in new.items() if k != RESUME_HISTORY}).items():
         before = old.get(key, defaults.get(key, value))
-        if _same(before, value):
+        if same(before, value):
             continue
         (safe if number_free(key) else unsafe)[key] = (before, value)
     return unsafe, safe
 
 
-def _same(a: Any, b: Any) -> bool:
+def same(a: Any, b: Any) -> bool:
+    """Equal as config values: 1 == 1.0, lists element by element, a bool only equal to itself."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):

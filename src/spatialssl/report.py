@@ -251,7 +251,7 @@ def _differ(a: dict, b: dict, defaults: dict | None = None) -> list[tuple[str, o
     out = []
     for k in sorted(set(fa) | set(fb)):
         x, y = fa.get(k, d.get(k, missing)), fb.get(k, d.get(k, missing))
-        if x is missing or y is missing or not config_mod._same(x, y):
+        if x is missing or y is missing or not config_mod.same(x, y):
             out.append((k, "(absent)" if x is missing else x, "(absent)" if y is missing else y))
     return out
 
