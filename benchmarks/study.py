@@ -568,6 +568,11 @@ def _last(curve: list[dict], key: str) -> float | None:
     return None
 
 
+def _mean(vals: list[float | None]) -> float | None:
+    """The mean, or None when any value is missing."""
+    return None if not vals or any(v is None for v in vals) else statistics.fmean(vals)
+
+
 def _ms(vals: list[float]) -> str:
     if not vals:
         return "–"
@@ -576,24 +581,33 @@ def _ms(vals: list[float]) -> str:
     return f"{text} ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else text
 
 
-def _paired(base: list[float], sp: list[float], sign: int) -> str:
-    """Mean ± std over seeds of (SP − base) paired by seed; marked ✓ / ✗ where a paired t-test
-    over the seeds gives p < 0.05, ≈ otherwise; with one seed, the sign only (no test)."""
-    if not base:
+def _paired(base: list[float], sp: list[float], sign: int, floors: tuple[float | None, float | None] = (None, None)
+            ) -> str:
+    """Mean ± std over seeds of (SP − base) paired by seed, marked by the report's one rule
+    (``report.mark``) on the 95% t-interval of the mean over seeds (it excludes 0 exactly when
+    a paired t-test gives p < 0.05); "≤ floor" instead of a mark when both arms' means are at
+    or below their mean random-init floor (``floors``: baseline's, SP's). With one seed there
+    is no interval: no mark (``report.NO_TEST``). A diagnostic (``sign`` 0): "–"."""
+    from spatialssl import report
+
+    if not base or sign == 0:
         return "–"
     d = [b - a for a, b in zip(base, sp)]
     m = statistics.fmean(d)
+    floor = all(report.at_floor(sign, statistics.fmean(v), f) for v, f in zip((base, sp), floors))
+    note = f" {report.FLOOR_NOTE}" if floor else ""
     if len(d) == 1:
-        return f"{m:+.3f}{'' if abs(m) < 5e-4 else (' ✓' if m * sign > 0 else ' ✗')} (1 seed)"
+        return f"{m:+.3f} {report.NO_TEST}{note} (1 seed)"
     sd = statistics.stdev(d)
     if sd == 0:
-        p = 0.0 if m else 1.0
+        p, h = (0.0 if m else 1.0), 0.0
     else:
         from scipy import stats
 
-        p = float(stats.t.sf(abs(m) / (sd / math.sqrt(len(d))), len(d) - 1) * 2)
-    mark = " ≈" if p >= 0.05 else (" ✓" if m * sign > 0 else " ✗")
-    return f"{m:+.3f} ± {sd:.3f}{mark} (p {p:.2g}, {len(d)} seeds)"
+        se = sd / math.sqrt(len(d))
+        p = float(stats.t.sf(abs(m) / se, len(d) - 1) * 2)
+        h = float(stats.t.ppf(0.975, len(d) - 1)) * se
+    return f"{m:+.3f} ± {sd:.3f} {report.mark(m - h, m + h, sign, floor)} (p {p:.2g}, {len(d)} seeds)"
 
 
 CURVE_ROWS = [("teacher_entropy", "teacher entropy, per sample (end of training)", 0),
@@ -604,14 +618,15 @@ CURVE_ROWS = [("teacher_entropy", "teacher entropy, per sample (end of training)
 def summary(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) -> str:
     """Markdown: per backbone, each key metric as mean ± std over pretraining seeds per
     framework x arm, with the paired difference; only pairs whose two arms are complete."""
-    from spatialssl.report import KEY_METRICS, read_run
+    from spatialssl.report import ARROWS, KEY_METRICS, NO_TEST, read_run
 
     done = {c.name for c in cells if cell_status(c, results, Path("/nonexistent"), budget, tasks) == "done"}
     lines = [f"# Study summary ({budget.name} budget)", "",
              "Mean ± std over pretraining seeds (each value itself the mean over "
              f"{budget.eval_seeds} probe seeds); Δ = SP − base paired by seed, marked ✓ (SP better) / ✗ "
-             "(SP worse) where a paired t-test over the seeds gives p < 0.05, ≈ where not; with one seed the "
-             "mark is only the sign. Only pairs with both arms complete are counted. Written by "
+             "(SP worse) where a paired t-test over the seeds gives p < 0.05, ≈ where not, ≤ floor (no mark) "
+             f"where both arms are at or below their random-init floor; with one seed, no test and no mark "
+             f"({NO_TEST}). Only pairs with both arms complete are counted. Written by "
              "benchmarks/study.py from results/study/*/ (docs/study.md).", ""]
     for backbone in BACKBONES:
         by_pair: dict[str, list[tuple[int, object, object]]] = {}
@@ -634,14 +649,16 @@ def summary(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) 
         header = ["metric"] + [h for fw in fws for h in (fw, f"{fw} + SP", "Δ")]
         rows = []
         for task, key, label, sign in KEY_METRICS:
-            cells_row, seen = [f"{label} {'↑' if sign > 0 else '↓'}"], False
+            cells_row, seen = [f"{label}{ARROWS.get(sign, '')}"], False
             for fw in fws:
                 base = [a.value(task, key)[0] for _, a, _ in by_pair[fw]]
                 sp = [b.value(task, key)[0] for _, _, b in by_pair[fw]]
                 keep = [(x, y) for x, y in zip(base, sp) if x is not None and y is not None]
                 seen |= bool(keep)
                 xs, ys = [x for x, _ in keep], [y for _, y in keep]
-                cells_row += [_ms(xs), _ms(ys), _paired(xs, ys, sign)]
+                floors = tuple(_mean([r.value(task, f"random_{key}")[0] for r in arm])
+                               for arm in ([a for _, a, _ in by_pair[fw]], [b for _, _, b in by_pair[fw]]))
+                cells_row += [_ms(xs), _ms(ys), _paired(xs, ys, sign, floors)]
             if seen:
                 rows.append(cells_row)
         for key, label, sign in CURVE_ROWS:
@@ -652,7 +669,7 @@ def summary(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) 
                 keep = [(x, y) for x, y in zip(base, sp) if x is not None and y is not None]
                 seen |= bool(keep)
                 xs, ys = [x for x, _ in keep], [y for _, y in keep]
-                cells_row += [_ms(xs), _ms(ys), _paired(xs, ys, sign) if sign else "–"]
+                cells_row += [_ms(xs), _ms(ys), _paired(xs, ys, sign)]
             if seen:
                 rows.append(cells_row)
         maxent = sorted({f"{fw} log({by_pair[fw][0][1].config['framework']['out_dim']}) = "

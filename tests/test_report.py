@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from spatialssl import report
+from spatialssl import config as config_mod
+from spatialssl import evals, report
 from spatialssl.cli import main
 
 EVAL = {"tasks": ["knn", "linear"], "n_train": 100, "n_test": 200, "knn_k": 20, "knn_t": 0.07, "seeds": 1}
@@ -144,11 +145,25 @@ def test_diagnostics_and_floors_are_never_marked(tmp_path):
     for key in ("best_lr", "supervised_top1"):
         assert row(details["linear"], key)[3] == "–", key
     assert row(details["knn"], "top1")[3].endswith("✓")
-    for k in ["train_r2_ds", "random_miou", "supervised_top1", "top1_shuffled", "best_lr", "chance", "n_classes",
-              "majority_miou", "k", "t", "n_train", "n_test", "val_acc", "chance_tile", "mean_rmse", "n"]:
-        assert report.direction(k) == 0, k
-    assert [report.direction(k) for k in ("top1", "miou", "r2_dx", "rmse", "abs_rel", "mae", "delta1")] == \
-        [1, 1, 1, -1, -1, -1, 1]
+    zero = [("patch_pair", "train_r2_ds"), ("patch_pair", "train_sign_acc_dx"), ("patch_pair", "random_r2_ds"),
+            ("segmentation", "random_miou"), ("linear", "supervised_top1"), ("jigsaw", "top1_shuffled"),
+            ("linear", "best_lr"), ("linear", "val_acc"), ("knn", "chance"), ("segmentation", "n_classes"),
+            ("segmentation", "majority_miou"), ("knn", "k"), ("knn", "t"), ("knn", "n_train"), ("knn", "n_test"),
+            ("jigsaw", "chance_tile"), ("jigsaw", "n"), ("depth", "mean_rmse"), ("depth", "valid_frac"),
+            ("robustness", "n_ood"), ("nonesuch", "top1")]
+    for task, k in zero:
+        assert report.direction(task, k) == 0, (task, k)
+    signs = [("knn", "top1", 1), ("segmentation", "miou", 1), ("segmentation", "iou_wheel", 1),
+             ("patch_pair", "r2_dx", 1), ("patch_pair", "sign_acc_ds", 1), ("patch_pair", "mae", -1),
+             ("depth", "rmse", -1), ("depth", "abs_rel", -1), ("depth", "delta1", 1), ("robustness", "mCA", 1),
+             ("robustness", "acc_fog_s3", 1), ("jigsaw", "tile_acc_greedy", 1),
+             ("finegrained", "linear_coarse_consistent", 1)]
+    assert [report.direction(t, k) for t, k, _ in signs] == [s for _, _, s in signs]
+    # the summary rows and the floors read the same declaration (evals.METRICS)
+    assert all(sign == evals.direction(t, k) for t, k, _, sign in report.KEY_METRICS)
+    assert evals.metric_keys("patch_pair", {"r2_ds": 0.1, "train_r2_ds": 0.2, "n_test": 9, "chance": 0.5}) == \
+        ["r2_ds", "train_r2_ds"]
+    assert evals.metric_keys("depth", {"rmse": 1.0, "mean_rmse": 2.0, "valid_frac": 0.9}) == ["rmse"]
 
 
 def test_nan_is_a_dash_never_a_signed_mark(tmp_path):
@@ -248,7 +263,7 @@ def test_metric_kinds_known_answers():
     arr = lambda **k: {f: torch.as_tensor(v, dtype=torch.float64) for f, v in k.items()}  # noqa: E731
     assert float(report.metric_from_counts("mean", arr(x=[1, 0, 1, 1]), ones)) == pytest.approx(0.75)
     assert float(report.metric_from_counts("rmse", arr(sq=[1, 4, 9, 2]), ones)) == pytest.approx(2.0)
-    kind, a = report._outcome({"kind": "r2", "err2": [1.0, 1, 1, 1], "target": [10.0, 12, 14, 16]}, "r2")
+    kind, a, _ = report._outcome({"kind": "r2", "err2": [1.0, 1, 1, 1], "target": [10.0, 12, 14, 16]}, "r2")
     assert float(report.metric_from_counts(kind, a, ones)) == pytest.approx(1 - 4 / 20)  # centred
     raw = arr(err2=[1, 1, 1, 1], target=[10, 12, 14, 16])  # centred by the formula too, not only by _outcome
     assert float(report.metric_from_counts("r2", raw, ones)) == pytest.approx(1 - 4 / 20)
@@ -348,6 +363,147 @@ def test_pairing_prefers_a_comparable_mate(tmp_path):
     cols = report.columns(report.read_runs(dirs))
     assert [(b.name, s.name if s else None) for b, s in cols] == [("other", None), ("dino", "dino_sp")]
     report.table_rows(report.read_runs(dirs))  # no pair differs: not refused
+
+
+def clearly_better(dirs, task="knn"):
+    """400 items, 0.40 vs 0.60, the SP arm right wherever the baseline is: a ✓ when tested."""
+    base = correct(400, 0.4, 0)
+    better = base.clone()
+    better[(base == 0).nonzero()[:80, 0]] = 1.0
+    set_top1(dirs[0], task, [base])
+    set_top1(dirs[1], task, [better])
+
+
+def test_pair_differing_beyond_sp_is_refused_and_never_marked(tmp_path, capsys):
+    """A pair that also differs in train.lr and framework.temperature (keys outside sp.* that
+    change numbers) is refused, naming both keys and --allow-mismatch; reported on purpose it
+    is NOT COMPARABLE and gets no mark, although its outcomes differ clearly.
+    Plant: the old rule (only backbone, data, train.steps, views.local_flip and the eval
+    settings blocking; other train / framework keys listed but marked): ✓ appears."""
+    dirs = [fake_run(tmp_path, "dino", False, figures=False),
+            fake_run(tmp_path, "dino_sp", True, figures=False, train__lr=0.01, framework__temperature=0.2)]
+    clearly_better(dirs)
+    with pytest.raises(ValueError) as e:
+        report.table_rows(report.read_runs(dirs))
+    assert "train.lr (0.001 vs 0.01)" in str(e.value) and "framework.temperature (0.1 vs 0.2)" in str(e.value)
+    assert "--allow-mismatch" in str(e.value)
+    out = tmp_path / "out"
+    assert main(["report", *map(str, dirs), "--out", str(out)]) == 2
+    assert "--allow-mismatch" in capsys.readouterr().err and not (out / "report.md").exists()
+    assert main(["report", *map(str, dirs), "--out", str(out), "--allow-mismatch"]) == 0
+    text = (out / "report.md").read_text()
+    assert "dino and dino_sp are NOT COMPARABLE: they differ in framework.temperature (0.1 vs 0.2); " \
+           "train.lr (0.001 vs 0.01)" in text
+    assert row([r.split(" | ") for r in text.splitlines()], "| kNN top-1")[3].startswith("+0.200 ‡")
+    assert not [line for line in text.splitlines() if line.startswith("| ") and ("✓" in line or "✗" in line)]
+
+
+@pytest.mark.parametrize("key, value", [("data__workers", 4), ("data__prefetch", 8), ("train__channels_last", True),
+                                        ("train__compile", True), ("device", "cuda"), ("train__num_threads", 1)])
+def test_number_free_keys_keep_the_marks(tmp_path, key, value):
+    """A pair that differs in a key of config.NUMBER_FREE (decoding processes, rounding) is
+    compared as if it differed by SP alone: tested and marked, and the resume check lets the
+    key change too (one list). Plant: data.workers / train.channels_last left out of the
+    list (the old report's and the old resume's rules disagreed): refused."""
+    dirs = [fake_run(tmp_path, "dino", False, figures=False),
+            fake_run(tmp_path, "dino_sp", True, figures=False, **{key: value})]
+    clearly_better(dirs)
+    runs = report.read_runs(dirs)
+    _, rows = report.table_rows(runs)
+    assert row(rows, "kNN top-1")[3].endswith("✓")
+    cols = report.columns(runs)
+    assert report._pairs_section(cols, report.check_pairs(cols))[1][0][2] == "no (SP alone)"
+    dotted = key.replace("__", ".")
+    saved = config_mod.resolve([], [])
+    unsafe, safe = config_mod.resume_changes(saved, config_mod.resolve([], [f"{dotted}={str(value).lower()}"]))
+    assert not unsafe and dotted in safe
+
+
+def pp_outcomes(d, err2, target, group, value, floor):
+    """patch_pair outcomes of R² ds (kind r2, with the image of each pair when ``group`` is
+    given) and the JSON's r2_ds / random_r2_ds."""
+    o = {"kind": "r2", "err2": err2, "target": target}
+    if group is not None:
+        o["group"] = group
+    torch.save({"seeds": [{"r2_ds": o}]}, d / "metrics" / "patch_pair_outcomes.pt")
+    p = d / "metrics" / "patch_pair.json"
+    rec = json.loads(p.read_text())
+    rec["values"].update({"r2_ds": value, "random_r2_ds": floor})
+    p.write_text(json.dumps(rec))
+
+
+def nine_images():
+    """9 held-out images x 8 pairs: SP's errors lower on the pairs of some images, higher on
+    others (what a pair's error depends on is mostly its image), Δ R² ≈ +0.37."""
+    g = torch.Generator().manual_seed(0)
+    group = torch.arange(9).repeat_interleave(8)
+    target = torch.randn(72, generator=g)
+    effect = torch.tensor([1.6, 1.2, 1.0, 0.8, 0.6, -0.2, -0.4, -0.8, -0.6])[group]
+    noise = 0.05 * torch.randn(72, generator=g)
+    return group, target, 1.0 + effect / 2 + noise, 1.0 - effect / 2 + noise
+
+
+def test_patch_pairs_are_resampled_by_image(tmp_path):
+    """9 images x 8 pairs: resampling the 72 pairs as if independent gives an interval that
+    excludes 0 (the old ✓); resampling the 9 images, all pairs of an image together, one
+    that includes 0: ≈. Plant: paired_bootstrap ignoring ``group`` (pair-level resampling):
+    the first assertion fails. Outcomes without image ids (older files): no test."""
+    group, target, base, sp = nine_images()
+    arm = lambda e, g: [{"r2_ds": {"kind": "r2", "err2": e, "target": target, "group": g}}]  # noqa: E731
+    t = report.paired_bootstrap(arm(base, group), arm(sp, group), "r2_ds", grouped=True)
+    assert t.n_items == 9 and t.lo < 0 < t.hi and t.mark(1) == "≈"
+    pairs = report.paired_bootstrap(arm(base, None), arm(sp, None), "r2_ds")  # what the old report did
+    assert pairs.n_items == 72 and pairs.lo > 0 and pairs.mark(1) == "✓"
+    assert t.delta == pytest.approx(pairs.delta)
+    with pytest.raises(ValueError, match="other images"):
+        report.paired_bootstrap(arm(base, group), arm(sp, group.roll(1)), "r2_ds")
+
+    dirs = [fake_run(tmp_path, "dino", False, figures=False), fake_run(tmp_path, "dino_sp", True, figures=False)]
+    pp_outcomes(dirs[0], base, target, group, 0.2, 0.05)
+    pp_outcomes(dirs[1], sp, target, group, 0.2 + t.delta, 0.05)
+    _, rows = report.table_rows(report.read_runs(dirs))
+    assert row(rows, "patch-pair R² ds ↑")[3].endswith("≈")
+    for d in dirs:  # evaluated before pairs carried their image: no test, and the report says why
+        pp_outcomes(d, base, target, None, 0.2, 0.05)
+    tests = {}
+    _, rows = report.table_rows(report.read_runs(dirs), tests=tests)
+    assert row(rows, "patch-pair R² ds ↑")[3] == "+0.000 †"
+    assert "no image of each item" in tests[("dino", "dino_sp", "patch_pair", "r2_ds")]
+
+
+def test_at_or_below_the_floor_in_both_arms_is_flagged_not_marked(tmp_path):
+    """Both runs at or below their random-init floor: "≤ floor" in place of the mark, even where
+    the interval excludes 0 (two 5-step runs scoring under a random network); one arm above
+    its floor: marked as usual. Lower-is-better metrics: at or above the floor. Plant: no
+    floor check: ✓ on the first row."""
+    dirs = [fake_run(tmp_path, "dino", False, figures=False), fake_run(tmp_path, "dino_sp", True, figures=False)]
+    clearly_better(dirs)  # top-1 0.40 vs 0.60; knn's random_top1 is 0.15: above the floor
+    for d in dirs:
+        p = d / "metrics" / "knn.json"
+        rec = json.loads(p.read_text())
+        rec["values"]["random_top1"] = 0.61  # both arms below their floor
+        p.write_text(json.dumps(rec))
+    p = dirs[0] / "metrics" / "depth.json"
+    rec = json.loads(p.read_text())
+    rec["values"].update({"rmse": 3.5, "random_rmse": 3.0})  # both arms' RMSE above their floor (3.0)
+    p.write_text(json.dumps(rec))
+    p = dirs[1] / "metrics" / "depth.json"
+    rec = json.loads(p.read_text())
+    rec["values"].update({"rmse": 3.2})
+    p.write_text(json.dumps(rec))
+    _, rows = report.table_rows(report.read_runs(dirs))
+    cell = row(rows, "kNN top-1")[3]
+    assert cell.startswith("+0.200 [+0.1") and cell.endswith("≤ floor") and "✓" not in cell
+    assert row(rows, "depth RMSE")[3] == "-0.300 † ≤ floor"
+    details = {t: rows for t, _, rows in report.detail_tables(report.read_runs(dirs))}
+    assert row(details["knn"], "top1")[3].endswith("≤ floor")
+    p = dirs[1] / "metrics" / "knn.json"
+    rec = json.loads(p.read_text())
+    rec["values"]["random_top1"] = 0.55  # the SP arm now above its floor: a mark again
+    p.write_text(json.dumps(rec))
+    _, rows = report.table_rows(report.read_runs(dirs))
+    assert row(rows, "kNN top-1")[3].endswith("✓")
+    assert report.at_floor(-1, 2.0, 2.0) and not report.at_floor(-1, 1.9, 2.0) and not report.at_floor(1, 0.5, None)
 
 
 # ---------------------------------------------------------------------------- run folders

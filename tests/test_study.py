@@ -143,3 +143,17 @@ def test_failed_cells_are_skipped(study, tmp_path, capsys):
     (results / "dino-cnn-s0" / "cell.json").write_text(json.dumps({"budget": "gpu", "complete": True}))
     with pytest.raises(SystemExit, match="budget 'gpu'"):
         study.main(argv)
+
+
+def test_summary_marks_follow_the_report_rule(study):
+    """The summary's Δ over pretraining seeds is marked by report.mark: one seed gets no mark
+    (the old rule marked its sign), a diagnostic none, a clear effect over 3 seeds ✓ (✗ for a
+    lower-is-better metric), both arms under their random-init floor "≤ floor". Plant: the
+    old sign-only rule for one seed: "+0.100 ✓ (1 seed)"."""
+    assert study._paired([0.5], [0.6], 1) == "+0.100 † (1 seed)"
+    assert study._paired([0.5, 0.5, 0.5], [0.6, 0.7, 0.6], 0) == "–"
+    assert study._paired([0.5, 0.5, 0.5], [0.6, 0.61, 0.62], 1).startswith("+0.110 ± 0.010 ✓ (p ")
+    assert study._paired([0.5, 0.5, 0.5], [0.6, 0.61, 0.62], -1).startswith("+0.110 ± 0.010 ✗")
+    assert study._paired([0.5, 0.5, 0.5], [0.6, 0.4, 0.55], 1).startswith("+0.017 ± 0.104 ≈")
+    assert study._paired([0.5, 0.5, 0.5], [0.6, 0.61, 0.62], 1, (0.7, 0.7)).startswith("+0.110 ± 0.010 ≤ floor")
+    assert study._paired([0.5, 0.5, 0.5], [0.6, 0.61, 0.62], 1, (0.7, 0.6)).startswith("+0.110 ± 0.010 ✓")

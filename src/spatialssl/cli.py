@@ -3,7 +3,7 @@
     spatialssl pretrain -c dino_sp --set train.steps=2000 --set out_dir=runs/x
     spatialssl eval --checkpoint runs/x --tasks knn,linear,patch_pair [--seeds 3]
     spatialssl probe --weights vit_s14_reg4.pth --arch vit_small_patch14_reg4_dinov2 [--tasks patch_pair,jigsaw]
-    spatialssl report runs/dino runs/dino_sp --out runs/report
+    spatialssl report runs/dino runs/dino_sp --out runs/report [--allow-mismatch]
     spatialssl data preview --dataset partsworld --out preview.png
     spatialssl data prepare --root IMAGEFOLDER --out SHARDS [--canvas 256]   (then data.name=shards data.root=SHARDS)
     spatialssl data prepare --layout segmentation --root SEGROOT --out SEGSHARDS   (then eval.seg_root=SEGSHARDS)
@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", default="runs/report")
     p.add_argument("--title", default="spatialssl report")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="report a baseline / + SP pair that differs in more than SP (and keys that change no "
+                        "number) instead of refusing it: marked NOT COMPARABLE, its differences listed, no marks")
 
     p = sub.add_parser("data", help="data set tools")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
@@ -226,8 +229,8 @@ def _dispatch(a: argparse.Namespace) -> int:
     if a.cmd == "report":
         from .report import summary_table, write_report
 
-        path = write_report(a.runs, a.out, a.title)
-        print(summary_table(a.runs))
+        path = write_report(a.runs, a.out, a.title, allow_mismatch=a.allow_mismatch)
+        print(summary_table(a.runs, allow_mismatch=a.allow_mismatch))
         print(f"report: {path}")
         return 0
     if a.cmd == "data" and a.data_cmd == "prepare":

@@ -394,13 +394,26 @@ def check_values(cfg: dict) -> None:
 # --------------------------------------------------------------------------- resume
 
 
-# keys a run may change when it resumes: they decide where and how a run is logged, not
-# what it computes (``device``, ``train.compile``, ``train.channels_last`` and ``train.data_parallel`` change floating-point rounding only;
-# ``eval.*`` is read by evaluations, never by training)
-RESUME_SAFE: tuple[str, ...] = (
-    "name", "out_dir", "device", "data.cache_dir", "train.progress", "train.log_every", "train.checkpoint_every",
-    "train.collapse_every", "train.num_threads", "train.compile", "train.channels_last", "train.data_parallel", "eval.",
+# The one list of keys that change no number: where and how a run is logged and its data
+# decoded (``data.workers``, ``data.prefetch``: DataLoader processes), or floating-point
+# rounding only (``device``, ``train.num_threads``, ``train.compile``, ``train.channels_last``,
+# ``train.data_parallel``); ``eval.*`` is never read by training (each evaluation records the
+# settings it ran with in ``metrics/<task>.json``, and the report compares those). Read by the
+# resume check (``resume_changes``: these may change on resume), the report (a baseline / + SP
+# pair may differ in these and ``sp.*``, nothing else) and the feature cache (``data.*`` keys
+# listed here are not part of its key). Entries ending in "." are prefixes.
+NUMBER_FREE: tuple[str, ...] = (
+    "name", "out_dir", "device", "data.cache_dir", "data.workers", "data.prefetch", "train.progress",
+    "train.log_every", "train.checkpoint_every", "train.collapse_every", "train.num_threads", "train.compile",
+    "train.channels_last", "train.data_parallel", "eval.",
 )
+
+
+def number_free(key: str) -> bool:
+    """Whether the dotted ``key`` changes no number (``NUMBER_FREE``)."""
+    return any(key == s or (s.endswith(".") and key.startswith(s)) for s in NUMBER_FREE)
+
+
 RESUME_HISTORY = "resumed_with_changes"  # config.yaml entry listing changes forced on resume
 
 
@@ -418,23 +431,23 @@ def flatten(cfg: dict, where: str = "") -> dict[str, Any]:
 def resume_changes(saved: dict, new: dict) -> tuple[dict[str, tuple], dict[str, tuple]]:
     """Keys whose value differs between a checkpoint's config and a new one, as
     ``(unsafe, safe)`` dicts of ``key -> (saved value, new value)``; ``safe`` keys are
-    those in ``RESUME_SAFE``. A key the saved config lacks (added since) counts as its
+    those in ``NUMBER_FREE``. A key the saved config lacks (added since) counts as its
     default."""
     old = flatten({k: v for k, v in saved.items() if k != RESUME_HISTORY})
     defaults = flatten(derive(copy.deepcopy(DEFAULTS)))
     unsafe, safe = {}, {}
     for key, value in flatten({k: v for k, v in new.items() if k != RESUME_HISTORY}).items():
         before = old.get(key, defaults.get(key, value))
-        if _same(before, value):
+        if same(before, value):
             continue
-        is_safe = any(key == s or (s.endswith(".") and key.startswith(s)) for s in RESUME_SAFE)
-        (safe if is_safe else unsafe)[key] = (before, value)
+        (safe if number_free(key) else unsafe)[key] = (before, value)
     return unsafe, safe
 
 
-def _same(a: Any, b: Any) -> bool:
+def same(a: Any, b: Any) -> bool:
+    """Equal as config values: 1 == 1.0, lists element by element, a bool only equal to itself."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):

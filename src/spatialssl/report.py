@@ -10,16 +10,22 @@ optional ``metrics/<task>_examples.pt`` (example arrays for the figures).
 
 Runs are paired by framework: a run without SP and one with SP of the same framework
 become "baseline | + SP | difference" columns; other runs get a column each. A pair must
-differ by SP alone: ``pair_differences`` lists what else differs, and ``write_report``
-refuses such a pair unless ``allow_mismatch`` allows its differences (True: any; or a list
-of keys such as ``["views.local_flip"]``); an allowed pair is marked NOT COMPARABLE and its
-Δ left untested.
+differ by SP alone: ``pair_differences`` lists any config key it differs in outside ``sp.*``
+and the keys that change no number (``config.NUMBER_FREE``, the list the resume check and
+the feature cache read too), and any difference in the eval settings and data of a task;
+``write_report`` refuses such a pair unless ``allow_mismatch`` allows its differences (True:
+any; or a list of keys such as ``["views.local_flip"]``); an allowed pair is marked NOT
+COMPARABLE and its Δ left untested (CLI: ``spatialssl report --allow-mismatch``).
 
 Significance (``paired_bootstrap``): Δ = SP − baseline gets ✓ (SP better) or ✗ (worse)
-only when the 95% paired-bootstrap interval over test items excludes 0 (Efron &
-Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13; paired resampling as in
-Koehn, "Statistical Significance Tests for Machine Translation Evaluation", EMNLP 2004),
+only when the 95% paired-bootstrap interval over the independent test units excludes 0
+(Efron & Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13; paired resampling as
+in Koehn, "Statistical Significance Tests for Machine Translation Evaluation", EMNLP 2004),
 ≈ when it does not; without per-item outcomes of both runs there is no test and no mark.
+The units are the test images: items of one image (patch-pair's pairs, ``group`` in the
+outcomes) are drawn together. A metric both runs score at or below their random-init floor
+gets "≤ floor" instead of a mark. Which way a metric is better comes from the protocols'
+declaration, ``evals.METRICS``.
 
 >>> write_report(["runs/demo/dino", "runs/demo/dino_sp"], "runs/demo")
 PosixPath('runs/demo/report.md')
@@ -38,51 +44,57 @@ from pathlib import Path
 import torch
 import yaml
 
-# (task, value key, label, +1 higher is better / -1 lower is better / 0 a diagnostic): the
-# summary rows. Under each directional row the table adds the random-init floor
-# (``random_<key>``) and the supervised reference (``supervised_<key>``) where a run has them.
-KEY_METRICS: list[tuple[str, str, str, int]] = [
-    ("knn", "top1", "kNN top-1", 1),
-    ("linear", "top1", "linear top-1", 1),
-    ("patch_pair", "r2_dx", "patch-pair R² dx", 1),
-    ("patch_pair", "r2_dy", "patch-pair R² dy", 1),
-    ("patch_pair", "r2_ds", "patch-pair R² ds", 1),
-    ("patch_pair", "train_r2_ds", "patch-pair R² ds (probe-train)", 0),
-    ("finegrained", "knn_top1", "fine-grained kNN top-1", 1),
-    ("finegrained", "linear_top1", "fine-grained linear top-1", 1),
-    ("segmentation", "miou", "segmentation mIoU", 1),
-    ("segmentation", "pixel_acc", "segmentation pixel acc.", 1),
-    ("depth", "rmse", "depth RMSE", -1),
-    ("depth", "abs_rel", "depth AbsRel", -1),
-    ("depth", "delta1", "depth δ<1.25", 1),
-    ("robustness", "clean_top1", "clean top-1 (robustness subset)", 1),
-    ("robustness", "mCA", "mean corruption acc. (mCA)", 1),
-    ("robustness", "rel_mCA", "mCA / clean", 1),
-    ("robustness", "ood_top1", "OOD split top-1", 1),
-    ("jigsaw", "tile_acc", "jigsaw tile acc.", 1),
-    ("jigsaw", "puzzle_acc", "jigsaw puzzle acc.", 1),
-    ("jigsaw", "top1_original", "top-1 original", 1),
-    ("jigsaw", "top1_shuffled", "top-1 shuffled", 0),
-    ("jigsaw", "top1_reconstructed", "top-1 reconstructed", 1),
+from . import config as config_mod
+from .evals import GROUPED
+from .evals import direction as metric_direction
+
+# (task, value key, label): the summary rows, each with its direction (+1 higher is better,
+# -1 lower is better, 0 a diagnostic) from the protocols' one declaration, ``evals.METRICS``.
+# Under each directional row the table adds the random-init floor (``random_<key>``) and the
+# supervised reference (``supervised_<key>``) where a run has them.
+_KEY_ROWS: list[tuple[str, str, str]] = [
+    ("knn", "top1", "kNN top-1"),
+    ("linear", "top1", "linear top-1"),
+    ("patch_pair", "r2_dx", "patch-pair R² dx"),
+    ("patch_pair", "r2_dy", "patch-pair R² dy"),
+    ("patch_pair", "r2_ds", "patch-pair R² ds"),
+    ("patch_pair", "train_r2_ds", "patch-pair R² ds (probe-train)"),
+    ("finegrained", "knn_top1", "fine-grained kNN top-1"),
+    ("finegrained", "linear_top1", "fine-grained linear top-1"),
+    ("segmentation", "miou", "segmentation mIoU"),
+    ("segmentation", "pixel_acc", "segmentation pixel acc."),
+    ("depth", "rmse", "depth RMSE"),
+    ("depth", "abs_rel", "depth AbsRel"),
+    ("depth", "delta1", "depth δ<1.25"),
+    ("robustness", "clean_top1", "clean top-1 (robustness subset)"),
+    ("robustness", "mCA", "mean corruption acc. (mCA)"),
+    ("robustness", "rel_mCA", "mCA / clean"),
+    ("robustness", "ood_top1", "OOD split top-1"),
+    ("jigsaw", "tile_acc", "jigsaw tile acc."),
+    ("jigsaw", "puzzle_acc", "jigsaw puzzle acc."),
+    ("jigsaw", "top1_original", "top-1 original"),
+    ("jigsaw", "top1_shuffled", "top-1 shuffled"),
+    ("jigsaw", "top1_reconstructed", "top-1 reconstructed"),
 ]
 FLOORS = [("random_", "↳ random-init"), ("supervised_", "↳ supervised")]
-
-# keys that describe a protocol or a reference, not a quality of the backbone: never marked
-DIAGNOSTICS = {"chance", "best_lr", "n_classes", "majority_miou", "k", "t", "n", "top1_shuffled", "val_acc",
-               "n_train", "n_test", "n_pairs", "seeds", "skipped", "valid_frac"}
-DIAGNOSTIC_PREFIXES = ("random_", "supervised_", "train_", "n_", "val_", "chance", "majority_", "mean_", "m_")
-LOWER_SUFFIXES = ("rmse", "abs_rel", "mae", "_err", "error")
-HIGHER_PARTS = ("acc", "top1", "r2", "iou", "delta", "mca")
+ARROWS = {1: " ↑", -1: " ↓"}
 
 
-def direction(key: str) -> int:
-    """+1 (higher is better), -1 (lower is better) or 0 (a diagnostic, or unknown: never marked)."""
-    k = key.lower()
-    if key in DIAGNOSTICS or k.startswith(DIAGNOSTIC_PREFIXES) or k.endswith(("_lr", "_shuffled")):
-        return 0
-    if k.endswith(LOWER_SUFFIXES):
-        return -1
-    return 1 if any(p in k for p in HIGHER_PARTS) else 0
+def direction(task: str, key: str) -> int:
+    """+1 (higher is better), -1 (lower is better) or 0 (a diagnostic, a setting, a floor or a
+    key no protocol declares: never marked), as ``evals.METRICS`` declares it."""
+    return metric_direction(task, key) or 0
+
+
+KEY_METRICS: list[tuple[str, str, str, int]] = [(t, k, label, direction(t, k)) for t, k, label in _KEY_ROWS]
+
+
+def at_floor(sign: int, value: float | None, floor: float | None) -> bool:
+    """Whether ``value`` is no better than its random-init ``floor`` (at or below it; at or
+    above it for a lower-is-better metric); False when either is missing."""
+    if sign == 0 or value is None or floor is None:
+        return False
+    return value <= floor if sign > 0 else value >= floor
 
 
 def _finite(v) -> float | None:
@@ -224,70 +236,50 @@ def read_runs(run_dirs: list[str | Path]) -> list[Run]:
 
 # --------------------------------------------------------------------------- comparable pairs
 
-# keys that must be equal for the two runs of a pair: the whole backbone and data sections,
-# the training length, the local-view flip policy, and each task's evaluation settings
-PAIR_SECTIONS = ("backbone", "data")
-PAIR_KEYS = ("train.steps", "views.local_flip")
 EVAL_KEYS_IGNORED = {"tasks", "n_examples"}  # which tasks ran; how many example images the figures get
-# keys that may differ without comment: SP itself, the run's name and folder, and settings that
-# change no number (logging, progress bars, checkpoint cadence)
-FREE_PREFIXES = ("sp.", "name", "out_dir", "train.progress", "train.log_every", "train.checkpoint_every",
-                 "train.collapse_every", "device", "num_workers", "data.num_workers", "data.cache_dir",
-                 "data.workers", "data.prefetch")
-DATA_KEYS_FREE = ("workers", "prefetch")  # how prepared shards are decoded (DataLoader processes): no number moves
 
 
-def _data_keys(d: dict | None) -> dict:
-    return {k: v for k, v in (d or {}).items() if k not in DATA_KEYS_FREE}
+@functools.cache
+def _defaults() -> dict:
+    return config_mod.flatten(config_mod.resolve([], warn=False))
 
 
-def _flatten(d, prefix: str = "") -> dict:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+def _differ(a: dict, b: dict, defaults: dict | None = None) -> list[tuple[str, object, object]]:
+    """(key, a's value, b's value) of each flattened key whose values differ; a key one side
+    lacks counts as its ``defaults`` value (a config written before the key existed), else "(absent)"."""
+    fa, fb, d = config_mod.flatten(a), config_mod.flatten(b), defaults or {}
+    missing = object()
+    out = []
+    for k in sorted(set(fa) | set(fb)):
+        x, y = fa.get(k, d.get(k, missing)), fb.get(k, d.get(k, missing))
+        if x is missing or y is missing or not config_mod.same(x, y):
+            out.append((k, "(absent)" if x is missing else x, "(absent)" if y is missing else y))
     return out
 
 
-def _differ(a: dict, b: dict) -> list[tuple[str, object, object]]:
-    fa, fb = _flatten(a), _flatten(b)
-    missing = object()
-    return [(k, fa.get(k, "(absent)"), fb.get(k, "(absent)")) for k in sorted(set(fa) | set(fb))
-            if fa.get(k, missing) != fb.get(k, missing)]
+def _data_keys(d: dict | None) -> dict:
+    return {k: v for k, v in (d or {}).items() if not config_mod.number_free(f"data.{k}")}
 
 
-def pair_differences(base: Run, sp: Run) -> tuple[list[str], list[str]]:
-    """(blocking, other): the settings in which a baseline / + SP pair differs, as
-    "key (baseline value vs SP value)". Blocking: the backbone and data sections,
-    ``train.steps``, ``views.local_flip``, the eval config, eval data (``data_config``) and
-    test-set size of a task both evaluated. Other:
-    any further config key outside ``sp.*``, the name, folder and logging settings."""
-    blocking, other = [], []
+def pair_differences(base: Run, sp: Run) -> list[str]:
+    """The settings in which a baseline / + SP pair differs beyond SP, as "key (baseline value
+    vs SP value)": any config key outside ``sp.*`` and ``config.NUMBER_FREE`` (the keys that
+    change no number), and, for each task both evaluated, the eval config, the eval data
+    (``data_config``) and the test-set size."""
     fmt = "{} ({!r} vs {!r})".format
-    for sec in PAIR_SECTIONS:
-        a, b = base.config.get(sec, {}) or {}, sp.config.get(sec, {}) or {}
-        if sec == "data":
-            a, b = _data_keys(a), _data_keys(b)
-        blocking += [fmt(f"{sec}.{k}", x, y) for k, x, y in _differ(a, b)]
-    fa, fb = _flatten(base.config), _flatten(sp.config)
-    for k in PAIR_KEYS:
-        if fa.get(k, "(absent)") != fb.get(k, "(absent)"):
-            blocking.append(fmt(k, fa.get(k, "(absent)"), fb.get(k, "(absent)")))
+    out = [fmt(k, x, y) for k, x, y in _differ(base.config, sp.config, _defaults())
+           if not k.startswith("sp.") and not config_mod.number_free(k) and k != "sp"]
     for task in sorted(set(base.metrics) & set(sp.metrics)):
         ea = {k: v for k, v in (base.metrics[task].get("eval_config") or {}).items() if k not in EVAL_KEYS_IGNORED}
         eb = {k: v for k, v in (sp.metrics[task].get("eval_config") or {}).items() if k not in EVAL_KEYS_IGNORED}
-        blocking += [fmt(f"eval_config[{task}].{k}", x, y) for k, x, y in _differ(ea, eb)]
+        out += [fmt(f"eval_config[{task}].{k}", x, y) for k, x, y in _differ(ea, eb)]
         da, db = base.metrics[task].get("data_config"), sp.metrics[task].get("data_config")
         if da is not None or db is not None:  # the data the evaluation read (may be overridden at eval time)
-            blocking += [fmt(f"data_config[{task}].{k}", x, y) for k, x, y in _differ(_data_keys(da), _data_keys(db))]
+            out += [fmt(f"data_config[{task}].{k}", x, y) for k, x, y in _differ(_data_keys(da), _data_keys(db))]
         na, nb = base.metrics[task].get("n_test"), sp.metrics[task].get("n_test")
         if na is not None and nb is not None and na != nb:
-            blocking.append(fmt(f"{task}.n_test", na, nb))
-    covered = tuple(f"{s}." for s in PAIR_SECTIONS) + PAIR_KEYS
-    other = [fmt(k, x, y) for k, x, y in _differ(base.config, sp.config)
-             if not k.startswith(covered) and not k.startswith(FREE_PREFIXES)]
-    return blocking, other
+            out.append(fmt(f"{task}.n_test", na, nb))
+    return out
 
 
 def columns(runs: list[Run]) -> list[tuple[Run, Run | None]]:
@@ -303,7 +295,7 @@ def columns(runs: list[Run]) -> list[tuple[Run, Run | None]]:
                 if j == i or j in partner or o.framework != r.framework or o.sp == r.sp:
                     continue
                 base, sp = (r, o) if not r.sp else (o, r)
-                if strict and pair_differences(base, sp)[0]:
+                if strict and pair_differences(base, sp):
                     continue
                 partner[i], partner[j] = j, i
                 break
@@ -319,21 +311,23 @@ def columns(runs: list[Run]) -> list[tuple[Run, Run | None]]:
 
 def check_pairs(cols: list[tuple[Run, Run | None]], allow_mismatch: bool | Iterable[str] = False
                 ) -> dict[tuple[int, int], list[str]]:
-    """{(id(base), id(sp)): blocking differences} of each pair. Raises ValueError naming both
-    runs and the keys when a pair differs in more than SP, unless ``allow_mismatch`` is True
-    (any difference is then marked instead) or names the keys (prefixes, e.g.
-    ``["views.local_flip"]``) that may differ: those are marked, any other still refused."""
+    """{(id(base), id(sp)): differences beyond SP} of each pair (``pair_differences``). Raises
+    ValueError naming both runs and the keys when a pair differs in more than SP, unless
+    ``allow_mismatch`` is True (any difference is then reported, its Δ without a mark) or
+    names the keys (prefixes, e.g. ``["views.local_flip"]``) that may differ: those are
+    reported so, any other still refused."""
     allowed = None if allow_mismatch is True else () if allow_mismatch is False else tuple(allow_mismatch)
     found = {}
     for base, sp in cols:
         if sp is None:
             continue
-        blocking, _ = pair_differences(base, sp)
+        blocking = pair_differences(base, sp)
         refused = [] if allowed is None else [d for d in blocking if not d.startswith(allowed)]
         if refused:
             raise ValueError(f"runs '{base.path}' and '{sp.path}' are not comparable: they differ in "
-                             f"{'; '.join(refused)} (only sp.*, name and out_dir may differ; "
-                             "allow_mismatch reports them marked instead)")
+                             f"{'; '.join(refused)} (a pair may differ in sp.* and keys that change no number "
+                             "(config.NUMBER_FREE) only; `spatialssl report --allow-mismatch` (allow_mismatch=True) "
+                             "reports such a pair without marks)")
         found[(id(base), id(sp))] = blocking
     return found
 
@@ -346,8 +340,9 @@ LEVEL = 0.95
 KINDS = {"mean": ("x",), "r2": ("err2", "target"), "rmse": ("sq",), "miou": ("inter", "union")}
 
 
-def _outcome(o, key: str) -> tuple[str, dict[str, torch.Tensor]]:
-    """Validated outcome: kind and float64 tensors of N items (ValueError when malformed)."""
+def _outcome(o, key: str) -> tuple[str, dict[str, torch.Tensor], torch.Tensor | None]:
+    """Validated outcome: kind, float64 tensors of N items, and the group (image) of each item
+    [N] or None (ValueError when malformed)."""
     if not isinstance(o, dict) or o.get("kind") not in KINDS:
         raise ValueError(f"outcome of '{key}' must be a dict with kind in {sorted(KINDS)}")
     arrs = {f: torch.as_tensor(o[f]).to(torch.float64) for f in KINDS[o["kind"]] if f in o}
@@ -359,7 +354,13 @@ def _outcome(o, key: str) -> tuple[str, dict[str, torch.Tensor]]:
         raise ValueError(f"outcome of '{key}' ({o['kind']}) has fields of shapes {sorted(shapes)}")
     if o["kind"] == "r2":  # R^2 is invariant to a shift of the targets; centring avoids cancellation
         arrs["target"] = arrs["target"] - arrs["target"].mean()
-    return o["kind"], arrs
+    group = None
+    if o.get("group") is not None:
+        group = torch.as_tensor(o["group"]).to(torch.long)
+        n = next(iter(shapes))[0]
+        if group.shape != (n,):
+            raise ValueError(f"outcome of '{key}': group of shape {tuple(group.shape)} for {n} items")
+    return o["kind"], arrs, group
 
 
 def metric_from_counts(kind: str, arrs: dict[str, torch.Tensor], w: torch.Tensor) -> torch.Tensor:
@@ -393,13 +394,26 @@ class Test:
     delta: float
     lo: float
     hi: float
-    n_items: int
+    n_items: int  # independent units resampled: test items, or images where items are grouped
     n_seeds: int
 
     def mark(self, sign: int) -> str:
-        if sign == 0 or not (self.lo > 0 or self.hi < 0):
-            return "≈"
-        return "✓" if (self.lo > 0) == (sign > 0) else "✗"
+        return mark(self.lo, self.hi, sign)
+
+
+FLOOR_NOTE = "≤ floor"  # in place of a mark: both runs no better than their random-init floor
+
+
+def mark(lo: float, hi: float, sign: int, floor: bool = False) -> str:
+    """The one marking rule: ✓ (SP better) or ✗ (SP worse) when the interval [lo, hi] of
+    Δ = SP − baseline excludes 0, ≈ when it does not or the metric has no direction;
+    ``FLOOR_NOTE`` instead of any mark when both runs are at or below their random-init
+    floor (``floor``: ``at_floor`` of both; neither can be said to have learnt it)."""
+    if floor:
+        return FLOOR_NOTE
+    if sign == 0 or not (lo > 0 or hi < 0):
+        return "≈"
+    return "✓" if (lo > 0) == (sign > 0) else "✗"
 
 
 def _t_quantile(q: float, df: int) -> float:
@@ -426,18 +440,24 @@ def _counts(seed: int, draw: int, n: int, r0: int, rc: int, replicates: int) -> 
 
 
 def paired_bootstrap(base: list[dict], sp: list[dict], key: str, replicates: int = BOOT_REPLICATES,
-                     seed: int = BOOT_SEED, level: float = LEVEL, chunk: int = 1 << 20) -> Test:
-    """Paired bootstrap over test items of Δ = metric(SP) − metric(baseline) for ``key``.
+                     seed: int = BOOT_SEED, level: float = LEVEL, chunk: int = 1 << 20,
+                     grouped: bool = False) -> Test:
+    """Paired bootstrap over the independent test units of Δ = metric(SP) − metric(baseline) for ``key``.
 
     ``base``, ``sp``: per-seed outcome dicts (``metrics/<task>_outcomes.pt``'s "seeds"); seed i
-    of one run is paired with seed i of the other (same test items, same order). Each replicate
-    draws N item indices with replacement once and applies them to both runs (and to every
-    seed, when all seeds have the same N), so what the two runs share cancels; Δ of a replicate
-    is the mean over seeds of the per-seed Δ. The percentile interval of the replicates is then
-    widened, in quadrature on each side, by the t-interval of the mean of the per-seed Δ
-    (between-seed spread: the probe's own randomness, which resampling items does not see).
-    Vectorised: item counts [R, N] times the per-item outcomes, ``chunk`` counts at a time.
-    Raises ValueError when the outcomes cannot be paired (kind or N differ, key missing)."""
+    of one run is paired with seed i of the other (same test items, same order). The units
+    resampled are the items, or, where the outcomes carry ``group`` [N] (the image of each
+    item: patch-pair pairs), the groups: all items of a drawn image come together, as the
+    pairs of one image are not independent (resampling them one by one shrinks the interval
+    by up to sqrt(pairs per image)). ``grouped``: the outcomes must carry ``group``
+    (ValueError otherwise). Each replicate draws U unit indices with replacement once and
+    applies them to both runs (and to every seed, when all seeds have the same U), so what
+    the two runs share cancels; Δ of a replicate is the mean over seeds of the per-seed Δ.
+    The percentile interval of the replicates is then widened, in quadrature on each side,
+    by the t-interval of the mean of the per-seed Δ (between-seed spread: the probe's own
+    randomness, which resampling items does not see). Vectorised: unit counts [R, U] spread
+    to item weights [R, N] times the per-item outcomes, ``chunk`` weights at a time.
+    Raises ValueError when the outcomes cannot be paired (kind, N or groups differ, key missing)."""
     n_seeds = min(len(base), len(sp))
     if n_seeds == 0:
         raise ValueError("no evaluation seed with outcomes in both runs")
@@ -445,25 +465,36 @@ def paired_bootstrap(base: list[dict], sp: list[dict], key: str, replicates: int
     for s in range(n_seeds):
         if key not in base[s] or key not in sp[s]:
             raise ValueError(f"no outcome of '{key}' for seed {s} of both runs")
-        (ka, a), (kb, b) = _outcome(base[s][key], key), _outcome(sp[s][key], key)
+        (ka, a, ga), (kb, b, gb) = _outcome(base[s][key], key), _outcome(sp[s][key], key)
         if ka != kb or any(a[f].shape != b[f].shape for f in a):
             raise ValueError(f"outcomes of '{key}' differ in kind or item count for seed {s}")
-        pairs.append((ka, a, b))
-    ns = [next(iter(a.values())).shape[0] for _, a, _ in pairs]
+        if ga is not None and gb is not None and not torch.equal(ga, gb):
+            raise ValueError(f"outcomes of '{key}' group their items into other images for seed {s}")
+        group = ga if ga is not None else gb
+        if grouped and group is None:
+            raise ValueError(f"outcomes of '{key}' carry no image of each item (group): evaluated before "
+                             "items were resampled by image; evaluate again")
+        # unit of each item: 0..U-1 (its group's rank), or the item itself
+        unit = torch.unique(group, return_inverse=True)[1] if group is not None else None
+        pairs.append((ka, a, b, unit))
+    ns = [next(iter(a.values())).shape[0] for _, a, _, _ in pairs]
+    us = [int(u.max()) + 1 if u is not None else n for (_, _, _, u), n in zip(pairs, ns)]
     full = [float(metric_from_counts(k, b, torch.ones(1, n, dtype=torch.float64))
                   - metric_from_counts(k, a, torch.ones(1, n, dtype=torch.float64)))
-            for (k, a, b), n in zip(pairs, ns)]
+            for (k, a, b, _), n in zip(pairs, ns)]
     delta = sum(full) / n_seeds
     if not math.isfinite(delta):
         raise ValueError(f"'{key}' is undefined on the test items")
-    shared = len(set(ns)) == 1
+    shared = len(set(us)) == 1
     reps = []
     per = max(1, min(replicates, chunk // max(ns)))
     for r0 in range(0, replicates, per):
         rc = min(per, replicates - r0)
         acc = torch.zeros(rc, dtype=torch.float64)
-        for s, ((k, a, b), n) in enumerate(zip(pairs, ns)):
-            w = _counts(seed, 0 if shared else s, n, r0, rc, replicates)
+        for s, ((k, a, b, unit), u) in enumerate(zip(pairs, us)):
+            w = _counts(seed, 0 if shared else s, u, r0, rc, replicates)
+            if unit is not None:
+                w = w[:, unit]  # each item weighs as often as its image was drawn
             acc += metric_from_counts(k, b, w) - metric_from_counts(k, a, w)
         reps.append(acc / n_seeds)
     d = torch.cat(reps)
@@ -475,7 +506,7 @@ def paired_bootstrap(base: list[dict], sp: list[dict], key: str, replicates: int
         sd = torch.tensor(full, dtype=torch.float64).std().item()
         h = _t_quantile((1 + level) / 2, n_seeds - 1) * sd / math.sqrt(n_seeds)
         lo, hi = delta - math.hypot(delta - lo, h), delta + math.hypot(hi - delta, h)
-    return Test(delta, lo, hi, ns[0], n_seeds)
+    return Test(delta, lo, hi, us[0], n_seeds)
 
 
 # --------------------------------------------------------------------------- tables
@@ -503,24 +534,27 @@ def _test(base: Run, sp: Run, task: str, key: str) -> Test | str:
     if a is None or b is None:
         return f"no {task}_outcomes.pt for " + " and ".join(r.label for r, o in ((base, a), (sp, b)) if o is None)
     try:
-        return paired_bootstrap(a, b, key)
+        return paired_bootstrap(a, b, key, grouped=task in GROUPED)
     except (ValueError, RuntimeError, TypeError, KeyError) as e:
         return f"{task}.{key}: {e}"
 
 
-def _diff(a: float | None, b: float | None, sign: int, test: Test | str | None = None, mismatch: bool = False) -> str:
+def _diff(a: float | None, b: float | None, sign: int, test: Test | str | None = None, mismatch: bool = False,
+          floor: bool = False) -> str:
     """The Δ cell: SP minus baseline with its interval and mark ("+0.021 [+0.008, +0.034] ✓");
     "–" for a diagnostic or a missing / non-finite value; † (no test) or ‡ (not comparable)
-    after a Δ that carries no mark."""
+    after a Δ that carries no mark; ``floor`` (both runs at or below their random-init floor):
+    "≤ floor" in place of the mark."""
     a, b = _finite(a), _finite(b)
     if a is None or b is None or sign == 0:
         return "–"
     d = b - a
+    note = f" {FLOOR_NOTE}" if floor else ""
     if mismatch:
-        return f"{d:+.3f} {MISMATCH}"
+        return f"{d:+.3f} {MISMATCH}{note}"
     if not isinstance(test, Test):
-        return f"{d:+.3f} {NO_TEST}"
-    return f"{d:+.3f} [{test.lo:+.3f}, {test.hi:+.3f}] {test.mark(sign)}"
+        return f"{d:+.3f} {NO_TEST}{note}"
+    return f"{d:+.3f} [{test.lo:+.3f}, {test.hi:+.3f}] {mark(test.lo, test.hi, sign, floor)}"
 
 
 def _header(runs_cols, mismatched) -> list[str]:
@@ -567,12 +601,13 @@ def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = N
                 test = _test(base, sp, task, key)
                 if tests is not None:
                     tests[(base.label, sp.label, task, key)] = test
+            floor = all(at_floor(sign, v, r.value(task, f"random_{key}")[0]) for v, r in ((a, base), (b, sp)))
             cells += [_fmt(a, sa, sign == 0), _fmt(b, sb, sign == 0),
-                      _diff(a, b, sign, test, mis) if compare else "–"]
+                      _diff(a, b, sign, test, mis, floor) if compare else "–"]
         return cells if seen else None
 
     for task, key, label, sign in rows:
-        arrow = {1: " ↑", -1: " ↓"}.get(sign, "")
+        arrow = ARROWS.get(sign, "")
         main = line(task, key, f"{label}{arrow}", sign, True)
         if main is None:
             continue
@@ -609,7 +644,7 @@ def summary_table(run_dirs: list[str | Path], allow_mismatch: bool | Iterable[st
 def detail_tables(runs: list[Run], allow_mismatch: bool | Iterable[str] = False, tests: dict | None = None
                   ) -> list[tuple[str, list[str], list[list[str]]]]:
     """Every numeric value of every task, one table per task: (task, header, rows); Δ marked
-    only on keys with a direction (``direction``), "–" on diagnostics."""
+    only on keys with a direction (``direction``: ``evals.METRICS``), "–" on any other."""
     out = []
     for task in sorted({t for r in runs for t in r.metrics}):
         keys: list[str] = []
@@ -617,7 +652,7 @@ def detail_tables(runs: list[Run], allow_mismatch: bool | Iterable[str] = False,
             for k, v in (r.metrics.get(task, {}).get("values") or {}).items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys:
                     keys.append(k)
-        rows = [(task, k, k, direction(k)) for k in keys]
+        rows = [(task, k, k, direction(task, k)) for k in keys]
         header, body = table_rows(runs, rows, allow_mismatch, floors=False, tests=tests)
         skipped = [f"{r.label}: {r.metrics[task]['values']['skipped']}" for r in runs
                    if "skipped" in (r.metrics.get(task, {}).get("values") or {})]
@@ -820,12 +855,15 @@ def plot_dense(runs: list[Run], task: str, path: Path, k: int = 4) -> Path | Non
 # --------------------------------------------------------------------------- the report
 
 NOTE = ("Δ = (+ SP) − baseline, with its 95% interval in brackets; ✓ (SP better) or ✗ (SP worse) only "
-        "where a paired bootstrap over test items (1,000 resamples of the items, the same items for both "
-        "runs; with several evaluation seeds Δ is averaged over seeds in each resample and the interval "
-        "widened by the t-interval of its between-seed spread) gives an interval that excludes 0, ≈ where "
-        "it does not. ↑: higher is better, ↓: lower is better; – : a diagnostic (no direction) or a missing "
-        f"value; {NO_TEST}: no per-item outcomes of both runs, so no test and no mark; {MISMATCH}: the pair "
-        "differs in more than SP (listed under Pairs), so no test. ± is the standard deviation over "
+        "where a paired bootstrap over the independent test units (1,000 resamples of the test images, "
+        "the same for both runs; patch-pair's pairs are resampled with their image, all pairs of a drawn "
+        "image together; with several evaluation seeds Δ is averaged over seeds in each resample and the "
+        "interval widened by the t-interval of its between-seed spread) gives an interval that excludes 0, "
+        "≈ where it does not. ↑: higher is better, ↓: lower is better; – : a diagnostic (no direction) or a "
+        f"missing value; {NO_TEST}: no per-item outcomes of both runs, so no test and no mark; {MISMATCH}: the "
+        "pair differs in more than SP (listed under Pairs), so no test; "
+        f"{FLOOR_NOTE}: both runs at or below their random-init floor (at or above it where lower is "
+        "better), so no mark whatever the interval. ± is the standard deviation over "
         "evaluation seeds. ↳ random-init: the same protocol on a randomly initialised backbone of the same "
         "architecture; ↳ supervised: the same backbone trained on the labels. No mark covers the spread "
         "over pretraining seeds. See docs/evaluations.md for what each number means.")
@@ -837,12 +875,8 @@ def _pairs_section(cols, mismatched) -> tuple[list[str], list[list[str]]]:
     for base, sp in cols:
         if sp is None:
             continue
-        blocking, other = pair_differences(base, sp)
-        diff = "; ".join(blocking + other) or "no (SP alone)"
-        if blocking:
-            diff = "⚠ NOT COMPARABLE: " + diff
-        elif other:
-            diff = "⚠ also: " + diff
+        differs = mismatched.get((id(base), id(sp)))
+        diff = "⚠ NOT COMPARABLE: " + "; ".join(differs) if differs else "no (SP alone)"
         rows.append([f"{base.label} / {sp.label}", f"{base.local_flip} / {sp.local_flip}", diff])
     return header, rows
 

@@ -132,3 +132,23 @@ def test_non_finite_metrics_are_refused(planted_tools, tmp_path):
         write_metrics(tmp_path, "depth", {"rmse": float("nan")}, ctx)
     path = write_metrics(tmp_path, "depth", {"rmse": 1.0}, ctx)
     json.loads(path.read_text())  # strict JSON
+
+
+def test_cache_key_reads_the_number_free_list(planted_tools):
+    """Each data key the one list of number-free keys (config.NUMBER_FREE) names leaves the
+    feature-cache key as it was; every other data key changes it. Plant: the old hard-coded
+    exclusion of workers and prefetch only (data.cache_dir then changes the key)."""
+    from spatialssl.config import DEFAULTS, number_free
+
+    t = planted_tools
+    a = t["labelled_set"](8, 2, 0)
+    ctx = t["context"](t["Planted"](6), {"train": a, "test": a})
+    key0 = ctx.cache_key(a.images, False)
+    data = ctx.cfg["data"]
+    for k, default in DEFAULTS["data"].items():
+        before = dict(data)
+        value = data.get(k, default)
+        data[k] = "changed" if isinstance(value, str) else value + 1
+        assert (ctx.cache_key(a.images, False) == key0) == number_free(f"data.{k}"), k
+        data.clear()
+        data.update(before)

@@ -67,8 +67,13 @@ def test_floor_for_every_metric_and_supervised_reference(tiny_run, tmp_path):
     res = evaluate(tiny_run, "all", out_dir=tmp_path, overrides=EV_ALL, progress=False, reference="supervised")
     assert set(res) == set(parse_tasks("all"))
     for task, values in res.items():
-        keys = metric_keys(values)
+        keys = metric_keys(task, values)
         assert keys, task
+        # every number a protocol returns is a declared metric (evals.METRICS) or describes the setting
+        setting = [k for k, v in values.items() if isinstance(v, float) and k not in keys
+                   and not k.startswith(("random_", "supervised_"))]
+        assert set(setting) <= {"chance", "chance_tile", "chance_puzzle", "t", "best_lr", "majority_miou",
+                                "mean_rmse", "valid_frac"}, (task, setting)
         for k in keys:
             assert f"random_{k}" in values and f"supervised_{k}" in values, (task, k)
         out = torch.load(tmp_path / "metrics" / f"{task}_outcomes.pt", weights_only=True)["seeds"][0]

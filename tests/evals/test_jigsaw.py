@@ -75,3 +75,5 @@ def test_run_decodes_with_hungarian(planted_tools):
     ctx = t["context"](t["Planted"](9), {"train": ambiguous(60, 0), "test": ambiguous(40, 1)})
     jigsaw.run(ctx)
     assert ctx.outcomes["puzzle_acc"]["x"].shape == (40,) and ctx.outcomes["tile_acc"]["kind"] == "mean"
+    for key in ("tile_acc", "puzzle_acc", "tile_acc_greedy"):  # one item per test image, its id the group
+        assert ctx.outcomes[key]["group"].tolist() == list(range(40)), key

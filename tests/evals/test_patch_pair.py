@@ -74,6 +74,13 @@ def test_box_encoding_backbone_reads_r2_near_one(planted_tools):
     assert o["kind"] == "r2" and o["err2"].shape == o["target"].shape == (out["n_pairs_test"],)
     assert abs(float(patch_pair.r2(o["err2"], o["target"])) - out["r2_dx"]) < 1e-5
     assert out["n_pairs_test"] == 30 * 8 and out["n_test"] == 30
+    # every outcome carries the held-out image of each pair (the report resamples images)
+    _, held_out = patch_pair.halves(ctx, 60, ctx.split("test").labels)
+    for key in ("r2_dx", "r2_dy", "r2_ds", "sign_acc_dx", "sign_acc_dy", "sign_acc_ds", "mae"):
+        group = ctx.outcomes[key]["group"]
+        assert group.shape == (240,) and group.dtype == torch.long, key
+        images, counts = group.unique(return_counts=True)
+        assert images.tolist() == sorted(held_out.tolist()) and (counts == 8).all(), key
 
 
 def test_constant_backbone_reads_r2_near_zero(planted_tools):

@@ -324,7 +324,7 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
             interruption would; for tests and time-boxed runs.
         data: the train split, if already loaded (default: ``load_split(cfg["data"], "train")``).
         force: resume even when ``cfg`` differs from the checkpoint's config in keys that
-            change what is trained (``config.RESUME_SAFE`` lists those that may change
+            change what is trained (``config.NUMBER_FREE`` lists those that may change
             freely); the changes are recorded in ``config.yaml`` and ``train.log``.
 
     Raises:
@@ -401,7 +401,7 @@ def _resume_state(out: Path, cfg: dict, force: bool) -> tuple[dict | None, list[
 
     Reads the newest readable checkpoint (an unreadable newer one is reported and the
     previous one used), then compares its config with ``cfg``: a change outside
-    ``config.RESUME_SAFE`` is a ``ConfigError`` unless ``force``; forced changes are
+    ``config.NUMBER_FREE`` is a ``ConfigError`` unless ``force``; forced changes are
     appended to ``cfg[config.RESUME_HISTORY]``.
     """
     found = checkpoint.load_latest(out)

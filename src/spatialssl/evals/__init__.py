@@ -18,12 +18,14 @@ from __future__ import annotations
 import importlib
 import json
 import statistics
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from tqdm import tqdm
 
-from .features import EvalContext, check_finite, context_from_checkpoint, write_metrics, write_outcomes
+if TYPE_CHECKING:  # the protocols' machinery is imported when a protocol runs: the report reads METRICS only
+    from .features import EvalContext
 
 # task name -> module in this package (each has ``run(ctx) -> dict``)
 TASKS: dict[str, str] = {
@@ -37,15 +39,45 @@ TASKS: dict[str, str] = {
     "jigsaw": "jigsaw",
 }
 
-# values that describe the setting, not the backbone: no floor, no reference, no mark
-DIAGNOSTIC = {"chance", "k", "t", "best_lr", "n", "majority_miou", "mean_rmse", "valid_frac"}
+# What each protocol measures, declared once: task -> {value key (``*`` a wildcard) ->
+# +1 higher is better, -1 lower is better, 0 a diagnostic (a measure of the backbone with no
+# better direction, or of the probe's own fit: shown, floored, never marked)}. A declared
+# key gets the random-init floor ``random_<key>`` (and ``supervised_<key>``); the report
+# reads its direction from here (``direction``). Any other value describes the setting, not
+# the backbone (chance levels, counts ``n_*``, k, t, best_lr, the majority-class and
+# mean-depth predictors, valid_frac): no floor, no mark.
+METRICS: dict[str, dict[str, int]] = {
+    "knn": {"top1": 1},
+    "linear": {"top1": 1},
+    # train_*: the probe on its own training pairs (how much it overfits), not the backbone
+    "patch_pair": {"r2_*": 1, "sign_acc_*": 1, "mae": -1, "train_*": 0},
+    "finegrained": {"knn_top1": 1, "linear_top1": 1, "linear_coarse_consistent": 1},
+    "segmentation": {"miou": 1, "pixel_acc": 1, "iou_*": 1},
+    "depth": {"rmse": -1, "abs_rel": -1, "delta1": 1},
+    "robustness": {"clean_top1": 1, "acc_*": 1, "mCA": 1, "rel_mCA": 1, "ood_top1": 1},
+    # top1_shuffled: the linear probe on scrambled tiles, a reference point for top1_reconstructed
+    "jigsaw": {"tile_acc": 1, "tile_acc_greedy": 1, "puzzle_acc": 1, "top1_original": 1, "top1_shuffled": 0,
+               "top1_reconstructed": 1},
+}
+
+# tasks whose test items are not independent (several pairs of one image): their outcomes
+# carry ``group``, the image of each item, and the report's bootstrap resamples images
+GROUPED: frozenset[str] = frozenset({"patch_pair"})
 
 
-def metric_keys(values: dict) -> list[str]:
-    """The keys of ``values`` that measure the backbone (numbers that are not diagnostics,
-    counts ``n_*``, chance levels ``chance*`` or already a floor / reference)."""
-    return [k for k, v in values.items()
-            if isinstance(v, float) and k not in DIAGNOSTIC and not k.startswith(("n_", "chance", "random_", "supervised_"))]
+def direction(task: str, key: str) -> int | None:
+    """+1 (higher is better), -1 (lower is better), 0 (a diagnostic) for a metric ``METRICS``
+    declares for ``task``; None for any other value (a setting, a floor or a reference)."""
+    for pattern, sign in METRICS.get(task, {}).items():
+        if fnmatchcase(key, pattern):
+            return sign
+    return None
+
+
+def metric_keys(task: str, values: dict) -> list[str]:
+    """The keys of ``values`` that measure the backbone: the numbers ``METRICS`` declares
+    for ``task`` (they get a random-init floor and a supervised reference)."""
+    return [k for k, v in values.items() if isinstance(v, float) and direction(task, k) is not None]
 
 
 def available_tasks() -> list[str]:
@@ -75,6 +107,8 @@ def parse_tasks(tasks: str | list[str]) -> list[str]:
 def run_protocol(ctx: EvalContext, task: str) -> dict:
     """One protocol on one context; non-finite values raise (naming the run and the task).
     Leaves the per-item outcomes in ``ctx.outcomes``."""
+    from .features import check_finite
+
     ctx.task, ctx.outcomes = task, {}
     values = importlib.import_module(f"{__name__}.{TASKS[task]}").run(ctx)
     check_finite(values, ctx)
@@ -114,7 +148,7 @@ def run_task(ctx: EvalContext, task: str, reference: EvalContext | None = None) 
             else:
                 v = run_protocol(other, task)
                 other_outcomes = other.outcomes
-            for k in metric_keys(values):
+            for k in metric_keys(task, values):
                 if k in v:
                     values[f"{prefix}_{k}"] = v[k]
             outcomes.update({f"{prefix}_{k}": o for k, o in other_outcomes.items()})
@@ -151,6 +185,7 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str], seeds: int | None =
     Returns:
         {task: mean values}.
     """
+    from .features import context_from_checkpoint, write_metrics, write_outcomes
     from .reference import REFERENCES, supervised_context
 
     if reference is not None and reference not in REFERENCES:

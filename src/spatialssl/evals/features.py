@@ -41,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from ..backbones import Backbone, create_backbone
+from ..config import number_free
 from ..data import load_split
 from ..data.canvases import CanvasSet
 from ..data.shards import ShardSet, stream_batches
@@ -374,8 +375,8 @@ class EvalContext:
         """Hash of everything that decides the features of ``images`` (see module docstring):
         of a ShardSet, its manifest digest and rows (``ShardSet.digest``), never its pixels."""
         content = f"shards:{images.digest()}" if isinstance(images, ShardSet) else _digest_cached(images)
-        # how batches are decoded (workers, prefetch) does not change the features
-        data = {k: v for k, v in self.cfg["data"].items() if k not in ("workers", "prefetch")}
+        # data keys that change no number (how batches are decoded: workers, prefetch) stay out
+        data = {k: v for k, v in self.cfg["data"].items() if not number_free(f"data.{k}")}
         material = {"version": FEATURE_VERSION, "weights": self.ckpt_hash, "images": content,
                     "data": data, "img_size": self.img_size, "patch": patch,
                     "settings": settings or {}}
@@ -430,11 +431,14 @@ class EvalContext:
         return out
 
     # ---- outcomes --------------------------------------------------------------------
-    def record(self, key: str, kind: str, **tensors: torch.Tensor) -> None:
+    def record(self, key: str, kind: str, group: torch.Tensor | None = None, **tensors: torch.Tensor) -> None:
         """Per-item outcomes of metric ``key`` over the test items (see docs/evaluations.md):
         ``mean`` (x [N]), ``r2`` (err2 [N], target [N]), ``rmse`` (sq [N]),
-        ``miou`` (inter [N, C], union [N, C])."""
-        out = {"kind": kind}
+        ``miou`` (inter [N, C], union [N, C]); ``group`` [N]: the test image of each item
+        where items of one image are not independent (the report resamples images)."""
+        out: dict = {"kind": kind}
+        if group is not None:
+            out["group"] = group.detach().cpu().to(torch.long).clone()
         for k, v in tensors.items():
             v = v.detach().float().cpu()
             if not torch.isfinite(v).all():

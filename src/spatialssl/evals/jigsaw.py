@@ -20,7 +20,9 @@ reconstruction"): ``top1_original``, ``top1_shuffled`` (tiles in shuffled order)
 (``random_*``, from ``evals.run_task``) is not chance when tile content gives position
 away (sky at the top, ground below). Probe-train and test images are seeded, stratified
 samples; the eval seed draws them, the test permutations and the probe.
-Per-image outcomes (``mean``): tile accuracy, puzzle solved (0/1), top-1 of each view.
+Per-image outcomes (``mean``): tile accuracy, puzzle solved (0/1), top-1 of each view, each
+with ``group``, the test image (one item per image: the n^2 tiles of an image are scored,
+and resampled, together).
 """
 
 from __future__ import annotations
@@ -136,9 +138,10 @@ def solve(ctx: EvalContext, backbone, tr_tiles: torch.Tensor, te_tiles: torch.Te
     slots = decode(logp)
     right = (slots == perm).float()
     greedy = (logp.argmax(-1) == perm).float()
-    ctx.record("tile_acc", "mean", x=right.mean(1))
-    ctx.record("puzzle_acc", "mean", x=right.min(1).values)
-    ctx.record("tile_acc_greedy", "mean", x=greedy.mean(1))
+    image = torch.arange(len(perm))  # items are images already (tiles of one image are scored together)
+    ctx.record("tile_acc", "mean", x=right.mean(1), group=image)
+    ctx.record("puzzle_acc", "mean", x=right.min(1).values, group=image)
+    ctx.record("tile_acc_greedy", "mean", x=greedy.mean(1), group=image)
     k = perm.shape[1]
     return {"tile_acc": float(right.mean()), "puzzle_acc": float(right.min(1).values.mean()),
             "tile_acc_greedy": float(greedy.mean()),
@@ -181,7 +184,7 @@ def run(ctx: EvalContext) -> dict:
             f, _ = ctx.features(e["split_test"], images=imgs, tag=f"jigsaw{n}_{name}",
                                 settings=None if name == "original" else shaped)
             right = correct(linear.predict(head, norm, f), te.labels)
-            ctx.record(f"top1_{name}", "mean", x=right)
+            ctx.record(f"top1_{name}", "mean", x=right, group=torch.arange(len(right)))
             out[f"top1_{name}"] = float(right.mean())
     out.update({"n": n, "n_train": len(tr_tiles), "n_test": len(te_tiles)})
     i = example_index(len(perm), e["n_examples"])

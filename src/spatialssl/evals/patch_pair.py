@@ -15,7 +15,8 @@ is early-stopped on pairs of 10% of the probe-train images), MAE (in target unit
 accuracy (right/left, below/above, larger/smaller). The random-init floor (``random_*``)
 comes from ``evals.run_task``. No flips: the geometry must stay intact.
 Per-pair outcomes: ``r2_<c>`` as ``err2``/``target`` [N pairs], ``sign_acc_<c>`` and ``mae``
-as ``mean`` [N pairs].
+as ``mean`` [N pairs], each with ``group`` [N pairs], the test image of each pair (the
+report's bootstrap draws images, all pairs of one together: ``evals.GROUPED``).
 """
 
 from __future__ import annotations
@@ -90,7 +91,11 @@ def fit_probe(za: torch.Tensor, zb: torch.Tensor, t: torch.Tensor, hidden: int, 
     return probe
 
 
-def _scores(pred: torch.Tensor, t: torch.Tensor, prefix: str, ctx: EvalContext | None = None) -> dict:
+def _scores(pred: torch.Tensor, t: torch.Tensor, prefix: str, ctx: EvalContext | None = None,
+            image: torch.Tensor | None = None) -> dict:
+    """Scores of predictions ``pred`` [N, 3] of targets ``t`` [N, 3]; with ``ctx``, records the
+    per-pair outcomes, each with the test image of its pair (``image`` [N]) as ``group``: the
+    pairs of one image are not independent, and the report resamples images."""
     err2 = (pred - t).pow(2)
     r = r2(err2, t)
     sign = ((pred > 0) == (t > 0)).float()
@@ -99,12 +104,12 @@ def _scores(pred: torch.Tensor, t: torch.Tensor, prefix: str, ctx: EvalContext |
         out[f"{prefix}r2_{c}"] = float(r[i])
         out[f"{prefix}sign_acc_{c}"] = float(sign[:, i].mean())
         if ctx is not None:
-            ctx.record(f"r2_{c}", "r2", err2=err2[:, i], target=t[:, i])
-            ctx.record(f"sign_acc_{c}", "mean", x=sign[:, i])
+            ctx.record(f"r2_{c}", "r2", err2=err2[:, i], target=t[:, i], group=image)
+            ctx.record(f"sign_acc_{c}", "mean", x=sign[:, i], group=image)
     mae = (pred - t).abs().mean(1)
     out[f"{prefix}mae"] = float(mae.mean())
     if ctx is not None:
-        ctx.record("mae", "mean", x=mae)
+        ctx.record("mae", "mean", x=mae, group=image)
     return out
 
 
@@ -144,5 +149,5 @@ def run(ctx: EvalContext) -> dict:
     with torch.no_grad():
         pred = probe(torch.cat([za, zb, za - zb, za * zb], 1)).cpu()
     ts = ts.cpu()
-    return {**_scores(pred[half:], ts[half:], "", ctx), **_scores(pred[:half], ts[:half], "train_"),
+    return {**_scores(pred[half:], ts[half:], "", ctx, owner[half:]), **_scores(pred[:half], ts[:half], "train_"),
             "n_pairs_train": half, "n_pairs_test": len(t) - half, "n_test": len(img_te), "n_train": len(img_tr)}
