@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import config as config_mod
+from .. import schedules
 from ..backbones import create_backbone, export_timm_state_dict
 from ..data import check_canvas, load_split
 from ..data.canvases import CanvasSet
@@ -33,7 +34,7 @@ from ..frameworks import create_framework
 from ..frameworks.base import Framework, encode
 from ..sp import SpatialPrediction
 from ..views import BatchPart, MultiCrop, Views
-from . import checkpoint, distributed, schedules
+from . import checkpoint, distributed
 from .monitor import RunLog, embedding_std, log, rankme
 
 

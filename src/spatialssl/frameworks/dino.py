@@ -22,7 +22,7 @@ from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import update_momentum
 
-from ..engine import schedules
+from .. import schedules
 from ..views import Views
 from . import register
 from .base import Framework, encode, frozen_copy, teacher_entropies

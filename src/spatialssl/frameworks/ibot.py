@@ -38,7 +38,7 @@ from lightly.models.utils import random_block_mask, update_momentum
 from lightly.utils import dist
 
 from ..backbones import Backbone
-from ..engine import schedules
+from .. import schedules
 from ..views import BatchPart, Views
 from . import register
 from .base import Framework, encode, teacher_entropies
