@@ -212,8 +212,7 @@ def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device, rank: int
         log.warning("%d local views: SP pairs them as (0,1), (2,3), ...; the last one has no SP pair", n_local)
     # local boxes are drawn as disjoint pairs with or without SP, so "framework" and
     # "framework + SP" see the same view distribution and differ by the SP loss alone
-    multicrop = MultiCrop(cfg["views"], n_local=n_local, max_iou=cfg["sp"]["max_iou"],
-                          candidates=cfg["sp"]["pair_candidates"], pair_locals=True, min_gap=cfg["sp"]["min_gap"])
+    multicrop = MultiCrop.from_config(cfg, n_local=n_local)
     groups = param_groups([framework] + ([sp] if sp is not None else []))
     optimizer = torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, fused=device.type == "cuda")
     peak = t["lr"] * (t["batch_size"] / 256 if t["lr_scale_with_batch"] else 1.0)
