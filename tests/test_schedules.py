@@ -140,3 +140,27 @@ def test_config_command_prints_the_resolved_lengths(capsys):
     out = capsys.readouterr().out
     assert "lr warm-up 100 steps" in out and "last-layer freeze 10 steps" in out and "checkpoint every 50 steps" in out
     assert yaml.safe_load(out)["train"]["warmup_steps"] == 0.1  # still YAML: the lengths are a comment
+
+
+def test_documented_8_gpu_recipe_is_the_one_gpu_recipe_rescaled():
+    """docs/data.md "8 GPUs (one machine)": its command's --sets resolve to 100 epochs at
+    batch 1024, lr 0.002, and the lengths the text states."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    section = doc[doc.index("### 8 GPUs (one machine)"):]
+    command = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    sets = [s for s in re.findall(r"--set (\S+)", command) if not s.startswith(("data.root", "out_dir"))]
+    preset = re.search(r"pretrain -c (\S+)", command).group(1)
+    cfg = config.resolve([preset], sets, warn=False)
+    t = cfg["train"]
+    assert t["batch_size"] == 1024 and t["lr"] * t["batch_size"] / 256 == pytest.approx(0.002)
+    assert t["steps"] * t["batch_size"] >= 100 * 126_689 > (t["steps"] - 1) * t["batch_size"]  # 100 epochs
+    one_gpu = config.resolve([preset], warn=False)
+    assert {k: v for k, v in config.flatten(cfg).items() if config.flatten(one_gpu)[k] != v} == {
+        "train.batch_size": 1024, "train.steps": 12_372}  # nothing else changes
+    lengths = config.schedule_steps(cfg)
+    stated = "{:,} / {:,} / {:,} steps here".format(lengths["train.warmup_steps"],
+                                                     lengths["framework.freeze_last_layer_steps"],
+                                                     lengths["train.checkpoint_every"])
+    assert stated in " ".join(section.split())
