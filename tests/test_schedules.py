@@ -65,6 +65,7 @@ def test_whole_steps_stay_steps_and_fractions_round_down():
     assert lengths([], ["train.steps=300", "train.warmup_steps=0.2", "framework.freeze_last_layer_steps=0.0"]
                    )[:2] == (60, 0)
     assert config.fraction_steps(0.1, 49_500) == 4950 and config.fraction_steps(0.0375, 1000) == 37
+    assert config.fraction_steps(0.29, 100) == 29  # 28.999999999999996 in floating point
     assert config.fraction_steps(0.01, 10, least=1) == 1  # checkpoint_every: at least every step
 
 

@@ -442,8 +442,8 @@ TEACHER_TEMP_WARMUP = "framework.warmup_teacher_temp_frac"  # always a fraction 
 
 def fraction_steps(value: int | float, steps: int, least: int = 0) -> int:
     """Steps of a schedule length: an int is steps; a float is a fraction of ``steps``,
-    ``floor(value x steps)`` (the 1e-6 absorbs binary rounding: 0.1 x 49500 is 4950, not
-    4949) and at least ``least``."""
+    ``floor(value x steps)`` (plus 1e-6 for binary rounding: 0.29 x 100 is 28.999999999999996
+    in floating point, and 29 steps here) and at least ``least``."""
     if isinstance(value, float):
         return max(least, math.floor(value * steps + 1e-6))
     return int(value)
