@@ -4,8 +4,10 @@ user's framework registered and trained with SP by the spatialssl trainer."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,48 @@ def test_own_loop_snippet_runs_and_is_short():
     exec(compile(own_loop, f"{DOC}:own-loop", "exec"), ns)
     assert math.isfinite(ns["loss"].item())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ns["sp"].parameters())
+
+
+def test_own_loop_draws_pairs_as_the_trainer_does_and_warns_of_nothing(caplog, monkeypatch):
+    """The loop's views come from ``MultiCrop.from_config``, as the trainer's: every valid
+    pair is ``sp.min_gap`` px apart, the SP loss is given ``sp_valid``, and neither the
+    config nor the loop warns. Planted, each fails: the loop's former
+    ``MultiCrop(cfg["views"], n_local=4, max_iou=...)`` (pairs touch: min_gap 0), the SP
+    call without ``v.sp_valid``, the former config (16 px local views enlarged from 5% boxes)."""
+    from spatialssl import geometry
+    from spatialssl import sp as sp_mod
+    from spatialssl.views import MultiCrop
+
+    monkeypatch.setattr(sp_mod, "_warned", set())  # a config's warnings are logged once per process
+    drawn, given = [], []
+    real_call, real_forward = MultiCrop.__call__, sp_mod.SpatialPrediction.forward
+
+    def call(self, *args, **kwargs):
+        drawn.append(real_call(self, *args, **kwargs))
+        return drawn[-1]
+
+    def forward(self, emb, boxes, pairs, valid=None, n_valid=None):
+        given.append(valid)
+        return real_forward(self, emb, boxes, pairs, valid, n_valid)
+
+    monkeypatch.setattr(MultiCrop, "__call__", call)
+    monkeypatch.setattr(sp_mod.SpatialPrediction, "forward", forward)
+    ns: dict = {}
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="spatialssl"):
+        warnings.simplefilter("error")
+        exec(compile(python_blocks()[0], f"{DOC}:own-loop", "exec"), ns)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    cfg = ns["cfg"]
+    assert cfg["sp"]["min_gap"] == 3.0 and sp_mod.config_warnings(cfg) == []
+    # the batches the loop trained on, and a larger draw from the same MultiCrop
+    ns["crops"](torch.randint(0, 256, (512, 3, 64, 64), dtype=torch.uint8))  # recorded by the spy
+    assert len(drawn) == 4 and len(given) == 3
+    assert all(valid is v.sp_valid for v, valid in zip(drawn, given))  # the loss leaves the fallback pairs out
+    for v in drawn:
+        a, b = v.local_boxes[v.sp_pairs[:, 0]], v.local_boxes[v.sp_pairs[:, 1]]  # [P, B, 4]
+        gap = geometry.box_separation(a, b)
+        assert (gap[v.sp_valid] >= cfg["sp"]["min_gap"] - 1e-6).all()
+    assert float(drawn[-1].sp_valid.float().mean()) > 0.99  # few fallbacks at these settings
 
 
 @pytest.fixture

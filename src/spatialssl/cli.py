@@ -203,7 +203,9 @@ def _dispatch(a: argparse.Namespace) -> int:
     for module in getattr(a, "plugin", []):
         importlib.import_module(module)
     if a.cmd == "config":
-        print(yaml.safe_dump(config_mod.resolve(a.config, a.overrides), sort_keys=False))
+        cfg = config_mod.resolve(a.config, a.overrides)
+        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        print(f"# {config_mod.describe_schedule(cfg)}\n")  # a YAML comment: the output stays loadable
         return 0
     if a.cmd == "pretrain":
         from .engine.trainer import pretrain

@@ -6,6 +6,20 @@ in the defaults and keep its type; enumerated keys must take an allowed value. D
 values are computed in one place (``derive``), and the resolved config is saved with every
 run (``save``).
 
+Schedule lengths follow the budget. ``train.warmup_steps``, ``framework.freeze_last_layer_steps``
+and ``train.checkpoint_every`` (``SCHEDULE_KEYS``) take either a whole number of steps
+(``100``) or a fraction of the run, a number in (0, 1) (``0.1``: the first 10% of
+``train.steps``; ``E`` epochs of a run of ``N`` epochs is ``E / N``); the teacher-temperature
+warm-up, ``framework.warmup_teacher_temp_frac``, is always a fraction. A fraction resolves to
+``floor(fraction x train.steps)`` steps (``checkpoint_every`` at least 1) in one function,
+``schedule_steps``, which the trainer and the frameworks read; the config keeps what was
+written, so ``--set train.steps=N`` on a preset written in fractions runs the same recipe
+shortened (or lengthened). The resolved steps are logged when training starts (train.log) and
+printed by ``spatialssl config`` (``describe_schedule``).
+
+>>> schedule_steps(resolve(["imagenet100_vits16_dino"], ["train.steps=1000"]))["train.warmup_steps"]
+100
+
 >>> cfg = resolve(["dino_sp"], ["train.steps=10", "sp.weight=1.0"])
 >>> cfg["sp"]["enabled"], cfg["train"]["steps"]
 (True, 10)
@@ -14,6 +28,7 @@ run (``save``).
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -74,10 +89,10 @@ DEFAULTS: dict[str, Any] = {
         "bottleneck_dim": 256,
         "teacher_temp": 0.04,
         "warmup_teacher_temp": 0.04,
-        "warmup_teacher_temp_frac": 0.3,
+        "warmup_teacher_temp_frac": 0.3,  # a fraction of train.steps, always (module docstring)
         "student_temp": 0.1,
         "center_momentum": 0.9,
-        "freeze_last_layer_steps": 0,
+        "freeze_last_layer_steps": 0,  # steps, or a fraction of train.steps in (0, 1) (module docstring)
         "norm_last_layer": True,
         "head_batch_norm": False,  # DINO/iBOT: BatchNorm in the projection head's hidden layers
         # iBOT
@@ -112,7 +127,9 @@ DEFAULTS: dict[str, Any] = {
         "lr": 5e-4,  # peak lr at batch 256; scaled linearly with batch_size / 256
         "lr_scale_with_batch": True,
         "min_lr": 1e-6,
-        "warmup_steps": 100,
+        # schedule lengths: whole steps (100) or a fraction of train.steps in (0, 1) (0.1 = the
+        # first 10% of the run), resolved by ``schedule_steps`` (module docstring)
+        "warmup_steps": 0.1,  # 100 of the default 1000 steps
         "weight_decay": 0.04,
         "weight_decay_end": 0.4,
         "clip_grad": 3.0,  # 0 = off
@@ -121,6 +138,8 @@ DEFAULTS: dict[str, Any] = {
         # NHWC activations for CNN backbones (faster convolutions on CPU with oneDNN, and on
         # GPU tensor cores); benchmarks/cpu_step.py measures it. No effect on ViTs
         "channels_last": False,
+        # steps or a fraction, as warmup_steps. The default is in steps: a cadence in steps bounds
+        # the work an interruption loses whatever the run's length (the ImageNet presets use 0.05)
         "checkpoint_every": 500,
         "log_every": 10,
         "collapse_every": 50,
@@ -238,8 +257,13 @@ def _merge(base: dict, delta: dict, where: str = "") -> None:
 
 
 def _coerce(path: str, default: Any, value: Any) -> Any:
-    """Check ``value`` against the type of ``default`` (ints are accepted for floats)."""
-    if isinstance(default, bool):
+    """Check ``value`` against the type of ``default`` (ints are accepted for floats; a
+    schedule length, ``SCHEDULE_KEYS``, is an int or a float whatever its default)."""
+    if path in SCHEDULE_KEYS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{path}' must be a number of steps or a fraction of train.steps, "
+                              f"got {value!r}")
+    elif isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
     elif isinstance(default, float):
@@ -366,9 +390,9 @@ _LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
     "views.n_global": (1, False), "views.n_local": (0, False),
     "sp.weight": (0.0, False), "sp.pair_candidates": (1, False), "sp.extra_local_views": (0, False),
     "sp.hidden_dim": (1, False), "sp.beta": (0.0, True),
-    "train.lr": (0.0, True), "train.min_lr": (0.0, False), "train.warmup_steps": (0, False),
+    "train.lr": (0.0, True), "train.min_lr": (0.0, False),
     "train.clip_grad": (0.0, False), "train.num_threads": (0, False),
-    "train.log_every": (1, False), "train.checkpoint_every": (1, False), "train.collapse_every": (1, False),
+    "train.log_every": (1, False), "train.collapse_every": (1, False),
     "eval.knn_k": (1, False), "eval.knn_t": (0.0, True), "eval.seeds": (1, False), "eval.batch_size": (1, False),
     "eval.n_train": (0, False), "eval.n_test": (0, False), "eval.linear_epochs": (1, False),
     "eval.pp_epochs": (1, False), "eval.pp_pairs_per_image": (1, False),
@@ -385,10 +409,72 @@ def check_values(cfg: dict) -> None:
             continue
         if value < low or (strict and value == low):
             raise ConfigError(f"config key '{key}' must be {'>' if strict else '>='} {low}, got {value}")
+    for key, least in SCHEDULE_KEYS.items():
+        value = get(cfg, key)
+        if isinstance(value, float) and not (0.0 < value < 1.0 or (value == 0.0 and least == 0)):
+            hint = (f"whole steps are written without a decimal point: {int(value)}" if value >= 1
+                    and value.is_integer() else "e.g. 0.1 for a tenth of the run, or whole steps as an integer")
+            raise ConfigError(f"config key '{key}' is a fraction of train.steps: it must be in (0, 1), got {value} "
+                              f"({hint})")
+        if isinstance(value, int) and value < least:
+            raise ConfigError(f"config key '{key}' must be >= {least} steps (or a fraction of train.steps in (0, 1)), "
+                              f"got {value}")
+    frac = cfg["framework"]["warmup_teacher_temp_frac"]
+    if not 0.0 <= frac <= 1.0:
+        raise ConfigError(f"config key 'framework.warmup_teacher_temp_frac' is a fraction of train.steps: it must be "
+                          f"in [0, 1], got {frac}")
     fw = cfg["framework"]["name"]
     if fw in TWO_VIEW and cfg["views"]["n_global"] < 2:
         raise ConfigError(f"config key 'views.n_global' must be >= 2 for framework '{fw}' ({TWO_VIEW[fw]} contrasts "
                           f"two global views of each image), got {cfg['views']['n_global']}")
+
+
+# --------------------------------------------------------------------------- schedules
+
+# schedule lengths written as whole steps or as a fraction of train.steps -> least steps
+SCHEDULE_KEYS: dict[str, int] = {
+    "train.warmup_steps": 0,  # lr: linear warm-up, then cosine
+    "framework.freeze_last_layer_steps": 0,  # DINO / iBOT: the head's last layer gets no gradient
+    "train.checkpoint_every": 1,  # cadence of checkpoint.pt (and one at the end)
+}
+TEACHER_TEMP_WARMUP = "framework.warmup_teacher_temp_frac"  # always a fraction of train.steps
+
+
+def fraction_steps(value: int | float, steps: int, least: int = 0) -> int:
+    """Steps of a schedule length: an int is steps; a float is a fraction of ``steps``,
+    ``floor(value x steps)`` (plus 1e-6 for binary rounding: 0.29 x 100 is 28.999999999999996
+    in floating point, and 29 steps here) and at least ``least``."""
+    if isinstance(value, float):
+        return max(least, math.floor(value * steps + 1e-6))
+    return int(value)
+
+
+def schedule_steps(cfg: dict, steps: int | None = None) -> dict[str, int]:
+    """Every schedule length of ``cfg`` in steps, for a run of ``steps`` (default
+    ``train.steps``): ``SCHEDULE_KEYS`` and the teacher-temperature warm-up
+    (``TEACHER_TEMP_WARMUP``). The one place fractions become steps."""
+    steps = cfg["train"]["steps"] if steps is None else steps
+    out = {key: fraction_steps(get(cfg, key), steps, least) for key, least in SCHEDULE_KEYS.items()}
+    out[TEACHER_TEMP_WARMUP] = fraction_steps(float(get(cfg, TEACHER_TEMP_WARMUP)), steps)
+    return out
+
+
+_SCHEDULE_NAMES = {"train.warmup_steps": "lr warm-up", "framework.freeze_last_layer_steps": "last-layer freeze",
+                   TEACHER_TEMP_WARMUP: "teacher-temperature warm-up", "train.checkpoint_every": "checkpoint every"}
+
+
+def describe_schedule(cfg: dict) -> str:
+    """One line: each schedule's length in steps, and the key and value it comes from.
+
+    >>> describe_schedule(resolve(["imagenet100_vits16_dino"], ["train.steps=1000"]))[:75]
+    'schedules at train.steps=1000: lr warm-up 100 steps (train.warmup_steps 0.1'
+    """
+    parts = []
+    for key, n in schedule_steps(cfg).items():
+        written = get(cfg, key)
+        how = f"{written:g} of the run" if isinstance(written, float) else f"{written}"
+        parts.append(f"{_SCHEDULE_NAMES[key]} {n} steps ({key} {how})")
+    return f"schedules at train.steps={cfg['train']['steps']}: " + ", ".join(parts)
 
 
 # --------------------------------------------------------------------------- resume
@@ -435,8 +521,15 @@ def resume_changes(saved: dict, new: dict) -> tuple[dict[str, tuple], dict[str, 
     default."""
     old = flatten({k: v for k, v in saved.items() if k != RESUME_HISTORY})
     defaults = flatten(derive(copy.deepcopy(DEFAULTS)))
+    new_flat = flatten({k: v for k, v in new.items() if k != RESUME_HISTORY})
+    # schedule lengths compare in steps: 100 steps and 0.1 of a 1000-step run are the same schedule
+    old_steps = old.get("train.steps", defaults["train.steps"])
+    for flat, steps in ((old, old_steps), (defaults, old_steps), (new_flat, new_flat["train.steps"])):
+        for key, least in SCHEDULE_KEYS.items():
+            if key in flat:
+                flat[key] = fraction_steps(flat[key], steps, least)
     unsafe, safe = {}, {}
-    for key, value in flatten({k: v for k, v in new.items() if k != RESUME_HISTORY}).items():
+    for key, value in new_flat.items():
         before = old.get(key, defaults.get(key, value))
         if same(before, value):
             continue

@@ -319,6 +319,22 @@ class MultiCrop:
         if self.local_flip == "auto":
             raise ValueError("views.local_flip 'auto' must be resolved by config.derive first")
 
+    @classmethod
+    def from_config(cls, cfg: dict, n_local: int | None = None) -> "MultiCrop":
+        """The multi-crop a run of ``cfg`` (a resolved config) trains on: the ``views``
+        section, local boxes drawn as pairs by SP's sampler settings (``sp.max_iou``,
+        ``sp.pair_candidates``, ``sp.min_gap``), with or without SP (both arms of a
+        comparison see the same views). The trainer and a user's own loop
+        (docs/plugin.md) build it this way; the constructor's defaults (``min_gap=0``)
+        let pairs touch.
+
+        >>> mc = MultiCrop.from_config(config.resolve(["demo"], ["sp.enabled=true"]))
+        >>> v = mc(canvases_u8)   # v.sp_valid: pairs the sampler drew as asked, for SP's loss
+        """
+        sp = cfg["sp"]
+        return cls(cfg["views"], n_local=n_local, max_iou=sp["max_iou"], candidates=sp["pair_candidates"],
+                   pair_locals=True, min_gap=sp["min_gap"])
+
     def __call__(self, canvases: torch.Tensor, g: torch.Generator | None = None,
                  part: BatchPart | None = None) -> Views:
         """canvases: uint8 [B, 3, H, W] on the training device.

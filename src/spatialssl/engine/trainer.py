@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import config as config_mod
+from .. import schedules
 from ..backbones import create_backbone, export_timm_state_dict
 from ..data import check_canvas, load_split
 from ..data.canvases import CanvasSet
@@ -33,7 +34,7 @@ from ..frameworks import create_framework
 from ..frameworks.base import Framework, encode
 from ..sp import SpatialPrediction
 from ..views import BatchPart, MultiCrop, Views
-from . import checkpoint, distributed, schedules
+from . import checkpoint, distributed
 from .monitor import RunLog, embedding_std, log, rankme
 
 
@@ -211,12 +212,11 @@ def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device, rank: int
         log.warning("%d local views: SP pairs them as (0,1), (2,3), ...; the last one has no SP pair", n_local)
     # local boxes are drawn as disjoint pairs with or without SP, so "framework" and
     # "framework + SP" see the same view distribution and differ by the SP loss alone
-    multicrop = MultiCrop(cfg["views"], n_local=n_local, max_iou=cfg["sp"]["max_iou"],
-                          candidates=cfg["sp"]["pair_candidates"], pair_locals=True, min_gap=cfg["sp"]["min_gap"])
+    multicrop = MultiCrop.from_config(cfg, n_local=n_local)
     groups = param_groups([framework] + ([sp] if sp is not None else []))
     optimizer = torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, fused=device.type == "cuda")
     peak = t["lr"] * (t["batch_size"] / 256 if t["lr_scale_with_batch"] else 1.0)
-    lr = schedules.cosine(peak, t["min_lr"], steps, t["warmup_steps"])
+    lr = schedules.cosine(peak, t["min_lr"], steps, config_mod.schedule_steps(cfg)["train.warmup_steps"])
     wd = schedules.cosine(t["weight_decay"], t["weight_decay_end"], steps)
     if t["channels_last"]:
         # NHWC weights make convolutions choose NHWC activations (oneDNN on CPU); a ViT is unaffected
@@ -507,6 +507,8 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
     log.info("pretrain %s: framework=%s sp=%s backbone=%s steps=%d batch=%d device=%s bf16=%s data=%s (%d imgs %dx%d)",
              cfg["name"], cfg["framework"]["name"], cfg["sp"]["enabled"], cfg["backbone"]["name"], t["steps"],
              t["batch_size"], device, run.bf16, cfg["data"]["name"], n, *data.size)
+    if main:
+        log.info(config_mod.describe_schedule(cfg))
     if world > 1:
         log.info("rank %d of %d processes: %d images of each batch of %d", rank, world, t["batch_size"] // world,
                  t["batch_size"])
@@ -519,6 +521,7 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
     pair_counts = torch.zeros(2, device=device)  # SP fallbacks, pairs since the last log step
     t0, last_step = time.perf_counter(), start
     batches = step_batches(data, cfg, device, start, end, rank, world)
+    checkpoint_every = config_mod.schedule_steps(cfg)["train.checkpoint_every"]
     for step in bar:
         batch = next(batches)
         done = step + 1
@@ -545,7 +548,7 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
                 log.info("step %d/%d %s", done, t["steps"],
                          " ".join(f"{k} {v:.4g}" for k, v in values.items() if k in _SHOWN))
                 bar.set_postfix({k: f"{values[k]:.3g}" for k in ("loss_fw", "loss_sp") if k in values})
-        if done % t["checkpoint_every"] == 0 or done == end:
+        if done % checkpoint_every == 0 or done == end:
             _check_finite(distributed.any_rank(bad, world), step, {}, ckpt_path)
             if main:
                 checkpoint.save_atomic(_state(run, done), ckpt_path)

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import geometry
+from .. import config, geometry
 from ..backbones import Backbone, create_backbone
 from ..data.canvases import CanvasSet
 from ..data.shards import ShardSet
@@ -56,6 +56,7 @@ def train_supervised(cfg: dict, data: CanvasSet | ShardSet, device: torch.device
     tr, v = cfg["train"], cfg["views"]
     steps, bs = tr["steps"], tr["batch_size"]
     peak = tr["lr"] * (bs / 256 if tr["lr_scale_with_batch"] else 1.0)
+    warmup = config.fraction_steps(tr["warmup_steps"], steps)  # steps, or a fraction of the run
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         backbone = create_backbone(cfg["backbone"]).to(device)
@@ -67,7 +68,7 @@ def train_supervised(cfg: dict, data: CanvasSet | ShardSet, device: torch.device
     backbone.train()
     for step in tqdm(range(steps), desc="supervised reference", disable=not progress, leave=False):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, peak, tr["warmup_steps"], tr["min_lr"])
+            group["lr"] = lr_at(step, steps, peak, warmup, tr["min_lr"])
         idx = torch.randint(0, len(data), (bs,), generator=g)
         boxes = geometry.sample_boxes(bs, hw, v["global_scale"], v["ratio"], g)
         flip = torch.rand(bs, generator=g) < 0.5
@@ -93,8 +94,10 @@ def reference_key(cfg: dict, data: CanvasSet | ShardSet, seed: int) -> str:
     images = f"shards:{data.digest()}" if isinstance(data, ShardSet) else _digest_cached(data.images)
     material = {"version": REFERENCE_VERSION, "backbone": cfg["backbone"], "data": cfg["data"], "seed": seed,
                 "images": images, "labels": _digest_cached(data.labels),
-                "train": {k: tr[k] for k in ("steps", "batch_size", "lr", "lr_scale_with_batch", "warmup_steps",
-                                             "min_lr", "weight_decay", "clip_grad")},
+                # warm-up in steps, as it was written before it could be a fraction (cached references still match)
+                "train": {**{k: tr[k] for k in ("steps", "batch_size", "lr", "lr_scale_with_batch", "min_lr",
+                                                "weight_decay", "clip_grad")},
+                          "warmup_steps": config.fraction_steps(tr["warmup_steps"], tr["steps"])},
                 "views": {k: v[k] for k in ("global_size", "global_scale", "ratio", "global_flip")}}
     return hashlib.sha1(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

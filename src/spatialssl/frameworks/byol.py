@@ -22,7 +22,7 @@ from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import update_momentum
 
 from ..backbones import Backbone
-from ..engine import schedules
+from .. import schedules
 from ..views import Views
 from . import register
 from .base import Framework, encode, frozen_copy

@@ -8,7 +8,8 @@ on current torch. The student's outputs list starts with the global views in the
 teacher's order, because ``DINOLoss`` skips pairs with the same index.
 
 Schedules (per step): teacher temperature warmup, EMA momentum cosine
-``momentum -> momentum_end``; the last layer is frozen for ``freeze_last_layer_steps``.
+``momentum -> momentum_end``; the last layer is frozen for ``freeze_last_layer_steps``
+(lengths in steps as ``config.schedule_steps`` resolves them: steps or fractions of the run).
 
 [0]: DINO, 2021, arXiv:2104.14294
 
@@ -22,18 +23,19 @@ from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import update_momentum
 
-from ..engine import schedules
+from .. import config, schedules
 from ..views import Views
 from . import register
 from .base import Framework, encode, frozen_copy, teacher_entropies
 
 
-def make_dino_heads(in_dim: int, f: dict) -> tuple[DINOProjectionHead, DINOProjectionHead]:
-    """Student head and a teacher head built anew with the student's weights."""
+def make_dino_heads(in_dim: int, f: dict, freeze_last_layer: int = 0) -> tuple[DINOProjectionHead, DINOProjectionHead]:
+    """Student head (its last layer frozen for the first ``freeze_last_layer`` steps) and a
+    teacher head built anew with the student's weights."""
     kw = dict(input_dim=in_dim, hidden_dim=f["hidden_dim"], bottleneck_dim=f["bottleneck_dim"],
               output_dim=f["out_dim"], norm_last_layer=f["norm_last_layer"],
               batch_norm=f.get("head_batch_norm", False))
-    student = DINOProjectionHead(freeze_last_layer=f["freeze_last_layer_steps"], **kw)
+    student = DINOProjectionHead(freeze_last_layer=freeze_last_layer, **kw)
     return student, frozen_copy(lambda: DINOProjectionHead(**kw), student)
 
 
@@ -43,12 +45,13 @@ class DINO(Framework):
 
     def __init__(self, cfg: dict, backbone, total_steps: int) -> None:
         super().__init__(cfg, backbone, total_steps)
-        f = self.fcfg
-        self.head, self.teacher_head = make_dino_heads(backbone.embed_dim, f)
+        f, lengths = self.fcfg, config.schedule_steps(cfg, total_steps)
+        self.head, self.teacher_head = make_dino_heads(backbone.embed_dim, f,
+                                                       lengths["framework.freeze_last_layer_steps"])
         self.teacher_backbone = self.new_backbone()
         self.criterion = DINOLoss(output_dim=f["out_dim"], teacher_temp=f["teacher_temp"],
                                   student_temp=f["student_temp"], center_momentum=f["center_momentum"])
-        warm = int(f["warmup_teacher_temp_frac"] * total_steps)
+        warm = lengths[config.TEACHER_TEMP_WARMUP]
         self.teacher_temp = schedules.linear_then_constant(f["warmup_teacher_temp"], f["teacher_temp"], warm, total_steps)
         self.momentum = schedules.cosine(f["momentum"], f["momentum_end"], total_steps)
 

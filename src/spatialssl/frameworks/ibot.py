@@ -38,7 +38,7 @@ from lightly.models.utils import random_block_mask, update_momentum
 from lightly.utils import dist
 
 from ..backbones import Backbone
-from ..engine import schedules
+from .. import config, schedules
 from ..views import BatchPart, Views
 from . import register
 from .base import Framework, encode, teacher_entropies
@@ -191,22 +191,23 @@ class IBOT(Framework):
         super().__init__(cfg, backbone, total_steps)
         if backbone.kind != "vit":
             raise ValueError(f"iBOT needs a ViT backbone (masked patch tokens); got '{cfg['backbone']['name']}'")
-        f = self.fcfg
+        f, lengths = self.fcfg, config.schedule_steps(cfg, total_steps)
         d = backbone.embed_dim
-        self.head, self.teacher_head = make_dino_heads(d, f)
+        freeze = lengths["framework.freeze_last_layer_steps"]
+        self.head, self.teacher_head = make_dino_heads(d, f, freeze)
         self.patch_head: nn.Module | None = None
         self.teacher_patch_head: nn.Module | None = None
         patch_dim = f["out_dim"]
         if not f["shared_head"]:
             patch_dim = f["patch_out_dim"]
-            self.patch_head, self.teacher_patch_head = make_dino_heads(d, {**f, "out_dim": patch_dim})
+            self.patch_head, self.teacher_patch_head = make_dino_heads(d, {**f, "out_dim": patch_dim}, freeze)
         self.mask_token = nn.Parameter(torch.zeros(d))  # iBOT initialises it to zero
         self.teacher_backbone = self.new_backbone()
         self.criterion = DINOLoss(output_dim=f["out_dim"], teacher_temp=f["teacher_temp"],
                                   student_temp=f["student_temp"], center_momentum=f["center_momentum"])
         self.patch_criterion = IBOTPatchLoss(output_dim=patch_dim, teacher_temp=f["teacher_temp"],
                                              student_temp=f["student_temp"], center_momentum=f["center_momentum"])
-        warm = int(f["warmup_teacher_temp_frac"] * total_steps)
+        warm = lengths[config.TEACHER_TEMP_WARMUP]
         self.teacher_temp = schedules.linear_then_constant(f["warmup_teacher_temp"], f["teacher_temp"], warm, total_steps)
         self.momentum = schedules.cosine(f["momentum"], f["momentum_end"], total_steps)
 

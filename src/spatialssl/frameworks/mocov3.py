@@ -27,7 +27,7 @@ from lightly.models.utils import update_momentum
 from lightly.utils import dist
 
 from ..backbones import Backbone
-from ..engine import schedules
+from .. import schedules
 from ..views import Views
 from . import register
 from .base import Framework, encode, frozen_copy
