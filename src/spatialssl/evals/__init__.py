@@ -185,7 +185,7 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str], seeds: int | None =
     Returns:
         {task: mean values}.
     """
-    from .features import context_from_checkpoint, write_metrics, write_outcomes
+    from .features import context_from_checkpoint
     from .reference import REFERENCES, supervised_context
 
     if reference is not None and reference not in REFERENCES:
@@ -204,6 +204,8 @@ def evaluate_context(base: EvalContext, names: list[str], seeds: int | None, out
     """``evaluate``'s loop over tasks and seeds on a built context (seed 0), for a training
     run or a probed weights file (``evals/pretrained.py``); ``make_reference(base)`` builds the
     reference context when one is asked for."""
+    from .features import write_metrics, write_outcomes
+
     seeds = int(base.ecfg["seeds"] if seeds is None else seeds)
     if seeds < 1:
         raise ValueError(f"eval seeds must be >= 1, got {seeds}")
