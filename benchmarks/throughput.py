@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -284,7 +285,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="also profile N end-to-end steps of each setting (torch.profiler table, by device time)")
     p.add_argument("--json", default="", help="write the figures (and profiles) to this JSON file, after each one")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--time-limit", type=float, default=0,
+                   help="seconds this run may take (the peer's timeout is cut to what is left; 0: no limit)")
     a = p.parse_args(argv)
+    t0 = time.perf_counter()
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -309,7 +313,13 @@ def main(argv: list[str] | None = None) -> None:
             run_arm(res, fw, sp, "main", compile_, a.steps, a, small, device, a.profile)
     # 3. the peer last, in a subprocess with its own timeout: a failure is recorded, not fatal
     if a.peer:
-        res.doc["peer"] = peer_rates(a.peer, batch, a.steps, small, a.peer_timeout)
+        timeout = a.peer_timeout
+        left = a.time_limit - (time.perf_counter() - t0) - 5 if a.time_limit else math.inf
+        timeout = min(timeout, left)
+        if left < 20:
+            res.doc["peer"] = {"rates": {}, "error": f"not run: {max(left, 0):.0f} s left of --time-limit"}
+        else:
+            res.doc["peer"] = peer_rates(a.peer, batch, a.steps, small, timeout)
         res.write()
     res.doc["complete"] = True
     res.write()
