@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from spatialssl import geometry
+from spatialssl import config, geometry
 from spatialssl.views import _aa_weights, cut
 
 
@@ -91,7 +91,9 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
-    b, side, gsize, lsize, nl = a.batch, 448, 224, 96, 6
+    cfg = config.resolve(["dino"], [])  # the ViT-S/16 preset's views and canvases
+    v, side, b = cfg["views"], cfg["data"]["canvas_size"], a.batch
+    gsize, lsize, nl = v["global_size"], v["local_size"], v["n_local"]
 
     def sync():
         if dev.type == "cuda":
@@ -99,8 +101,9 @@ def main() -> None:
 
     g = torch.Generator(dev).manual_seed(0)
     u8 = torch.randint(0, 256, (b, 3, side, side), dtype=torch.uint8, device=dev, generator=g)
-    gboxes = geometry.sample_boxes(2 * b, (side, side), (0.32, 1.0), (0.75, 4 / 3), g, dev).view(2, b, 4)
-    lboxes = geometry.sample_boxes(nl * b, (side, side), (0.05, 0.32), (0.75, 4 / 3), g, dev).view(nl, b, 4)
+    ratio = tuple(v["ratio"])
+    gboxes = geometry.sample_boxes(2 * b, (side, side), tuple(v["global_scale"]), ratio, g, dev).view(2, b, 4)
+    lboxes = geometry.sample_boxes(nl * b, (side, side), tuple(v["local_scale"]), ratio, g, dev).view(nl, b, 4)
     flip = torch.rand(b, generator=g, device=dev) < 0.5
 
     def timed(fn) -> float:
@@ -120,7 +123,7 @@ def main() -> None:
         return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
     rows = [  # (what, before, now, views, from uint8, per-image flips)
-        (f"2 x {gsize} px global views", lambda: cut_before(x, gboxes, gsize), lambda: cut(x, gboxes, gsize),
+        (f"{v['n_global']} x {gsize} px global views", lambda: cut_before(x, gboxes, gsize), lambda: cut(x, gboxes, gsize),
          [(2, gsize)], False, False),
         (f"{nl} x {lsize} px local views, per-image flips", lambda: cut_before(mirrored(), lboxes, lsize),
          lambda: cut(x, lboxes, lsize, flip=flip), [(nl, lsize)], False, True),

@@ -6,6 +6,7 @@
 #      first (~1 min), then DINO and DINO + SP with torch.compile (model only and end to end,
 #      ViT-S/16, 2x224 + 6x96, batch 128), then the peer (peer_dino_step.py: bf16, bf16 +
 #      compile) under its own timeout; every figure lands in $OUT/throughput.json as it comes.
+#   1b. benchmarks/cut_speed.py --device cuda (seconds).
 #   2. study cells (benchmarks/study.py --budget gpu): only cells whose whole expected time
 #      fits in what is left (no partial cell); PartsWorld is rendered only for a cell that starts.
 #   3. packing: on any exit (also when killed), what exists goes to $OUT (<= 8 files).
@@ -22,6 +23,7 @@
 #   study.tar.gz     results/study/ (cells' small files, summary.md, calls.jsonl) and runs/study_partial/
 #                    (slim checkpoints {config, backbone, step} of the CNN/ViT-Tiny cells, finished or not)
 #   summary.md       the study's tables
+#   cut_speed.txt    benchmarks/cut_speed.py on the card: the multi-crop's cut now vs before issue 18
 # Unpack from the repository root: tar xzf <files_at>/study.tar.gz
 #
 # Dry run on the CPU (tests/test_gpu_session.py): bash benchmarks/gpu_session.sh --dry-run
@@ -91,6 +93,13 @@ if [ "$TP" -gt 0 ]; then
   stamp "throughput exit ${PIPESTATUS[0]}"
 else
   stamp "1. throughput skipped (TP_LIMIT=0)"
+fi
+
+# 1b. the multi-crop's cut alone, now vs before issue 18 (a few seconds on a GPU)
+if [ "$(( $(left) - PACK_S ))" -gt 60 ]; then
+  stamp "1b. cut_speed"
+  timeout -k 5 60 "$PY" benchmarks/cut_speed.py --device "$([ $DRY = 1 ] && echo cpu || echo cuda)" \
+    --batch "$([ $DRY = 1 ] && echo 2 || echo 128)" --repeats "$([ $DRY = 1 ] && echo 1 || echo 5)" 2>&1 | tee "$OUT/cut_speed.txt"
 fi
 
 # 2. study cells that fit whole (the committed results/study/ seeds the results: finished

@@ -209,20 +209,22 @@ def run_arm(res: Results, fw: str, sp: bool, phase: str, compile_: bool, steps: 
     def emit(mode: str, fig: dict, compiled: bool) -> None:
         res.row(framework=fw, sp=sp, measure=mode, phase=phase, compile=compiled, steps=steps, **fig)
 
+    what, out = f"{fw}{' + SP' if sp else ''} ({phase})", None
     try:
         out = bench(fw, sp, small, compile_, steps, a.batch, device, profile, a.warmup,
                     lambda m, f: emit(m, f, compile_))
     except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-        what = f"{fw}{' + SP' if sp else ''} ({phase})"
-        if not compile_:
+        if compile_:
+            res.note(f"{what}: torch.compile failed ({type(e).__name__}: {str(e).strip()[:500]}); rerun without compile")
+        else:
             res.note(f"{what} failed: {type(e).__name__}: {str(e).strip()[:500]}")
+    if device.type == "cuda":  # (outside the except block: its traceback would keep the failed arm's tensors)
+        torch.cuda.empty_cache()
+    if out is None:
+        if not compile_:
             return False
-        res.note(f"{what}: torch.compile failed ({type(e).__name__}: {str(e).strip()[:500]}); rerun without compile")
         torch._dynamo.reset()
         return run_arm(res, fw, sp, phase, False, steps, a, small, device, profile)
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
     if "profile" in out:
         res.doc["profiles"][f"{fw}{' + SP' if sp else ''}"] = out["profile"]
         res.write()

@@ -16,9 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_session_dry_run_end_to_end(tmp_path):
-    """Plants: packing only at a normal end (no EXIT trap) with the throughput step killed
-    by a short LIMIT -> study.tar.gz missing; study run without the fit check (cells forced)
-    -> "not starting" missing from the log."""
+    """Plant: the EXIT trap that packs removed -> study.tar.gz missing, fails."""
     out, runs = tmp_path / "out", tmp_path / "runs"
     peer = tmp_path / "peer.py"
     peer.write_text("print(('model bf16', '   250.0 img/s', '1 ms/step'), flush=True)\n"
@@ -33,7 +31,8 @@ def test_gpu_session_dry_run_end_to_end(tmp_path):
     assert res.returncode == 0, log[-3000:]
     assert wall < 420 + 30, wall
     names = sorted(p.name for p in out.iterdir())
-    assert {"session.log", "throughput.json", "throughput.txt", "study.tar.gz"} <= set(names) and len(names) <= 8
+    assert {"session.log", "throughput.json", "throughput.txt", "cut_speed.txt", "study.tar.gz"} <= set(names)
+    assert len(names) <= 8
     assert all(p.is_file() for p in out.iterdir())
     # the plan, in order: throughput (ours, then the peer), the study's fit decision, packing
     steps = [line.split("] ", 1)[1].split(",")[0] for line in log.splitlines() if line.startswith("gpu_session: [")]
@@ -48,3 +47,4 @@ def test_gpu_session_dry_run_end_to_end(tmp_path):
     assert "results/study" in members and all(m.startswith(("results/study", "runs/study_partial")) for m in members)
     # the gpu budget's cells need minutes each: none fits what a dry run leaves, none starts
     assert "study: started" not in log
+    assert "| the step's cuts from uint8 canvases |" in (out / "cut_speed.txt").read_text()

@@ -1,7 +1,7 @@
 """Multi-crop views cut from uint8 canvases on the training device, with exact boxes.
 
 Every view of a batch is cut by ``cut`` (antialiased bilinear resampling, two batched
-matmuls per view), so the box of each view is known exactly (SP needs it) and
+matmuls for all views of a size), so the box of each view is known exactly (SP needs it) and
 augmentation costs no CPU workers. Photometric augmentation (colour jitter, grayscale, blur, solarisation) is
 batched on the device too, with per-sample random parameters. The same code runs on CPU.
 
