@@ -123,7 +123,8 @@ def main() -> None:
         return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
     rows = [  # (what, before, now, views, from uint8, per-image flips)
-        (f"{v['n_global']} x {gsize} px global views", lambda: cut_before(x, gboxes, gsize), lambda: cut(x, gboxes, gsize),
+        (f"{v['n_global']} x {gsize} px global views", lambda: cut_before(x, gboxes, gsize),
+         lambda: cut(x, gboxes, gsize),
          [(2, gsize)], False, False),
         (f"{nl} x {lsize} px local views, per-image flips", lambda: cut_before(mirrored(), lboxes, lsize),
          lambda: cut(x, lboxes, lsize, flip=flip), [(nl, lsize)], False, True),

@@ -215,7 +215,8 @@ def run_arm(res: Results, fw: str, sp: bool, phase: str, compile_: bool, steps: 
                     lambda m, f: emit(m, f, compile_))
     except Exception as e:  # noqa: BLE001 - recorded, the run goes on
         if compile_:
-            res.note(f"{what}: torch.compile failed ({type(e).__name__}: {str(e).strip()[:500]}); rerun without compile")
+            res.note(f"{what}: torch.compile failed ({type(e).__name__}: {str(e).strip()[:500]}); "
+                     f"rerun without compile")
         else:
             res.note(f"{what} failed: {type(e).__name__}: {str(e).strip()[:500]}")
     if device.type == "cuda":  # (outside the except block: its traceback would keep the failed arm's tensors)

@@ -199,7 +199,8 @@ def test_cuda_step_has_no_synchronisation(fw, tiny_overrides):
     dev = torch.device("cuda")
     run = trainer.build(cfg, (48, 48), dev)
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-    data = CanvasSet(torch.randint(0, 256, (32, 3, 48, 48), dtype=torch.uint8), labels=torch.zeros(32, dtype=torch.long))
+    data = CanvasSet(torch.randint(0, 256, (32, 3, 48, 48), dtype=torch.uint8),
+                     labels=torch.zeros(32, dtype=torch.long))
     batches = trainer.step_batches(data, cfg, dev, 0, 3)
     trainer.train_step(run, next(batches), 0)
     torch.cuda.synchronize()
