@@ -86,3 +86,32 @@ def test_eval_argument_errors_are_one_line(capsys, tmp_path):
     _one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path), "--seeds", "0"], "--seeds must be >= 1")
     _one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path), "--set", "eval.knn_k=0"], "'eval.knn_k'")
     _one_line_error(capsys, ["eval", "--checkpoint", str(tmp_path / "none")], "no checkpoint")
+
+
+def test_eval_and_compare_evaluate_on_the_gpu_when_there_is_one(monkeypatch, tmp_path):
+    """`eval` (no --device) and `compare`'s evaluations resolve `auto`: cuda when CUDA is
+    present (faked here), cpu otherwise. Plant: `--device` default "cpu" -> fails."""
+    import torch
+
+    import spatialssl.evals as evals
+    from spatialssl import experiments
+    from spatialssl.evals.features import eval_device
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def fake_context(path, overrides=None, device="auto", **kw):
+        seen.append(eval_device(device))
+        raise Stop
+
+    monkeypatch.setattr(evals, "context_from_checkpoint", fake_context)
+    assert eval_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(Stop):
+        main(["eval", "--checkpoint", str(tmp_path), "--tasks", "knn"])
+    with pytest.raises(Stop):
+        experiments.evaluate_run(tmp_path, "knn", [])  # what `compare` calls for each run
+    assert seen == ["cuda", "cuda"]
+    assert eval_device("cpu") == "cpu" and eval_device("cuda:1") == "cuda:1"

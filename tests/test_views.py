@@ -131,3 +131,33 @@ def test_no_per_step_host_to_device_copies(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "to", to)
     mc(c, torch.Generator().manual_seed(1))
     assert calls == []
+
+
+def _cut_speed():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cut_speed.py"
+    spec = importlib.util.spec_from_file_location("cut_speed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("size,scale", [(12, (0.05, 0.3)), (20, (0.4, 1.0))])
+def test_cut_equals_the_cut_before_issue_18(size, scale):
+    """The batched cut (one matmul per axis for all views, flips through the x-axis weights,
+    the 1/255 scale in the weights) equals the former per-view cut of the flipped, scaled
+    fp32 canvases within 1e-5, on random boxes and per-image flips. Plant: flip the x-axis
+    weights of the wrong images (``~flip``) -> fails; drop ``.flip(-1)`` -> fails."""
+    before = _cut_speed().cut_before
+    g = torch.Generator().manual_seed(3)
+    u8 = torch.randint(0, 256, (5, 3, 40, 52), dtype=torch.uint8, generator=g)
+    boxes = geometry.sample_boxes(3 * 5, (40, 52), scale, (0.75, 4 / 3), g).view(3, 5, 4)
+    flip = torch.tensor([True, False, True, True, False])
+    x = u8.float() / 255
+    ref = before(torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x), boxes, size)
+    ours = cut(u8.float(), boxes, size, flip=flip, scale=1 / 255)
+    assert ours.shape == ref.shape == (3, 5, 3, size, size)
+    assert (ours - ref).abs().max() < 1e-5
+    assert (cut(x, boxes, size) - before(x, boxes, size)).abs().max() < 1e-5  # no flips, no scale

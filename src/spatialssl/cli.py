@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default="knn,linear,patch_pair", help="comma-separated tasks, or 'all'")
     p.add_argument("--seeds", type=int, default=None,
                    help="evaluation seeds (>= 1; default: the run's eval.seeds); >1 reports mean and std")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--out", default=None, help="where metrics/ goes (default: the run directory)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override an eval or data key, e.g. --set eval.n_test=500")
@@ -189,10 +189,12 @@ def _error(message: str) -> int:
 def _check_device(device: str) -> None:
     import torch
 
+    if device == "auto":
+        return
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
-        raise config_mod.ConfigError(f"--device {device!r} is not a device (cpu, cuda, cuda:N)") from None
+        raise config_mod.ConfigError(f"--device {device!r} is not a device (auto, cpu, cuda, cuda:N)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise config_mod.ConfigError(f"--device {device}: no CUDA device is available (use --device cpu)")
 

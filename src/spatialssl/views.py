@@ -1,7 +1,7 @@
 """Multi-crop views cut from uint8 canvases on the training device, with exact boxes.
 
 Every view of a batch is cut by ``cut`` (antialiased bilinear resampling, two batched
-matmuls per view), so the box of each view is known exactly (SP needs it) and
+matmuls for all views of a size), so the box of each view is known exactly (SP needs it) and
 augmentation costs no CPU workers. Photometric augmentation (colour jitter, grayscale, blur, solarisation) is
 batched on the device too, with per-sample random parameters. The same code runs on CPU.
 
@@ -96,7 +96,7 @@ def _aa_weights(lo: torch.Tensor, hi: torch.Tensor, size: int, length: int) -> t
 
 
 def cut(canvases: torch.Tensor, boxes: torch.Tensor, size: int,
-        index: torch.Tensor | None = None) -> torch.Tensor:
+        index: torch.Tensor | None = None, flip: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
     """Cut and resize boxes of canvases with antialiased bilinear resampling.
 
     On integer boxes this equals torchvision's ``resized_crop(..., antialias=True)`` (PIL's
@@ -107,8 +107,11 @@ def cut(canvases: torch.Tensor, boxes: torch.Tensor, size: int,
     strength steps with the box size, so on pink noise per-view statistics told a view's
     box size (SP's ds: R^2 0.3-0.8, even with no view enlarged); antialiased resampling
     with no view enlarged leaves R^2 ~0. And why not torchvision itself: it resizes one
-    crop size per call; views of a batch all differ. Here every view of a batch is two
-    batched matmuls with separable weight matrices (``_aa_weights``), on the training device.
+    crop size per call; views of a batch all differ. Here all V views of a batch are two
+    batched matmuls with separable weight matrices (``_aa_weights``), on the training
+    device: ``[B, V*size, W] @ canvas^T`` (the canvas read once, transposed in the BLAS
+    call, not copied), then ``[B*V, size*C, H] @ wy^T``; no weight matrix is broadcast
+    into a copy (``benchmarks/cut_speed.py``).
 
     Args:
         canvases: [B, C, H, W] float (any scale) or uint8.
@@ -116,26 +119,35 @@ def cut(canvases: torch.Tensor, boxes: torch.Tensor, size: int,
             ``index[k]`` (default k); or [V, B, 4], V boxes per canvas (``index`` unused).
         size: output side.
         index: long [K], the canvas of each box for [K, 4] boxes.
+        flip: bool [B] ([V, B, 4] boxes only): cut these canvases' boxes from their mirror
+            image (boxes in the mirrored frame), by mirroring the x-axis weights instead of
+            copying the canvas.
+        scale: multiplies the output (folded into the weights: ``1 / 255`` turns uint8
+            canvases into [0, 1] views without a scaled copy of the canvases).
     Returns:
-        float [K, C, size, size] (or [V, B, C, size, size]) in the canvases' scale.
+        float [K, C, size, size] (or [V, B, C, size, size]) in the canvases' scale x ``scale``.
     """
     x = canvases if canvases.is_floating_point() else canvases.float()
     if boxes.dim() == 2:  # box k of canvas index[k]: gathered 256 canvases at a time
         if index is None:
-            return cut(x, boxes[None], size)[0]
-        chunks = [cut(x[index[i:i + 256]], boxes[i:i + 256][None], size)[0]
+            return cut(x, boxes[None], size, scale=scale)[0]
+        chunks = [cut(x[index[i:i + 256]], boxes[i:i + 256][None], size, scale=scale)[0]
                   for i in range(0, boxes.shape[0], 256)]
         return torch.cat(chunks) if chunks else x.new_zeros(0, x.shape[1], size, size)
     b, c, h, w = x.shape
-    boxes = boxes.to(x.dtype)
-    flat = x.reshape(b, c * h, w)
-    out = []
-    for bv in boxes:  # one view per canvas at a time: memory [B, C*H, size] at most
-        wx = _aa_weights(bv[:, 0], bv[:, 2], size, w)  # [B, size, W]
-        wy = _aa_weights(bv[:, 1], bv[:, 3], size, h)  # [B, size, H]
-        t = torch.matmul(flat, wx.transpose(1, 2)).view(b, c, h, size)
-        out.append(torch.matmul(wy[:, None], t))  # [B, 1, size, H] @ [B, C, H, size]
-    return torch.stack(out)
+    v = boxes.shape[0]
+    boxes = boxes.to(x.dtype).transpose(0, 1).reshape(b * v, 4)  # [B * V, 4], canvas major
+    wx = _aa_weights(boxes[:, 0], boxes[:, 2], size, w)  # [B*V, size, W]
+    wy = _aa_weights(boxes[:, 1], boxes[:, 3], size, h)  # [B*V, size, H]
+    if flip is not None:  # a box of the mirrored canvas reads the mirrored columns of the canvas
+        wx = torch.where(flip.repeat_interleave(v).view(b * v, 1, 1), wx.flip(-1), wx)
+    if scale != 1.0:
+        wy = wy * scale
+    # x-axis: [B, V*size, W] @ [B, W, C*H] (the canvas transposed by the BLAS call) -> [B, V*size, C*H]
+    t = torch.matmul(wx.view(b, v * size, w), x.reshape(b, c * h, w).transpose(1, 2))
+    # y-axis: [B*V, size_x*C, H] @ [B*V, H, size_y] -> [B*V, size_x, C, size_y]
+    out = torch.matmul(t.view(b * v, size * c, h), wy.transpose(1, 2)).view(b, v, size, c, size)
+    return out.permute(1, 0, 3, 4, 2).contiguous()  # [V, B, C, size_y, size_x]
 
 
 @dataclass(frozen=True)
@@ -351,12 +363,12 @@ class MultiCrop:
         if part is not None and part.size != b:
             raise ValueError(f"batch part of {part.size} rows given with {b} canvases")
         total, rows = (b, slice(0, b)) if part is None else (part.total, part.rows)
-        x = canvases.float() / 255.0
+        x = canvases.float()  # [0, 255]: cut scales by 1 / 255 in its weights (no scaled copy)
 
         # global views: boxes, cut [G, B, 3, S, S], per-view flips, photometric
         gboxes = geometry.sample_boxes(self.n_global * total, (h, w), cfg["global_scale"], cfg["ratio"], g, dev)
         gboxes = gboxes.view(self.n_global, total, 4)[:, rows].contiguous()
-        gall = cut(x, gboxes, cfg["global_size"])
+        gall = cut(x, gboxes, cfg["global_size"], scale=1 / 255)
         globals_ = []
         for i in range(self.n_global):
             v = gall[i]
@@ -384,14 +396,14 @@ class MultiCrop:
             for _ in range(m - 2 * n_pairs):
                 boxes.append(geometry.sample_boxes(total, (h, w), cfg["local_scale"], cfg["ratio"], g, dev)[rows])
             lboxes = torch.stack(boxes)  # [L, B, 4]
-            src = x
             if self.local_flip == "per_image":
                 # boxes are drawn in the mirrored frame of a flipped image (the box law is
-                # mirror-symmetric), so boxes and targets describe what the views show
+                # mirror-symmetric), so boxes and targets describe what the views show; cut
+                # reads the mirror through its weights, no flipped copy of the canvases
                 flip_img = _rand(b, g, dev, part) < 0.5
-                src = torch.where(flip_img.view(b, 1, 1, 1), x.flip(-1), x)
             # all local views (one size): [L, B, 3, s, s] -> [L * B, 3, s, s]
-            flat = cut(src, lboxes, cfg["local_size"]).flatten(0, 1)
+            flat = cut(x, lboxes, cfg["local_size"], flip=flip_img if self.local_flip == "per_image" else None,
+                       scale=1 / 255).flatten(0, 1)
             if self.local_flip == "per_view":
                 flip = (_rand(m * b, g, dev, part) < 0.5).view(m * b, 1, 1, 1)
                 flat = torch.where(flip, flat.flip(-1), flat)

@@ -191,3 +191,46 @@ def test_bf16_autocast(name):
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
     assert any(p.grad is not None for p in fw.backbone.parameters())
+
+
+FP32_LOSSES = {"dino": "criterion", "simclr": "criterion", "byol": "criterion", "mocov3": "contrastive_loss"}
+
+
+@pytest.mark.parametrize("name", sorted(FP32_LOSSES))
+def test_losses_documented_fp32_run_in_fp32_under_autocast(name, monkeypatch):
+    """Under bf16 autocast the losses that say fp32 compute in fp32: no operation inside
+    them yields a bf16 tensor (``.float()`` on their inputs alone left lightly's einsum
+    and matmul in bf16). Plant: the loss outside ``base.fp32`` -> bf16 ops are seen."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Dtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in (out if isinstance(out, (tuple, list)) else [out]):
+                if torch.is_tensor(t):
+                    self.seen.add((str(func), t.dtype))
+            return out
+
+    cfg, fw = build(name, "vit")
+    spy = Dtypes()
+
+    def watched(fn):
+        def call(*args, **kwargs):
+            with spy:
+                return fn(*args, **kwargs)
+        return call
+
+    if FP32_LOSSES[name] == "criterion":
+        monkeypatch.setattr(fw.criterion, "forward", watched(fw.criterion.forward))
+    else:
+        import spatialssl.frameworks.mocov3 as mocov3
+        monkeypatch.setattr(mocov3, "contrastive_loss", watched(mocov3.contrastive_loss))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fw(tiny_views(cfg), 0)
+    assert spy.seen, "the loss was not watched"
+    assert not [f for f, d in spy.seen if d == torch.bfloat16], sorted(spy.seen, key=str)
+    assert out["loss"].dtype == torch.float32

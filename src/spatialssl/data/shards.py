@@ -589,17 +589,19 @@ class _StepBatches(torch.utils.data.Dataset):
 
 
 def stream_batches(data: ShardSet, index: Callable[[int], torch.Tensor], start: int, end: int,
-                   workers: int = 2, prefetch: int = 2) -> Iterator[torch.Tensor]:
+                   workers: int = 2, prefetch: int = 2, pin_memory: bool = False) -> Iterator[torch.Tensor]:
     """Decoded batches for steps ``start .. end - 1``, in step order.
 
     ``index(step)`` gives this process's image indices for that step (the trainer's
     ``local_batch_indices``), so the order is deterministic from (seed, step) and a resumed run
     continues exactly. Decoding runs in ``workers`` DataLoader processes (0: in this one);
     at most ``workers * prefetch`` decoded batches wait in memory, whatever the data set's size.
+    ``pin_memory`` (training on CUDA): batches come in page-locked memory (the DataLoader's
+    pinning thread), so their upload with ``non_blocking=True`` is asynchronous.
     """
     ds = _StepBatches(data, index, start, end)
     if workers == 0:
-        return (ds[k] for k in range(len(ds)))
+        return (ds[k].pin_memory() if pin_memory else ds[k] for k in range(len(ds)))
     loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
-                                         prefetch_factor=prefetch, persistent_workers=False)
+                                         prefetch_factor=prefetch, persistent_workers=False, pin_memory=pin_memory)
     return iter(loader)

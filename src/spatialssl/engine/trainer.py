@@ -86,6 +86,28 @@ def local_batch_indices(step: int, batch_size: int, n: int, seed: int, rank: int
     return idx if world == 1 else idx.view(world, -1)[rank]
 
 
+@functools.lru_cache(maxsize=2)
+def _device_permutation(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """The epoch's permutation on ``device``: one asynchronous copy (from pinned memory on
+    CUDA) per epoch, not one per step."""
+    perm = _epoch_permutation(n, seed, epoch)
+    return (perm.pin_memory() if device.type == "cuda" else perm).to(device, non_blocking=True)
+
+
+def device_batch_indices(step: int, batch_size: int, n: int, seed: int, device: torch.device,
+                         rank: int = 0, world: int = 1) -> torch.Tensor:
+    """``local_batch_indices`` on ``device``, without a host-device copy per step: this
+    process's rows of the global batch are the contiguous positions ``step * batch_size +
+    rank * b .. + b`` of the epochs' permutations (kept on the device, ``_device_permutation``),
+    so a step's indices are one or two slices of them, cut with Python integers."""
+    b = batch_size // world
+    lo = step * batch_size + rank * b
+    hi = lo + b
+    parts = [_device_permutation(n, seed, e, device)[max(lo - e * n, 0):min(hi - e * n, n)]
+             for e in range(lo // n, (hi - 1) // n + 1)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def step_batches(data: CanvasSet | ShardSet, cfg: dict, device: torch.device, start: int, end: int,
                  rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
     """This process's uint8 canvases [B / world, 3, H, W] of each step's batch, on the device, for
@@ -100,13 +122,22 @@ def step_batches(data: CanvasSet | ShardSet, cfg: dict, device: torch.device, st
         return local_batch_indices(step, t["batch_size"], n, cfg["seed"], rank, world)
 
     if isinstance(data, ShardSet):
-        pin = device.type == "cuda"
-        for b in stream_batches(data, index, start, end, cfg["data"]["workers"], cfg["data"]["prefetch"]):
-            yield (b.pin_memory() if pin else b).to(device, non_blocking=True)
+        for b in stream_batches(data, index, start, end, cfg["data"]["workers"], cfg["data"]["prefetch"],
+                                pin_memory=device.type == "cuda"):
+            yield b.to(device, non_blocking=True)
         return
-    canvases = data.images.to(device) if device.type == "cuda" and data.images.numel() < 2**31 else data.images
+    if device.type == "cpu" or data.images.numel() >= 2**31:
+        # on the host: gathered there (into pinned memory for a GPU: the upload is asynchronous
+        # and the gather of step k + 1 overlaps the device's work on step k)
+        pin = device.type == "cuda"
+        for step in range(start, end):
+            idx = index(step)
+            batch = torch.empty((len(idx), *data.images.shape[1:]), dtype=data.images.dtype, pin_memory=pin)
+            yield torch.index_select(data.images, 0, idx, out=batch).to(device, non_blocking=True)
+        return
+    canvases = data.images.to(device)  # moved to the device once; each step's indices are drawn there
     for step in range(start, end):
-        yield canvases[index(step).to(canvases.device)].to(device, non_blocking=True)
+        yield canvases[device_batch_indices(step, t["batch_size"], n, cfg["seed"], device, rank, world)]
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
@@ -178,6 +209,13 @@ class Run:
         return [self.framework] + ([self.sp] if self.sp is not None else [])
 
 
+def fast_fp32_matmul() -> None:
+    """TF32 for the fp32 matmuls and convolutions left under bf16 autocast (fp32 losses, SP,
+    the multi-crop) on CUDA, as ``benchmarks/throughput.py`` measures the step (process-wide)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device, rank: int = 0, world: int = 1) -> Run:
     """Backbone, framework, SP, views, optimiser and schedules from the config; with
     ``world > 1`` processes (a started process group), SyncBatchNorm if ``train.sync_bn``
@@ -222,6 +260,8 @@ def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device, rank: int
         # NHWC weights make convolutions choose NHWC activations (oneDNN on CPU); a ViT is unaffected
         for m in [framework] + ([sp] if sp is not None else []):
             m.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        fast_fp32_matmul()
     if t["compile"]:
         # backbones only (student and teacher): heads, losses and SP stay eager. Static
         # shapes: each view size (global, local) gets its own graph instead of one

@@ -171,7 +171,7 @@ def _aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
 
 
 def evaluate(checkpoint: str | Path, tasks: str | list[str], seeds: int | None = None,
-             out_dir: str | Path | None = None, overrides: dict | None = None, device: str = "cpu",
+             out_dir: str | Path | None = None, overrides: dict | None = None, device: str = "auto",
              progress: bool = True, reference: str | None = None) -> dict[str, dict]:
     """Run ``tasks`` on a checkpoint; write ``metrics/<task>.json`` and
     ``metrics/<task>_outcomes.pt`` under ``out_dir`` (default: the checkpoint's run

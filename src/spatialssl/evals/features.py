@@ -474,11 +474,20 @@ class EvalContext:
         return self._floor
 
 
-def context_from_checkpoint(path: str | Path, overrides: dict | None = None, device: str = "cpu",
+def eval_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; any other name as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def context_from_checkpoint(path: str | Path, overrides: dict | None = None, device: str = "auto",
                             seed: int = 0, progress: bool = True, cache_dir: Path | None = None) -> EvalContext:
     """Rebuild the (frozen) evaluation backbone from a checkpoint (which file: see
     ``load_checkpoint``); features are cached in ``cache_dir`` (default: ``<run>/features``).
-    The context's ``step`` and ``complete`` say how far the run had got."""
+    The context's ``step`` and ``complete`` say how far the run had got. ``device``:
+    ``auto`` (the GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
+    device = eval_device(device)
     state = load_checkpoint(path)
     cfg = copy.deepcopy(state["config"])
     cfg.pop("resumed_with_changes", None)

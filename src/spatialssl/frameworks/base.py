@@ -74,6 +74,17 @@ def frozen_copy(make: Callable[[], nn.Module], source: nn.Module) -> nn.Module:
     return copy.to(next(source.parameters()).device)
 
 
+def fp32(x: torch.Tensor):
+    """Autocast off on ``x``'s device: a loss written to run in fp32 does. Under bf16 autocast
+    ``.float()`` on a loss's inputs is not enough: the matmuls and einsums inside it (lightly's
+    DINO and NT-Xent losses) would be cast back to bf16.
+
+    >>> with fp32(z):
+    ...     loss = criterion(z.float(), ...)
+    """
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def encode(backbone: nn.Module, views: torch.Tensor) -> torch.Tensor:
     """One backbone pass over all views of one size: [V, B, 3, S, S] -> [V, B, D]."""
     v, b = views.shape[:2]

@@ -25,7 +25,7 @@ from ..backbones import Backbone
 from .. import schedules
 from ..views import Views
 from . import register
-from .base import Framework, encode, frozen_copy
+from .base import Framework, encode, fp32, frozen_copy
 
 
 @register("byol")
@@ -49,9 +49,10 @@ class BYOL(Framework):
         p = self.prediction_head(self.projection_head(h.flatten(0, 1))).view(g, b, -1)
         with torch.no_grad():
             z = self.momentum_projection_head(encode(self.momentum_backbone, views.globals).flatten(0, 1)).view(g, b, -1)
-        p, z = p.float(), z.float()  # the loss in fp32 under bf16 autocast
         pairs = [(i, j) for i in range(g) for j in range(g) if i != j]
-        loss = sum(self.criterion(p[i], z[j]) for i, j in pairs) / len(pairs)
+        with fp32(p):  # the loss in fp32 under bf16 autocast
+            p, z = p.float(), z.float()
+            loss = sum(self.criterion(p[i], z[j]) for i, j in pairs) / len(pairs)
         return {"loss": loss, "emb": h[0].detach()}
 
     @torch.no_grad()

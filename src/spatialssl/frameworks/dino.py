@@ -26,7 +26,7 @@ from lightly.models.utils import update_momentum
 from .. import config, schedules
 from ..views import Views
 from . import register
-from .base import Framework, encode, frozen_copy, teacher_entropies
+from .base import Framework, encode, fp32, frozen_copy, teacher_entropies
 
 
 def make_dino_heads(in_dim: int, f: dict, freeze_last_layer: int = 0) -> tuple[DINOProjectionHead, DINOProjectionHead]:
@@ -72,8 +72,10 @@ class DINO(Framework):
         out = {"emb": s_glob[0].detach(), "teacher_temp": torch.tensor(temp)}
         if self.collect_logs:  # collapse indicators, before the loss updates the centre
             out.update(teacher_entropies(t_out, self.criterion.center, temp))
-        # the loss in fp32 (under bf16 autocast the heads' outputs are bf16)
-        out["loss"] = self.criterion(list(t_out.float().unbind(0)), list(s_out.float().unbind(0)), teacher_temp=temp)
+        # the loss in fp32 (under bf16 autocast the heads' outputs are bf16, and the loss's einsum would be)
+        with fp32(s_out):
+            out["loss"] = self.criterion(list(t_out.float().unbind(0)), list(s_out.float().unbind(0)),
+                                         teacher_temp=temp)
         if s_loc is not None:
             out["local_emb"] = s_loc
         return out

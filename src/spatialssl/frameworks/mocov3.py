@@ -30,7 +30,7 @@ from ..backbones import Backbone
 from .. import schedules
 from ..views import Views
 from . import register
-from .base import Framework, encode, frozen_copy
+from .base import Framework, encode, fp32, frozen_copy
 
 
 def contrastive_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -44,17 +44,18 @@ def contrastive_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> to
         q: [B, K] queries, k: [B, K] keys (normalised here).
         temperature: tau.
     Returns:
-        scalar loss.
+        scalar loss, computed in fp32 (autocast off).
 
     >>> contrastive_loss(torch.randn(8, 256), torch.randn(8, 256), 0.2)
     """
-    q = F.normalize(q, dim=1)
-    k = F.normalize(k, dim=1)
-    if dist.world_size() > 1:  # guarded: world_size() is 1 unless torch.distributed is initialised
-        k = torch.cat(dist.gather(k.contiguous()), dim=0)
-    logits = q @ k.t() / temperature  # [B, B * world]
-    labels = torch.arange(q.shape[0], device=q.device) + dist.rank() * q.shape[0]
-    return F.cross_entropy(logits.float(), labels) * (2 * temperature)
+    with fp32(q):  # in fp32 under bf16 autocast, the logits' matmul too
+        q = F.normalize(q.float(), dim=1)
+        k = F.normalize(k.float(), dim=1)
+        if dist.world_size() > 1:  # guarded: world_size() is 1 unless torch.distributed is initialised
+            k = torch.cat(dist.gather(k.contiguous()), dim=0)
+        logits = q @ k.t() / temperature  # [B, B * world]
+        labels = torch.arange(q.shape[0], device=q.device) + dist.rank() * q.shape[0]
+        return F.cross_entropy(logits, labels) * (2 * temperature)
 
 
 @register("mocov3")

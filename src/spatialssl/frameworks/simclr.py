@@ -18,7 +18,7 @@ from lightly.models.modules import SimCLRProjectionHead
 from ..backbones import Backbone
 from ..views import Views
 from . import register
-from .base import Framework, encode
+from .base import Framework, encode, fp32
 
 
 @register("simclr")
@@ -36,7 +36,8 @@ class SimCLR(Framework):
         g, b = views.globals.shape[:2]
         h = encode(self.backbone, views.globals)  # [G, B, D]
         z = self.projection_head(h.flatten(0, 1)).view(g, b, -1)
-        z = z.float()  # the loss in fp32 under bf16 autocast (logits at 1 / temperature)
         pairs = [(i, j) for i in range(g) for j in range(i + 1, g)]
-        loss = sum(self.criterion(z[i], z[j]) for i, j in pairs) / len(pairs)
+        with fp32(z):  # the loss in fp32 under bf16 autocast (logits at 1 / temperature), its matmul too
+            z = z.float()
+            loss = sum(self.criterion(z[i], z[j]) for i, j in pairs) / len(pairs)
         return {"loss": loss, "emb": h[0].detach()}
