@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from .errors import NotFound, UserError
 
 # (task, value key, label, +1 higher is better / -1 lower is better / 0 a diagnostic): the
 # summary rows. Under each directional row the table adds the random-init floor
@@ -171,9 +172,9 @@ def _read_json(p: Path) -> dict:
     try:
         rec = json.loads(p.read_text())  # json reads the bare NaN of old files as nan (shown as "–")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"metrics file {p} is not valid JSON: {e}") from None
+        raise UserError(f"metrics file {p} is not valid JSON: {e}") from None
     if not isinstance(rec, dict):
-        raise ValueError(f"metrics file {p} must hold a JSON object, got {type(rec).__name__}")
+        raise UserError(f"metrics file {p} must hold a JSON object, got {type(rec).__name__}")
     return rec
 
 
@@ -181,16 +182,16 @@ def read_run(path: str | Path) -> Run:
     """Read a run directory (any of its files may be missing; the directory may not)."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"run folder '{path}' does not exist" if not path.exists()
+        raise NotFound(f"run folder '{path}' does not exist" if not path.exists()
                                 else f"run folder '{path}' is not a directory")
     cfg: dict = {}
     if (path / "config.yaml").exists():
         try:
             cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"{path / 'config.yaml'} is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise UserError(f"{path / 'config.yaml'} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(cfg, dict):
-            raise ValueError(f"{path / 'config.yaml'} must hold a mapping")
+            raise UserError(f"{path / 'config.yaml'} must hold a mapping")
     curve = []
     if (path / "metrics.jsonl").exists():
         for line in (path / "metrics.jsonl").read_text().splitlines():
@@ -330,7 +331,7 @@ def check_pairs(cols: list[tuple[Run, Run | None]], allow_mismatch: bool | Itera
         blocking, _ = pair_differences(base, sp)
         refused = [] if allowed is None else [d for d in blocking if not d.startswith(allowed)]
         if refused:
-            raise ValueError(f"runs '{base.path}' and '{sp.path}' are not comparable: they differ in "
+            raise UserError(f"runs '{base.path}' and '{sp.path}' are not comparable: they differ in "
                              f"{'; '.join(refused)} (only sp.*, name and out_dir may differ; "
                              "allow_mismatch reports them marked instead)")
         found[(id(base), id(sp))] = blocking
@@ -439,14 +440,14 @@ def paired_bootstrap(base: list[dict], sp: list[dict], key: str, replicates: int
     Raises ValueError when the outcomes cannot be paired (kind or N differ, key missing)."""
     n_seeds = min(len(base), len(sp))
     if n_seeds == 0:
-        raise ValueError("no evaluation seed with outcomes in both runs")
+        raise UserError("no evaluation seed with outcomes in both runs")
     pairs = []
     for s in range(n_seeds):
         if key not in base[s] or key not in sp[s]:
-            raise ValueError(f"no outcome of '{key}' for seed {s} of both runs")
+            raise UserError(f"no outcome of '{key}' for seed {s} of both runs")
         (ka, a), (kb, b) = _outcome(base[s][key], key), _outcome(sp[s][key], key)
         if ka != kb or any(a[f].shape != b[f].shape for f in a):
-            raise ValueError(f"outcomes of '{key}' differ in kind or item count for seed {s}")
+            raise UserError(f"outcomes of '{key}' differ in kind or item count for seed {s}")
         pairs.append((ka, a, b))
     ns = [next(iter(a.values())).shape[0] for _, a, _ in pairs]
     full = [float(metric_from_counts(k, b, torch.ones(1, n, dtype=torch.float64))

@@ -20,9 +20,9 @@ import json
 import statistics
 from pathlib import Path
 
-from tqdm import tqdm
-
+from ..progress import bar as progress_bar
 from .features import EvalContext, check_finite, context_from_checkpoint, write_metrics, write_outcomes
+from ..config import ConfigError
 
 # task name -> module in this package (each has ``run(ctx) -> dict``)
 TASKS: dict[str, str] = {
@@ -67,7 +67,7 @@ def parse_tasks(tasks: str | list[str]) -> list[str]:
         return avail
     for t in names:
         if t not in avail:
-            raise ValueError(f"unknown eval task '{t}' (available: {', '.join(avail)}, or 'all')")
+            raise ConfigError(f"unknown eval task '{t}' (available: {', '.join(avail)}, or 'all')")
     return names
 
 
@@ -153,21 +153,21 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str], seeds: int | None =
     from .reference import REFERENCES, supervised_context
 
     if reference is not None and reference not in REFERENCES:
-        raise ValueError(f"unknown reference '{reference}' (known: {', '.join(REFERENCES)})")
+        raise ConfigError(f"unknown reference '{reference}' (known: {', '.join(REFERENCES)})")
     ckpt = Path(checkpoint)
     out_dir = Path(out_dir) if out_dir else (ckpt if ckpt.is_dir() else ckpt.parent)
     names = parse_tasks(tasks)
     base = context_from_checkpoint(ckpt, overrides, device, seed=0, progress=progress, cache_dir=out_dir / "features")
     seeds = int(base.ecfg["seeds"] if seeds is None else seeds)
     if seeds < 1:
-        raise ValueError(f"eval seeds must be >= 1, got {seeds}")
+        raise ConfigError(f"eval seeds must be >= 1, got {seeds}")
     ctxs = [base] + [base.for_seed(s) for s in range(1, seeds)]
     refs: list[EvalContext | None] = [None] * seeds
     if reference == "supervised":
         sup = supervised_context(base)
         refs = [sup] + [sup.for_seed(s) for s in range(1, seeds)]
     results: dict[str, dict] = {}
-    for task in tqdm(names, desc="eval", disable=not progress):
+    for task in progress_bar(names, desc="eval", enabled=progress):
         per_seed, outcomes = [], []
         for ctx, ref in zip(ctxs, refs):
             per_seed.append(run_task(ctx, task, ref))
