@@ -253,14 +253,18 @@ def _framework_keys(framework: str, overrides: list[str]) -> list[str]:
     return unused_keys(framework, [o.split("=", 1)[0].strip() for o in overrides])
 
 
-def _check_framework_keys(framework: str, overrides: list[str]) -> None:
+def _warn_framework_keys(frameworks: list[str], overrides: list[str]) -> None:
+    """A warning naming each ``--set framework.x`` that a framework of the run does not read
+    (it would be silently ignored; a warning, not an error, so that one list of overrides
+    can serve several frameworks, as ``compare``'s does)."""
     from .frameworks import REGISTRY
 
-    bad = _framework_keys(framework, overrides)
-    if bad:
-        reads = ", ".join(REGISTRY[framework].config_keys or ())
-        raise config_mod.ConfigError(f"--set {', '.join(bad)}: framework '{framework}' does not read "
-                                     f"{'it' if len(bad) == 1 else 'them'} (it reads framework.name and: {reads})")
+    for fw in frameworks:
+        bad = _framework_keys(fw, overrides)
+        if bad:
+            log.warning("--set %s: framework '%s' does not read %s (ignored; it reads framework.name and: %s)",
+                        ", ".join(bad), fw, "it" if len(bad) == 1 else "them",
+                        ", ".join(REGISTRY[fw].config_keys or ()))
 
 
 def _demo_overrides(a: argparse.Namespace) -> list[str]:
@@ -287,7 +291,7 @@ def _dispatch(a: argparse.Namespace) -> int:
         from .engine.trainer import pretrain
 
         cfg = config_mod.resolve(a.config, a.overrides)
-        _check_framework_keys(cfg["framework"]["name"], a.overrides)
+        _warn_framework_keys([cfg["framework"]["name"]], a.overrides)
         out = pretrain(cfg, resume=not a.no_resume, force=a.force)
         print(f"checkpoint: {out / 'checkpoint.pt'}")
         return 0
@@ -321,18 +325,14 @@ def _dispatch(a: argparse.Namespace) -> int:
     if a.cmd == "demo":
         from .experiments import DEMO_FRAMEWORK, demo
 
-        _check_framework_keys(DEMO_FRAMEWORK, a.overrides)
+        _warn_framework_keys([DEMO_FRAMEWORK], a.overrides)
         demo(Path(a.out), _demo_overrides(a))
         return 0
     if a.cmd == "compare":
         from .experiments import compare
 
         frameworks = [f for f in a.frameworks.split(",") if f]
-        for fw in frameworks:  # --set applies to every framework: a key some of them ignore is only a warning
-            bad = _framework_keys(fw, a.overrides)
-            if bad:
-                log.warning("--set %s: framework '%s' does not read %s", ", ".join(bad), fw,
-                            "it" if len(bad) == 1 else "them")
+        _warn_framework_keys(frameworks, a.overrides)
         compare(frameworks, a.budget, Path(a.out), a.tasks, _demo_overrides(a), [f for f in a.flips.split(",") if f])
         return 0
     raise AssertionError(a.cmd)

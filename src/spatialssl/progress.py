@@ -27,6 +27,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -35,6 +36,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 PLAIN_EVERY_S = 30.0  # redirected output: at most one progress line per loop this often
 
 log = logging.getLogger("spatialssl.progress")
+_PACKAGE = Path(__file__).resolve().parent
 _quiet = False  # set by setup_logging: --quiet or a level above INFO hides progress
 
 
@@ -138,7 +140,12 @@ class _Console(logging.Handler):
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
-    logging.getLogger("spatialssl").warning("%s", message)
+    """A warning as one log line: ours by its message (it names the file or key), another
+    library's with its category and where it was raised."""
+    if Path(filename).resolve().is_relative_to(_PACKAGE):
+        logging.getLogger("spatialssl").warning("%s", message)
+    else:
+        logging.getLogger("py.warnings").warning("%s: %s (%s:%d)", category.__name__, message, filename, lineno)
 
 
 def setup_logging(level: str | int = "INFO", quiet: bool = False) -> None:
