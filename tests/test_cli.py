@@ -138,3 +138,83 @@ def test_quiet_shows_no_progress_and_no_info(tmp_path, capsys, monkeypatch):
     assert "INFO step 4/4" in (tmp_path / "run" / "train.log").read_text()  # the run's own log keeps them
     assert main(["pretrain", *TINY_DEMO, "--set", f"out_dir={tmp_path / 'run2'}", "--log-level", "warning"]) == 0
     assert "INFO" not in capsys.readouterr().err
+
+
+def test_version_and_global_options_after_the_command(capsys):
+    from spatialssl import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"spatialssl {__version__}"
+    assert main(["config", "-q", "--log-level", "debug"]) == 0  # accepted after the command too
+
+
+def test_out_dir_defaults_to_the_presets_name(capsys):
+    """-c dino then -c dino_sp no longer write to one folder."""
+    import yaml
+
+    def resolved(*argv):
+        assert main(["config", "-q", *argv]) == 0
+        cfg = yaml.safe_load(capsys.readouterr().out)
+        return cfg["name"], cfg["out_dir"]
+
+    assert resolved("-c", "dino") == ("dino", "runs/dino")
+    assert resolved("-c", "dino_sp") == ("dino_sp", "runs/dino_sp")
+    assert resolved("-c", "demo_dino") == ("demo_dino", "runs/demo_dino")  # not its base's name
+    assert resolved() == ("run", "runs/run")
+    assert resolved("-c", "dino", "--set", "name=x") == ("x", "runs/x")
+    assert resolved("-c", "dino", "--set", "out_dir=elsewhere") == ("dino", "elsewhere")
+
+
+def test_plugin_found_in_the_current_folder_or_named_in_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    (tmp_path / "my_plugin_mod.py").write_text("import spatialssl\nspatialssl.PLUGIN_LOADED = True\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert main(["config", "-q", "--plugin", "my_plugin_mod"]) == 0
+    import spatialssl
+
+    assert spatialssl.PLUGIN_LOADED
+    capsys.readouterr()
+    err = _one_line_error(capsys, ["eval", "--plugin", "no_such_plugin_mod", "--checkpoint", str(tmp_path)],
+                          "--plugin no_such_plugin_mod", "no module named 'no_such_plugin_mod'", "searched:")
+    assert str(tmp_path) in err
+    # an import error inside the plugin is the plugin's bug: its traceback is kept
+    (tmp_path / "broken_plugin_mod.py").write_text("import no_such_dependency_xyz\n")
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
+        main(["config", "--plugin", "broken_plugin_mod"])
+
+
+def test_a_library_bug_keeps_its_traceback(monkeypatch, capsys):
+    """Only the project's user errors are one line; a ValueError from a bug is raised."""
+    from spatialssl import config
+
+    def bug(*a, **k):
+        raise ValueError("a bug deep in the library")
+
+    monkeypatch.setattr(config, "resolve", bug)
+    with pytest.raises(ValueError, match="a bug deep"):
+        main(["config"])
+    monkeypatch.setattr(config, "resolve", lambda *a, **k: (_ for _ in ()).throw(config.ConfigError("bad key")))
+    _one_line_error(capsys, ["config"], "bad key")
+
+
+def test_unread_framework_key_is_named(tmp_path, capsys, monkeypatch):
+    from spatialssl.engine import trainer
+
+    monkeypatch.setattr(trainer, "pretrain", lambda cfg, **k: tmp_path)  # the check comes before training
+    assert main(["-q", "pretrain", "-c", "dino", "--set", "framework.temperature=0.3",
+                 "--set", "framework.teacher_temp=0.05"]) == 0
+    err = capsys.readouterr().err
+    assert "--set framework.temperature: framework 'dino' does not read it" in err and "teacher_temp:" not in err
+
+
+def test_demo_tasks_and_seeds_are_flags(monkeypatch, tmp_path):
+    from spatialssl import experiments
+
+    seen = {}
+    monkeypatch.setattr(experiments, "demo", lambda out, overrides: seen.update(out=out, overrides=overrides))
+    assert main(["-q", "demo", "--out", str(tmp_path), "--tasks", "knn,linear", "--seeds", "3"]) == 0
+    assert seen["overrides"][-2:] == ["eval.seeds=3", "eval.tasks=[knn,linear]"]
+    assert main(["demo", "--seeds", "0"]) == 2
