@@ -21,7 +21,7 @@ Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13; paired resampling 
 Koehn, "Statistical Significance Tests for Machine Translation Evaluation", EMNLP 2004),
 ≈ when it does not; without per-item outcomes of both runs there is no test and no mark.
 
->>> write_report(["runs/demo/dino", "runs/demo/dino_sp"], "runs/demo")
+>>> write_report(["runs/demo/byol", "runs/demo/byol_sp"], "runs/demo")
 PosixPath('runs/demo/report.md')
 """
 
