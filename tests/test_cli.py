@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -41,11 +42,13 @@ def test_compare_tiny_pretrains_evaluates_and_reports(tmp_path, capsys):
 
 
 def _one_line_error(capsys, argv, *needles):
+    """The error is one line (no traceback), the last on stderr (config warnings may come before it)."""
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err  # one line: no traceback
+    lines = capsys.readouterr().err.strip().splitlines()
+    err = lines[-1]
+    assert [ln for ln in lines if "error" in ln.lower()] == [err], lines  # one line: no traceback
     assert err.startswith("spatialssl: error: ") and "spatialssl: error: spatialssl:" not in err, err
-    assert "Traceback" not in err
+    assert not any("Traceback" in ln for ln in lines)
     for n in needles:
         assert n in err, (n, err)
     return err
@@ -115,3 +118,132 @@ def test_eval_and_compare_evaluate_on_the_gpu_when_there_is_one(monkeypatch, tmp
         experiments.evaluate_run(tmp_path, "knn", [])  # what `compare` calls for each run
     assert seen == ["cuda", "cuda"]
     assert eval_device("cpu") == "cpu" and eval_device("cuda:1") == "cuda:1"
+
+
+TINY_DEMO = ["-c", "demo", "--set", "train.steps=4", "--set", "train.batch_size=16", "--set", "train.log_every=1",
+             "--set", "train.checkpoint_every=2", "--set", "data.n_train=64", "--set", "data.n_eval=32"]
+ESCAPES = ("\r", "\x1b")  # carriage-return frames, ANSI/cursor codes
+
+
+def _plain_lines(text: str) -> list[str]:
+    """Lines without their timestamps (two equal lines a second apart are still a duplicate)."""
+    return [re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", "", ln) for ln in text.splitlines() if ln.strip()]
+
+
+def test_redirected_output_is_plain_lines_once_each(tmp_path, capsys, monkeypatch):
+    """pretrain, its resume and eval with output redirected (not a terminal): no \\r frames or
+    escape codes, progress as plain lines (every update here: PLAIN_EVERY_S=0), no line twice
+    (partsworld's 'generated' line was printed and logged), and a resume warns about nothing
+    the first run did not (it warned about 224/96 px views from the defaults)."""
+    from spatialssl import progress
+
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
+    run = tmp_path / "run"
+    argv = ["pretrain", *TINY_DEMO, "--set", f"out_dir={run}", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    runs = []
+    for args in (argv, argv, ["eval", "--checkpoint", str(run), "--tasks", "knn", "--set", "eval.n_train=32",
+                              "--set", "eval.n_test=32"]):
+        assert main(args) == 0
+        runs.append(capsys.readouterr())
+    for r in runs:
+        for text in (r.out, r.err):
+            assert not any(e in text for e in ESCAPES), repr(text[:500])
+        said = [re.sub(r"^(DEBUG|INFO|WARNING|ERROR) ", "", ln) for ln in _plain_lines(r.out + r.err)]
+        assert len(said) == len(set(said)), [ln for ln in said if said.count(ln) > 1]  # printed and logged too
+    first, resumed, evaluated = (_plain_lines(r.err) for r in runs)
+    assert any(ln.startswith("INFO demo: ") and "/4 (" in ln for ln in first)  # the steps' progress lines
+    assert any(ln.startswith("INFO partsworld: generated train") for ln in first)
+    assert any(ln.startswith("INFO eval: 1/1") for ln in evaluated)
+    assert not [ln for ln in first + resumed + evaluated if ln.startswith("WARNING")]  # the demo's views fit
+
+
+def test_quiet_shows_no_progress_and_no_info(tmp_path, capsys, monkeypatch):
+    from spatialssl import progress
+
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
+    assert main(["-q", "pretrain", *TINY_DEMO, "--set", f"out_dir={tmp_path / 'run'}"]) == 0
+    err = capsys.readouterr().err
+    assert "INFO" not in err and "/4 (" not in err
+    assert "INFO step 4/4" in (tmp_path / "run" / "train.log").read_text()  # the run's own log keeps them
+    assert main(["pretrain", *TINY_DEMO, "--set", f"out_dir={tmp_path / 'run2'}", "--log-level", "warning"]) == 0
+    assert "INFO" not in capsys.readouterr().err
+
+
+def test_version_and_global_options_after_the_command(capsys):
+    from spatialssl import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"spatialssl {__version__}"
+    assert main(["config", "-q", "--log-level", "debug"]) == 0  # accepted after the command too
+
+
+def test_out_dir_defaults_to_the_presets_name(capsys):
+    """-c dino then -c dino_sp no longer write to one folder."""
+    import yaml
+
+    def resolved(*argv):
+        assert main(["config", "-q", *argv]) == 0
+        cfg = yaml.safe_load(capsys.readouterr().out)
+        return cfg["name"], cfg["out_dir"]
+
+    assert resolved("-c", "dino") == ("dino", "runs/dino")
+    assert resolved("-c", "dino_sp") == ("dino_sp", "runs/dino_sp")
+    assert resolved("-c", "demo_dino") == ("demo_dino", "runs/demo_dino")  # not its base's name
+    assert resolved() == ("run", "runs/run")
+    assert resolved("-c", "dino", "--set", "name=x") == ("x", "runs/x")
+    assert resolved("-c", "dino", "--set", "out_dir=elsewhere") == ("dino", "elsewhere")
+
+
+def test_plugin_found_in_the_current_folder_or_named_in_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    (tmp_path / "my_plugin_mod.py").write_text("import spatialssl\nspatialssl.PLUGIN_LOADED = True\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert main(["config", "-q", "--plugin", "my_plugin_mod"]) == 0
+    import spatialssl
+
+    assert spatialssl.PLUGIN_LOADED
+    capsys.readouterr()
+    err = _one_line_error(capsys, ["eval", "--plugin", "no_such_plugin_mod", "--checkpoint", str(tmp_path)],
+                          "--plugin no_such_plugin_mod", "no module named 'no_such_plugin_mod'", "searched:")
+    assert str(tmp_path) in err
+    # an import error inside the plugin is the plugin's bug: its traceback is kept
+    (tmp_path / "broken_plugin_mod.py").write_text("import no_such_dependency_xyz\n")
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
+        main(["config", "--plugin", "broken_plugin_mod"])
+
+
+def test_a_library_bug_keeps_its_traceback(monkeypatch, capsys):
+    """Only the project's user errors are one line; a ValueError from a bug is raised."""
+    from spatialssl import config
+
+    def bug(*a, **k):
+        raise ValueError("a bug deep in the library")
+
+    monkeypatch.setattr(config, "resolve", bug)
+    with pytest.raises(ValueError, match="a bug deep"):
+        main(["config"])
+    monkeypatch.setattr(config, "resolve", lambda *a, **k: (_ for _ in ()).throw(config.ConfigError("bad key")))
+    _one_line_error(capsys, ["config"], "bad key")
+
+
+def test_unread_framework_key_is_named(tmp_path, capsys, monkeypatch):
+    from spatialssl.engine import trainer
+
+    monkeypatch.setattr(trainer, "pretrain", lambda cfg, **k: tmp_path)  # the check comes before training
+    assert main(["-q", "pretrain", "-c", "dino", "--set", "framework.temperature=0.3",
+                 "--set", "framework.teacher_temp=0.05"]) == 0
+    err = capsys.readouterr().err
+    assert "--set framework.temperature: framework 'dino' does not read it" in err and "teacher_temp:" not in err
+
+
+def test_demo_tasks_and_seeds_are_flags(monkeypatch, tmp_path):
+    from spatialssl import experiments
+
+    seen = {}
+    monkeypatch.setattr(experiments, "demo", lambda out, overrides: seen.update(out=out, overrides=overrides))
+    assert main(["-q", "demo", "--out", str(tmp_path), "--tasks", "knn,linear", "--seeds", "3"]) == 0
+    assert seen["overrides"][-2:] == ["eval.seeds=3", "eval.tasks=[knn,linear]"]
+    assert main(["demo", "--seeds", "0"]) == 2

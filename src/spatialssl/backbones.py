@@ -18,6 +18,7 @@ import timm
 import torch
 import torch.nn as nn
 from timm.models.resnet import BasicBlock, ResNet
+from .config import ConfigError
 
 VIT_NAMES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
              "vit_base": "vit_base_patch16_224"}
@@ -94,7 +95,7 @@ def create_backbone(cfg: dict) -> Backbone:
             _small_stem(model, model.bn1.num_features)
         return Backbone(model, "cnn", model.num_features, "resnet_mini")
     known = ", ".join([*VIT_NAMES, *RESNET_NAMES, "resnet_mini"])
-    raise ValueError(f"unknown backbone '{name}' (known: {known})")
+    raise ConfigError(f"unknown backbone '{name}' (known: {known})")
 
 
 def export_timm_state_dict(backbone: Backbone, path: str) -> None:

@@ -1,36 +1,67 @@
 """The ``spatialssl`` command.
 
-    spatialssl pretrain -c dino_sp --set train.steps=2000 --set out_dir=runs/x
-    spatialssl eval --checkpoint runs/x --tasks knn,linear,patch_pair [--seeds 3]
+    spatialssl pretrain -c dino_sp --set train.steps=2000        (writes runs/dino_sp: see "Run folders")
+    spatialssl eval --checkpoint runs/dino_sp --tasks knn,linear,patch_pair [--seeds 3]
     spatialssl probe --weights vit_s14_reg4.pth --arch vit_small_patch14_reg4_dinov2 [--tasks patch_pair,jigsaw]
     spatialssl report runs/dino runs/dino_sp --out runs/report [--allow-mismatch]
     spatialssl data preview --dataset partsworld --out preview.png
     spatialssl data prepare --root IMAGEFOLDER --out SHARDS [--canvas 256]   (then data.name=shards data.root=SHARDS)
     spatialssl data prepare --layout segmentation --root SEGROOT --out SEGSHARDS   (then eval.seg_root=SEGSHARDS)
-    spatialssl demo [--out runs/demo]
+    spatialssl demo [--out runs/demo] [--tasks knn,linear] [--seeds 3]
     spatialssl compare --frameworks dino,simclr --budget small
     spatialssl config [-c PRESET ...] [--set k=v ...]   (print the resolved config)
+
+Run folders: `out_dir` defaults to runs/<name>, and `name` to the last preset's name
+(-c dino_sp -> runs/dino_sp; no preset: runs/run); --set name=... or --set out_dir=...
+choose others.
+Global options (before or after the command): --log-level LEVEL, -q/--quiet, --version.
+Errors that are yours to fix (a config key, a file, a folder) are one line on stderr,
+exit status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 
 import yaml
 
+from . import __version__
 from . import config as config_mod
+from .errors import UserError
+from .progress import setup_logging
+
+log = logging.getLogger("spatialssl")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _add_global_args(p: argparse.ArgumentParser, top: bool) -> None:
+    """--log-level and -q/--quiet, accepted before the command (``top``) and after it (the
+    subcommands' copies leave the value alone unless given)."""
+    keep = argparse.SUPPRESS
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO" if top else keep,
+                   help="console log level (default INFO); progress is shown at INFO and below")
+    p.add_argument("-q", "--quiet", action="store_true", default=False if top else keep,
+                   help="only warnings and errors: no progress, no INFO lines (train.log keeps them)")
+
+
+def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (e.g. one that registers your own framework), found in the "
+                        "current folder or on PYTHONPATH; repeatable")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", action="append", default=[], metavar="PRESET",
-                   help="preset name (configs/<name>.yaml) or YAML path; repeatable, later ones win")
+                   help="preset name (configs/<name>.yaml) or YAML path; repeatable, later ones win; the last "
+                        "one names the run (out_dir runs/<name>) unless --set name=/out_dir= says otherwise")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one config key, e.g. --set train.steps=100; repeatable")
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first (e.g. one that registers your own framework); repeatable")
+    _add_plugin_arg(p)
 
 
 EVAL_SECTIONS = ("eval", "data")  # what `eval --set` may change: the model comes from the checkpoint
@@ -56,9 +87,13 @@ def _eval_overrides(items: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spatialssl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"spatialssl {__version__}")
+    _add_global_args(parser, top=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_args(common, top=False)
     sub = parser.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("pretrain", help="pretrain a backbone (framework, optionally + SP)")
+    p = sub.add_parser("pretrain", parents=[common], help="pretrain a backbone (framework, optionally + SP)")
     _add_config_args(p)
     p.add_argument("--no-resume", action="store_true",
                    help="start a clean run folder even if a checkpoint exists (the old folder is moved aside to "
@@ -67,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="resume even if the config changed in keys that change what is trained (the changes are "
                         "recorded in config.yaml and train.log)")
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on frozen-feature protocols")
+    p = sub.add_parser("eval", parents=[common], help="evaluate a checkpoint on frozen-feature protocols")
     p.add_argument("--checkpoint", required=True,
                    help="run directory, checkpoint.pt, or backbone.safetensors (with the run's config.yaml beside it)")
     p.add_argument("--tasks", default="knn,linear,patch_pair", help="comma-separated tasks, or 'all'")
@@ -80,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", default=None, choices=["supervised"],
                    help="also evaluate a reference: 'supervised' = the same backbone trained on the labels "
                         "for the run's budget (values supervised_<metric>)")
+    _add_plugin_arg(p)
 
-    p = sub.add_parser("probe", help="evaluate any pretrained backbone: a timm / torchvision architecture "
+    p = sub.add_parser("probe", parents=[common], help="evaluate any pretrained backbone: a timm / torchvision architecture "
                                      "+ a weights file")
     p.add_argument("--weights", required=True,
                    help=".safetensors, .pth or .pt: a state dict, bare or nested (teacher, state_dict, model, ...); "
@@ -98,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override an eval, data or views key, e.g. --set eval.n_test=500 --set data.name=folder")
 
-    p = sub.add_parser("report", help="side-by-side report of evaluated runs")
+    p = sub.add_parser("report", parents=[common], help="side-by-side report of evaluated runs")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", default="runs/report")
     p.add_argument("--title", default="spatialssl report")
@@ -106,15 +142,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="report a baseline / + SP pair that differs in more than SP (and keys that change no "
                         "number) instead of refusing it: marked NOT COMPARABLE, its differences listed, no marks")
 
-    p = sub.add_parser("data", help="data set tools")
+    p = sub.add_parser("data", parents=[common], help="data set tools")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
-    q = dsub.add_parser("preview", help="write a PNG grid of samples with depth and masks")
+    q = dsub.add_parser("preview", parents=[common], help="write a PNG grid of samples with depth and masks")
     q.add_argument("--dataset", default="partsworld", choices=["partsworld"])
     q.add_argument("--out", required=True)
     q.add_argument("--split", default="train")
     q.add_argument("-n", type=int, default=16)
     q.add_argument("--size", type=int, default=64)
-    q = dsub.add_parser("prepare", help="decode a data set once into shards on disk (read lazily by training and evals)")
+    q = dsub.add_parser("prepare", parents=[common],
+                        help="decode a data set once into shards on disk (read lazily by training and evals)")
     q.add_argument("--root", default="", help="ImageFolder root (root/<split>/<class>/... or root/<class>/...); "
                    "with --layout segmentation/depth: root/<split>/{images,masks} or root/<split>/{images,depth}")
     q.add_argument("--layout", default="classification", choices=["classification", "segmentation", "depth"],
@@ -123,32 +160,44 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--dataset", default="folder", choices=["folder", "partsworld"],
                    help="partsworld: render the built-in set (with -c/--set data.* for its size) and shard it")
     q.add_argument("--out", required=True, help="shards folder to write (resumable: rerun to finish)")
-    q.add_argument("--canvas", type=int, default=256, help="canvas side in px (folder data)")
+    q.add_argument("--canvas", type=int, default=None,
+                   help="canvas side in px (folder data; default: data.canvas_size of -c/--set, i.e. 64, or 448 "
+                        "with the ViT presets: the size training with the same -c then expects)")
     q.add_argument("--splits", default="", help="comma-separated splits (default: every one found)")
     q.add_argument("--shard-size", type=int, default=1024, help="images per shard")
     q.add_argument("--quality", type=int, default=95, help="JPEG quality of the stored canvases")
-    q.add_argument("--workers", type=int, default=4, help="decode/encode threads")
+    q.add_argument("--threads", type=int, default=4,
+                   help="decode/encode threads (data.workers is another thing: training's DataLoader processes)")
+    q.add_argument("--workers", type=int, dest="threads", help=argparse.SUPPRESS)  # the old name of --threads
     q.add_argument("--on-error", default="skip", choices=["skip", "raise"], help="unreadable files")
     _add_config_args(q)
 
-    p = sub.add_parser("demo", help="framework vs framework + SP on PartsWorld, on a CPU, in minutes")
+    p = sub.add_parser("demo", parents=[common],
+                       help="framework vs framework + SP on PartsWorld, on a CPU, in minutes")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks, or 'all' (default: the demo's eval.tasks)")
+    p.add_argument("--seeds", type=int, default=None, help="evaluation seeds (>= 1; default: the demo's eval.seeds)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    _add_plugin_arg(p)
 
-    p = sub.add_parser("compare", help="several frameworks, each with and without SP, one report")
+    p = sub.add_parser("compare", parents=[common], help="several frameworks, each with and without SP, one report")
     p.add_argument("--frameworks", default="dino,simclr")
-    p.add_argument("--budget", default="small", choices=["tiny", "small", "medium"])
+    p.add_argument("--budget", default="small", choices=list(config_mod.BUDGETS),
+                   help="training budget (config.BUDGETS: " + "; ".join(
+                       f"{k}: {' '.join(v)}" for k, v in config_mod.BUDGETS.items()).replace("%", "%%") + ")")
     p.add_argument("--out", default="runs/compare")
-    p.add_argument("--tasks", default="knn,linear,patch_pair")
+    p.add_argument("--tasks", default="knn,linear,patch_pair", help="comma-separated tasks, or 'all'")
+    p.add_argument("--seeds", type=int, default=None, help="evaluation seeds (>= 1; default: eval.seeds)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    _add_plugin_arg(p)
     p.add_argument("--flips", default="", metavar="POLICIES",
                    help="flip-policy ablation: e.g. per_view,per_image,none, each with and without SP")
 
-    p = sub.add_parser("config", help="print the resolved config")
+    p = sub.add_parser("config", parents=[common], help="print the resolved config")
     _add_config_args(p)
 
     a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    setup_logging(a.log_level, a.quiet)
     try:
         return _dispatch(a)
     except Exception as e:
@@ -163,13 +212,15 @@ def main(argv: list[str] | None = None) -> int:
 
 # errors that are the user's to fix, each with a one-line message naming the key or file
 _LAZY_ERRORS = {"spatialssl.engine.checkpoint": ("CheckpointError", "RunLocked"),
-                "spatialssl.engine.trainer": ("NonFiniteLoss",)}
+                "spatialssl.engine.trainer": ("NonFiniteLoss",),
+                "spatialssl.evals.features": ("NonFiniteError",)}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """``ConfigError`` and the like, plus the engine's errors if the engine was imported
-    (looked up here so that ``spatialssl config`` need not import torch)."""
-    known: list[type[BaseException]] = [config_mod.ConfigError, ValueError, FileNotFoundError, NotADirectoryError]
+    """``UserError`` (``ConfigError`` among them), plus the engine's errors if the engine
+    was imported (looked up here so that ``spatialssl config`` need not import torch). Not
+    any ``ValueError``: one from a bug keeps its traceback."""
+    known: list[type[BaseException]] = [UserError]
     for module, names in _LAZY_ERRORS.items():
         if module in sys.modules:
             known += [getattr(sys.modules[module], n) for n in names]
@@ -199,11 +250,63 @@ def _check_device(device: str) -> None:
         raise config_mod.ConfigError(f"--device {device}: no CUDA device is available (use --device cpu)")
 
 
-def _dispatch(a: argparse.Namespace) -> int:
-    import importlib
+def _import_plugins(modules: list[str]) -> None:
+    """Import each ``--plugin`` module, looked for in the current folder first (as
+    ``python -m`` would), then on ``sys.path``. A module that is not found is one line
+    naming it and the paths searched; an error inside the module keeps its traceback."""
+    if not modules:
+        return
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
+                raise  # the plugin itself imports something missing: its traceback says where
+            raise config_mod.ConfigError(f"--plugin {module}: no module named '{e.name}' (searched: "
+                                         f"{', '.join(p or '.' for p in sys.path)})") from None
 
-    for module in getattr(a, "plugin", []):
-        importlib.import_module(module)
+
+def _framework_keys(framework: str, overrides: list[str]) -> list[str]:
+    """``framework.*`` keys of ``overrides`` that ``framework`` does not read."""
+    from .frameworks import unused_keys
+
+    return unused_keys(framework, [o.split("=", 1)[0].strip() for o in overrides])
+
+
+def _warn_framework_keys(frameworks: list[str], overrides: list[str]) -> None:
+    """A warning naming each ``--set framework.x`` that a framework of the run does not read
+    (it would be silently ignored; a warning, not an error, so that one list of overrides
+    can serve several frameworks, as ``compare``'s does)."""
+    from .frameworks import REGISTRY
+
+    for fw in frameworks:
+        bad = _framework_keys(fw, overrides)
+        if bad:
+            log.warning("--set %s: framework '%s' does not read %s (ignored; it reads framework.name and: %s)",
+                        ", ".join(bad), fw, "it" if len(bad) == 1 else "them",
+                        ", ".join(REGISTRY[fw].config_keys or ()))
+
+
+def _demo_overrides(a: argparse.Namespace) -> list[str]:
+    """``demo``/``compare`` --tasks/--seeds as the eval.* overrides they stand for."""
+    extra = []
+    if getattr(a, "seeds", None) is not None:
+        if a.seeds < 1:
+            raise config_mod.ConfigError(f"{a.cmd} --seeds must be >= 1, got {a.seeds}")
+        extra.append(f"eval.seeds={a.seeds}")
+    if a.cmd == "demo" and a.tasks:
+        from .evals import available_tasks
+
+        tasks = available_tasks() if a.tasks == "all" else [t for t in a.tasks.split(",") if t]
+        extra.append(f"eval.tasks=[{','.join(tasks)}]")
+    return [*a.overrides, *extra]
+
+
+def _dispatch(a: argparse.Namespace) -> int:
+    _import_plugins(getattr(a, "plugin", []))
     if a.cmd == "config":
         cfg = config_mod.resolve(a.config, a.overrides)
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
@@ -213,6 +316,7 @@ def _dispatch(a: argparse.Namespace) -> int:
         from .engine.trainer import pretrain
 
         cfg = config_mod.resolve(a.config, a.overrides)
+        _warn_framework_keys([cfg["framework"]["name"]], a.overrides)
         out = pretrain(cfg, resume=not a.no_resume, force=a.force)
         print(f"checkpoint: {out / 'checkpoint.pt'}")
         return 0
@@ -246,15 +350,17 @@ def _dispatch(a: argparse.Namespace) -> int:
         print(partsworld.preview(a.out, cfg, split=a.split, n=a.n))
         return 0
     if a.cmd == "demo":
-        from .experiments import demo
+        from .experiments import DEMO_FRAMEWORK, demo
 
-        demo(Path(a.out), a.overrides)
+        _warn_framework_keys([DEMO_FRAMEWORK], a.overrides)
+        demo(Path(a.out), _demo_overrides(a))
         return 0
     if a.cmd == "compare":
         from .experiments import compare
 
-        compare(a.frameworks.split(","), a.budget, Path(a.out), a.tasks, a.overrides,
-                [f for f in a.flips.split(",") if f])
+        frameworks = [f for f in a.frameworks.split(",") if f]
+        _warn_framework_keys(frameworks, a.overrides)
+        compare(frameworks, a.budget, Path(a.out), a.tasks, _demo_overrides(a), [f for f in a.flips.split(",") if f])
         return 0
     raise AssertionError(a.cmd)
 
@@ -282,22 +388,23 @@ def _prepare(a: argparse.Namespace) -> int:
     from .data import shards
 
     splits = tuple(s for s in a.splits.split(",") if s)
+    data_cfg = config_mod.resolve(a.config, a.overrides, warn=False)["data"]
+    canvas = a.canvas if a.canvas is not None else data_cfg["canvas_size"]  # what training with the same -c expects
     if a.dataset == "folder":
         if not a.root:
-            raise ValueError("data prepare: give --root IMAGEFOLDER (or --dataset partsworld)")
+            raise config_mod.ConfigError("data prepare: give --root IMAGEFOLDER (or --dataset partsworld)")
         if a.layout == "classification":
-            entries = shards.prepare_folder(a.root, a.out, a.canvas, splits or None, a.shard_size, a.quality,
-                                            a.on_error, a.workers)
+            entries = shards.prepare_folder(a.root, a.out, canvas, splits or None, a.shard_size, a.quality,
+                                            a.on_error, a.threads)
         else:
-            entries = shards.prepare_dense(a.root, a.out, a.layout, a.canvas, splits or None, a.shard_size, a.quality,
-                                           a.on_error, a.workers, depth_scale=a.depth_scale)
+            entries = shards.prepare_dense(a.root, a.out, a.layout, canvas, splits or None, a.shard_size, a.quality,
+                                           a.on_error, a.threads, depth_scale=a.depth_scale)
     else:
         from .data import SPLITS, load_split
 
-        data_cfg = config_mod.resolve(a.config, a.overrides)["data"]
         if data_cfg["name"] != "partsworld":
-            raise ValueError("data prepare --dataset partsworld: data.name must be partsworld")
-        entries = {s: shards.prepare_canvases(load_split(data_cfg, s), a.out, s, a.shard_size, a.quality, a.workers,
+            raise config_mod.ConfigError("data prepare --dataset partsworld: data.name must be partsworld")
+        entries = {s: shards.prepare_canvases(load_split(data_cfg, s), a.out, s, a.shard_size, a.quality, a.threads,
                                               source={"partsworld": data_cfg})
                    for s in (splits or SPLITS)}
     for split, e in entries.items():

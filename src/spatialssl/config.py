@@ -20,6 +20,11 @@ printed by ``spatialssl config`` (``describe_schedule``).
 >>> schedule_steps(resolve(["imagenet100_vits16_dino"], ["train.steps=1000"]))["train.warmup_steps"]
 100
 
+Run names and folders: ``name`` is ``--set name=...`` or a preset's ``name:`` if one is
+given, else the last preset's file name (``-c dino_sp`` -> ``dino_sp``), else ``run``;
+``out_dir`` is ``--set out_dir=...`` if given, else ``runs/<name>`` (so ``-c dino`` and
+``-c dino_sp`` write to ``runs/dino`` and ``runs/dino_sp``).
+
 >>> cfg = resolve(["dino_sp"], ["train.steps=10", "sp.weight=1.0"])
 >>> cfg["sp"]["enabled"], cfg["train"]["steps"]
 (True, 10)
@@ -35,12 +40,14 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 DEFAULTS: dict[str, Any] = {
-    "name": "run",
+    "name": "",  # "" = the last preset's name (-c dino_sp -> dino_sp), or "run" without one
     "seed": 0,
-    "out_dir": "runs/run",
+    "out_dir": "",  # "" = runs/<name>
     "device": "auto",  # auto | cpu | cuda
     "data": {
         "name": "partsworld",  # partsworld | folder | shards (a folder made by `spatialssl data prepare`)
@@ -206,7 +213,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config key or value that is not allowed; the message names it."""
 
 
@@ -333,6 +340,15 @@ def load_preset(name_or_path: str) -> dict:
     return merged
 
 
+# training budgets of ``spatialssl compare --budget`` (overrides after the framework's and
+# the demo's presets; the rest comes from configs/demo.yaml)
+BUDGETS: dict[str, list[str]] = {
+    "tiny": ["train.steps=10", "train.batch_size=32", "data.n_train=256", "data.n_eval=128"],  # smoke test
+    "small": ["train.steps=400", "data.n_train=8000"],  # the demo's budget
+    "medium": ["train.steps=1500", "data.n_train=20000", "data.n_eval=2000"],
+}
+
+
 def _deep_update(dst: dict, src: dict) -> None:
     for k, v in src.items():
         if isinstance(v, dict) and isinstance(dst.get(k), dict):
@@ -352,12 +368,16 @@ def resolve(presets: list[str] | tuple[str, ...] = (), overrides: list[str] | tu
         _merge(cfg, load_preset(p))
     for o in overrides:
         _merge(cfg, parse_override(o))
+    if not cfg["name"]:
+        cfg["name"] = Path(presets[-1]).stem if presets else "run"
     return derive(cfg, warn)
 
 
 def derive(cfg: dict, warn: bool = True) -> dict:
     """Values that follow from others, computed in this one place."""
     check_values(cfg)
+    cfg["name"] = cfg["name"] or "run"
+    cfg["out_dir"] = cfg["out_dir"] or f"runs/{cfg['name']}"  # each preset its own folder: -c dino, -c dino_sp
     v, sp = cfg["views"], cfg["sp"]
     if v["local_flip"] == "auto":
         v["local_flip"] = "per_image" if sp["enabled"] else "per_view"
@@ -520,7 +540,7 @@ def resume_changes(saved: dict, new: dict) -> tuple[dict[str, tuple], dict[str, 
     those in ``NUMBER_FREE``. A key the saved config lacks (added since) counts as its
     default."""
     old = flatten({k: v for k, v in saved.items() if k != RESUME_HISTORY})
-    defaults = flatten(derive(copy.deepcopy(DEFAULTS)))
+    defaults = flatten(derive(copy.deepcopy(DEFAULTS), warn=False))  # no warnings about views nobody trains on
     new_flat = flatten({k: v for k, v in new.items() if k != RESUME_HISTORY})
     # schedule lengths compare in steps: 100 steps and 0.1 of a 1000-step run are the same schedule
     old_steps = old.get("train.steps", defaults["train.steps"])

@@ -20,12 +20,7 @@ from .evals import available_tasks, evaluate
 
 log = logging.getLogger("spatialssl")
 
-# budgets for ``compare``; the rest comes from configs/demo.yaml
-BUDGETS = {
-    "tiny": ["train.steps=10", "train.batch_size=32", "data.n_train=256", "data.n_eval=128"],  # smoke test
-    "small": ["train.steps=400", "data.n_train=8000"],  # the demo's budget
-    "medium": ["train.steps=1500", "data.n_train=20000", "data.n_eval=2000"],
-}
+BUDGETS = config_mod.BUDGETS  # budgets for ``compare`` (defined with the config); the rest comes from configs/demo.yaml
 # frameworks that need a ViT: a tiny one at the demo's view sizes (patch 4: 8x8 tokens at 32 px)
 VIT_ONLY = {"ibot": ["backbone.name=vit_tiny", "backbone.patch_size=4", "backbone.img_size=32"]}
 
@@ -172,10 +167,10 @@ def compare(frameworks: list[str], budget: str, out: Path, tasks: str, overrides
     resolves them.
     """
     if budget not in BUDGETS:
-        raise ValueError(f"unknown budget '{budget}' (known: {', '.join(BUDGETS)})")
+        raise config_mod.ConfigError(f"unknown budget '{budget}' (known: {', '.join(BUDGETS)})")
     for f in flips or []:
         if f not in FLIP_POLICIES:
-            raise ValueError(f"--flips: unknown policy '{f}' (known: {', '.join(FLIP_POLICIES)})")
+            raise config_mod.ConfigError(f"--flips: unknown policy '{f}' (known: {', '.join(FLIP_POLICIES)})")
     overrides = list(overrides or [])
     cfg = config_mod.resolve(["demo"], _eval_only(overrides), warn=False)
     seeds = cfg["eval"]["seeds"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+from .config import ConfigError
 
 
 def sample_boxes(n: int, canvas_hw: tuple[int, int], scale: tuple[float, float],
@@ -84,9 +85,9 @@ def sample_pairs(n: int, canvas_hw: tuple[int, int], scale: tuple[float, float],
         on ``device`` (nothing is read back to the host).
     """
     if min_gap < 0:
-        raise ValueError(f"config key 'sp.min_gap' must be >= 0 (canvas px), got {min_gap}")
+        raise ConfigError(f"config key 'sp.min_gap' must be >= 0 (canvas px), got {min_gap}")
     if min_gap > 0 and max_iou > 0:
-        raise ValueError(f"config key 'sp.min_gap' ({min_gap} px) needs disjoint pairs, but sp.max_iou is {max_iou}: "
+        raise ConfigError(f"config key 'sp.min_gap' ({min_gap} px) needs disjoint pairs, but sp.max_iou is {max_iou}: "
                          f"set sp.min_gap=0 to let pairs overlap")
     c = max(1, int(candidates))
     cand = sample_boxes(2 * n * c, canvas_hw, scale, ratio, generator, device).view(n, c, 2, 4)

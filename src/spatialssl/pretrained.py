@@ -54,6 +54,7 @@ import torch
 import torch.nn as nn
 
 from .backbones import Backbone
+from .errors import UserError
 
 TORCHVISION = "torchvision:"
 NESTED = ("teacher", "state_dict", "model", "student", "model_ema", "target_encoder", "module", "backbone",
@@ -64,7 +65,7 @@ HEADS = ("head.", "fc.", "classifier.", "heads.", "head_dist.", "last_linear.")
 SHOWN = 5  # keys named in an error
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """Weights that do not fit the architecture; the message names the file and the keys."""
 
 
@@ -168,7 +169,7 @@ def _timm_model(arch: str, kwargs: dict) -> tuple[nn.Module, str]:
     from timm.models.vision_transformer import VisionTransformer
 
     if not timm.is_model(arch):
-        raise ValueError(f"unknown architecture '{arch}' (a timm model name, e.g. vit_small_patch14_reg4_dinov2, "
+        raise UserError(f"unknown architecture '{arch}' (a timm model name, e.g. vit_small_patch14_reg4_dinov2, "
                          f"resnet50, convnext_tiny; or torchvision:NAME)")
     try:  # ViTs take dynamic_img_size; most CNNs refuse it
         model = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
@@ -181,11 +182,11 @@ def _timm_model(arch: str, kwargs: dict) -> tuple[nn.Module, str]:
             except Exception as e:
                 fmap = e
         if not isinstance(fmap, torch.Tensor) or fmap.ndim != 4 or fmap.shape[1] != model.num_features:
-            raise ValueError(f"architecture '{arch}' is not supported: its forward_features does not give a "
+            raise UserError(f"architecture '{arch}' is not supported: its forward_features does not give a "
                              f"[B, C, h, w] map (supported: timm ViTs with a class token, and CNNs)")
         return model, "cnn"
     if model.cls_token is None:
-        raise ValueError(f"architecture '{arch}': ViTs without a class token are not supported (the global feature is "
+        raise UserError(f"architecture '{arch}': ViTs without a class token are not supported (the global feature is "
                          f"the class token)")
     return model, "vit"
 
@@ -216,7 +217,7 @@ class TorchvisionTrunk(nn.Module):
         elif isinstance(getattr(net, "features", None), nn.Module):  # ConvNeXt, EfficientNet, MobileNet, VGG, ...
             self.trunk = net.features
         else:
-            raise ValueError(f"architecture '{arch}': only torchvision CNNs with a ResNet layout (layer1..layer4) or a "
+            raise UserError(f"architecture '{arch}': only torchvision CNNs with a ResNet layout (layer1..layer4) or a "
                              f"'.features' trunk are supported; for a ViT use the timm name")
         self.keep = net  # parameters keep torchvision's names (conv1.weight, features.0.0.weight, ...)
         with torch.no_grad():  # eval(): the dry run must not move BatchNorm statistics
@@ -232,7 +233,7 @@ def _torchvision_model(arch: str, kwargs: dict) -> nn.Module:
 
     name = arch[len(TORCHVISION):]
     if name not in torchvision.models.list_models(torchvision.models):
-        raise ValueError(f"unknown architecture '{arch}' (torchvision classification models: e.g. resnet18, "
+        raise UserError(f"unknown architecture '{arch}' (torchvision classification models: e.g. resnet18, "
                          f"resnet50, convnext_tiny, efficientnet_b0)")
     net = torchvision.models.get_model(name, weights=None, **kwargs)
     for attr in ("classifier",):  # the trunk is .features; the classifier's keys must count as a head

@@ -27,7 +27,7 @@ outcomes) are drawn together. A metric both runs score at or below their random-
 gets "≤ floor" instead of a mark. Which way a metric is better comes from the protocols'
 declaration, ``evals.METRICS``.
 
->>> write_report(["runs/demo/dino", "runs/demo/dino_sp"], "runs/demo")
+>>> write_report(["runs/demo/byol", "runs/demo/byol_sp"], "runs/demo")
 PosixPath('runs/demo/report.md')
 """
 
@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from .errors import NotFound, UserError
 
 from . import config as config_mod
 from .evals import GROUPED
@@ -183,9 +184,9 @@ def _read_json(p: Path) -> dict:
     try:
         rec = json.loads(p.read_text())  # json reads the bare NaN of old files as nan (shown as "–")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"metrics file {p} is not valid JSON: {e}") from None
+        raise UserError(f"metrics file {p} is not valid JSON: {e}") from None
     if not isinstance(rec, dict):
-        raise ValueError(f"metrics file {p} must hold a JSON object, got {type(rec).__name__}")
+        raise UserError(f"metrics file {p} must hold a JSON object, got {type(rec).__name__}")
     return rec
 
 
@@ -193,16 +194,16 @@ def read_run(path: str | Path) -> Run:
     """Read a run directory (any of its files may be missing; the directory may not)."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"run folder '{path}' does not exist" if not path.exists()
+        raise NotFound(f"run folder '{path}' does not exist" if not path.exists()
                                 else f"run folder '{path}' is not a directory")
     cfg: dict = {}
     if (path / "config.yaml").exists():
         try:
             cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"{path / 'config.yaml'} is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise UserError(f"{path / 'config.yaml'} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(cfg, dict):
-            raise ValueError(f"{path / 'config.yaml'} must hold a mapping")
+            raise UserError(f"{path / 'config.yaml'} must hold a mapping")
     curve = []
     if (path / "metrics.jsonl").exists():
         for line in (path / "metrics.jsonl").read_text().splitlines():
@@ -324,8 +325,8 @@ def check_pairs(cols: list[tuple[Run, Run | None]], allow_mismatch: bool | Itera
         blocking = pair_differences(base, sp)
         refused = [] if allowed is None else [d for d in blocking if not d.startswith(allowed)]
         if refused:
-            raise ValueError(f"runs '{base.path}' and '{sp.path}' are not comparable: they differ in "
-                             f"{'; '.join(refused)} (a pair may differ in sp.* and keys that change no number "
+            raise UserError(f"runs '{base.path}' and '{sp.path}' are not comparable: they differ in "
+                            f"{'; '.join(refused)} (a pair may differ in sp.* and keys that change no number "
                              "(config.NUMBER_FREE) only; `spatialssl report --allow-mismatch` (allow_mismatch=True) "
                              "reports such a pair without marks)")
         found[(id(base), id(sp))] = blocking
@@ -460,19 +461,19 @@ def paired_bootstrap(base: list[dict], sp: list[dict], key: str, replicates: int
     Raises ValueError when the outcomes cannot be paired (kind, N or groups differ, key missing)."""
     n_seeds = min(len(base), len(sp))
     if n_seeds == 0:
-        raise ValueError("no evaluation seed with outcomes in both runs")
+        raise UserError("no evaluation seed with outcomes in both runs")
     pairs = []
     for s in range(n_seeds):
         if key not in base[s] or key not in sp[s]:
-            raise ValueError(f"no outcome of '{key}' for seed {s} of both runs")
+            raise UserError(f"no outcome of '{key}' for seed {s} of both runs")
         (ka, a, ga), (kb, b, gb) = _outcome(base[s][key], key), _outcome(sp[s][key], key)
         if ka != kb or any(a[f].shape != b[f].shape for f in a):
-            raise ValueError(f"outcomes of '{key}' differ in kind or item count for seed {s}")
+            raise UserError(f"outcomes of '{key}' differ in kind or item count for seed {s}")
         if ga is not None and gb is not None and not torch.equal(ga, gb):
-            raise ValueError(f"outcomes of '{key}' group their items into other images for seed {s}")
+            raise UserError(f"outcomes of '{key}' group their items into other images for seed {s}")
         group = ga if ga is not None else gb
         if grouped and group is None:
-            raise ValueError(f"outcomes of '{key}' carry no image of each item (group): evaluated before "
+            raise UserError(f"outcomes of '{key}' carry no image of each item (group): evaluated before "
                              "items were resampled by image; evaluate again")
         # unit of each item: 0..U-1 (its group's rank), or the item itself
         unit = torch.unique(group, return_inverse=True)[1] if group is not None else None

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import geometry
+from .config import ConfigError
 
 COMPONENTS = ("dx", "dy", "ds")
 
@@ -216,7 +217,7 @@ class SpatialPrediction(nn.Module):
                 valid: torch.Tensor | None = None,
                 n_valid: torch.Tensor | float | None = None) -> dict[str, torch.Tensor]:
         if pairs.numel() == 0:
-            raise ValueError("SP needs at least one pair of local views (got none): "
+            raise ConfigError("SP needs at least one pair of local views (got none): "
                              "set views.n_local or sp.extra_local_views >= 2")
         d = emb.shape[-1]
         za = emb[pairs[:, 0]].reshape(-1, d)

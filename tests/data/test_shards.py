@@ -152,10 +152,10 @@ def test_cli_data_prepare_then_train_split_reads_the_shards(tmp_path, capsys):
     from spatialssl.data import load_split
 
     root = _folder(tmp_path / "img")
-    with pytest.warns(UserWarning):
-        assert main(["data", "prepare", "--root", str(root), "--out", str(tmp_path / "sh"), "--canvas", "16",
-                     "--shard-size", "5", "--workers", "1"]) == 0
-    out = capsys.readouterr().out
+    assert main(["data", "prepare", "--root", str(root), "--out", str(tmp_path / "sh"), "--canvas", "16",
+                 "--shard-size", "5", "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "WARNING spatialssl: skipped 1 unreadable file(s) preparing train" in err  # a warning is one log line
     assert "train: 18 images in 4 shard(s), 1 skipped" in out and "test: 18 images" in out
     ds = load_split({"name": "shards", "root": str(tmp_path / "sh")}, "test")
     assert isinstance(ds, shards.ShardSet) and ds.size == (16, 16) and len(ds) == 18
@@ -272,9 +272,9 @@ def test_cli_data_prepare_segmentation_layout(tmp_path, capsys):
     from spatialssl.cli import main
 
     root = _dense_folder(tmp_path / "d", "masks", n=4)
-    with pytest.warns(UserWarning):
-        assert main(["data", "prepare", "--layout", "segmentation", "--root", str(root), "--out", str(tmp_path / "sh"),
-                     "--canvas", "8", "--workers", "1"]) == 0
-    out = capsys.readouterr().out
+    assert main(["data", "prepare", "--layout", "segmentation", "--root", str(root), "--out", str(tmp_path / "sh"),
+                 "--canvas", "8", "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "WARNING spatialssl: skipped 3 unreadable file(s) preparing train" in err
     assert "train: 4 images in 1 shard(s), 3 skipped" in out and "eval.seg_root=" in out
     assert shards.ShardSet(tmp_path / "sh", "test").targets == ("semantic",)

@@ -241,7 +241,7 @@ def test_spatialssl_eval_on_prepared_partsworld_shards(tmp_path, capsys):
     run = _pretrain(tmp_path / "run")
     data = ["--set", "data.n_train=64", "--set", "data.n_eval=32"]
     assert main(["data", "prepare", "--dataset", "partsworld", "-c", "demo", *data, "--out", str(tmp_path / "sh"),
-                 "--splits", "train,test", "--workers", "1"]) == 0
+                 "--splits", "train,test", "--threads", "1"]) == 0
     ev = ["--set", "eval.n_train=0", "--set", "eval.n_test=0", "--set", "eval.linear_epochs=10",
           "--set", "eval.random_floor=false", "--set", "eval.dense_epochs=3", "--set", "eval.batch_size=16"]
     tasks = ["--tasks", "knn,linear,segmentation,depth"]

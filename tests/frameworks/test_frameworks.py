@@ -234,3 +234,42 @@ def test_losses_documented_fp32_run_in_fp32_under_autocast(name, monkeypatch):
     assert spy.seen, "the loss was not watched"
     assert not [f for f, d in spy.seen if d == torch.bfloat16], sorted(spy.seen, key=str)
     assert out["loss"].dtype == torch.float32
+
+
+class _Reads(dict):
+    """A config section that records the keys read from it."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_declared_config_keys_are_the_keys_read(name):
+    """``config_keys`` (what the CLI warns about when a --set key is not among them) is
+    exactly what building, a step and the trainer's collapse logs read of ``framework.*``."""
+    from spatialssl.engine.trainer import _collapse_logs
+
+    cfg = tiny_cfg(name, "vit")
+    cfg["framework"] = _Reads(cfg["framework"])
+    torch.manual_seed(0)
+    fw = create_framework(cfg, create_backbone(cfg["backbone"]), cfg["train"]["steps"])
+    out = fw(tiny_views(cfg), 0)
+    out["loss"].backward()
+    fw.after_backward(0)
+    fw.after_step(0)
+    values = {k: float(v) for k, v in out.items() if k not in ("emb", "local_emb", "loss")}
+    if "teacher_entropy" in values:
+        values.setdefault("teacher_mean_entropy", values["teacher_entropy"])
+    from types import SimpleNamespace
+
+    _collapse_logs(SimpleNamespace(cfg=cfg, framework=fw), {}, values)
+    assert cfg["framework"].read - {"name"} == set(REGISTRY[name].config_keys)

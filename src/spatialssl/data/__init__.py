@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .canvases import CanvasSet
+from ..config import ConfigError
+from ..errors import NotFound
 
 SPLITS = ("train", "val", "test", "ood")
 
@@ -42,7 +44,7 @@ def check_canvas(data_cfg: dict, ds) -> None:
     have = getattr(ds, "canvas_size", None)
     want = data_cfg.get("canvas_size")
     if data_cfg.get("name") == "shards" and want is not None and have is not None and int(want) != have:
-        raise ValueError(f"{data_cfg['root']} holds {have} px canvases but config key 'data.canvas_size' is "
+        raise ConfigError(f"{data_cfg['root']} holds {have} px canvases but config key 'data.canvas_size' is "
                          f"{want}: set data.canvas_size={have}, or prepare the shards again with --canvas {want}")
 
 
@@ -53,25 +55,25 @@ def load_split(data_cfg: dict, split: str, progress: bool = True):
         from .shards import ShardSet
 
         if not data_cfg["root"]:
-            raise ValueError("config key 'data.root' must name a prepared shards folder when data.name is 'shards'")
+            raise ConfigError("config key 'data.root' must name a prepared shards folder when data.name is 'shards'")
         return ShardSet(data_cfg["root"], split)
     if name == "partsworld":
         from . import partsworld
 
         if split not in SPLITS:
-            raise ValueError(f"unknown PartsWorld split '{split}' (known: {', '.join(SPLITS)})")
+            raise ConfigError(f"unknown PartsWorld split '{split}' (known: {', '.join(SPLITS)})")
         return partsworld.load(split, partsworld_config(data_cfg), cache_dir=data_cfg["cache_dir"] or None,
                                progress=progress)
     if name == "folder":
         from . import folders
 
         if not data_cfg["root"]:
-            raise ValueError("config key 'data.root' must name a folder when data.name is 'folder'")
+            raise ConfigError("config key 'data.root' must name a folder when data.name is 'folder'")
         root = Path(data_cfg["root"])
         train, ignore = train_folder(root)
         path = train if split == "train" else root / split
         if split != "train" and not path.is_dir():
-            raise FileNotFoundError(f"data.root {root} has no '{split}' folder (expected {path})")
+            raise NotFound(f"data.root {root} has no '{split}' folder (expected {path})")
         # every split is labelled by the train split's class names (a split lacking a class
         # must not shift the labels of the others)
         classes = folders.class_folders(train, ignore)
@@ -79,4 +81,4 @@ def load_split(data_cfg: dict, split: str, progress: bool = True):
                                            on_error=data_cfg["on_error"], progress=progress, classes=classes,
                                            ignore=ignore if split == "train" else (),
                                            max_pixels=data_cfg.get("max_pixels", folders.DEFAULT_MAX_PIXELS))
-    raise ValueError(f"config key 'data.name' must be partsworld, folder or shards, got {name!r}")
+    raise ConfigError(f"config key 'data.name' must be partsworld, folder or shards, got {name!r}")

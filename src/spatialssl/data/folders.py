@@ -47,8 +47,8 @@ data set with no readable image (``ValueError`` naming the folder), a mask or de
 size differs from its image (``ValueError`` naming both files), two images with the same
 stem in one folder (ambiguous pairing; ``ValueError`` naming both).
 
-Decoding runs on a thread pool (PIL releases the GIL while decoding) with a tqdm progress
-bar; the output order is the sorted path order, independent of thread timing. At most
+Decoding runs on a thread pool (PIL releases the GIL while decoding) with a progress
+bar (``spatialssl.progress``); the output order is the sorted path order, independent of thread timing. At most
 :data:`DECODE_PIXELS_IN_FLIGHT` pixels are decoded at once across the threads (a large
 image waits for the others), which bounds the memory decoding takes.
 """
@@ -66,9 +66,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
+from ..progress import bar as progress_bar
 from .canvases import CanvasSet
+from ..errors import NotFound, UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _ON_ERROR = ("skip", "raise")
@@ -141,7 +142,7 @@ def class_folders(root: str | os.PathLike, ignore: tuple[str, ...] = ()) -> list
 def _check_dir(path: str | os.PathLike, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise FileNotFoundError(f"spatialssl: {what} folder not found: {p}")
+        raise NotFound(f"spatialssl: {what} folder not found: {p}")
     return p
 
 
@@ -346,26 +347,26 @@ def _load(
         # PIL's own bomb warning names no file; sizes are checked against max_pixels instead
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         results = pool.map(work, range(n))
-        bar = tqdm(results, total=n, desc=f"decoding {root}", disable=not progress, unit="img")
+        bar = progress_bar(results, total=n, desc=f"decoding {root}", enabled=progress, unit="img")
         try:
             for i, bad, reason in bar:  # map() yields in submission order: deterministic
                 if bad is None:
                     ok.append(i)
                     continue
                 if on_error == "raise":
-                    raise ValueError(f"spatialssl: unreadable file: {bad} ({reason})")
+                    raise UserError(f"spatialssl: unreadable file: {bad} ({reason})")
                 skipped[str(bad)] = reason
                 _warn_skip(bad, reason)
         except _SizeMismatch as e:
             pool.shutdown(wait=True, cancel_futures=True)  # do not decode the rest first
-            raise ValueError(str(e)) from None
+            raise UserError(str(e)) from None
         except ValueError:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         finally:
             bar.close()
     if not ok:
-        raise ValueError(
+        raise UserError(
             f"spatialssl: no readable image in {root} ({len(items)} candidate files, "
             f"{len(skipped)} skipped; extensions considered: {', '.join(IMAGE_EXTENSIONS)})"
         )
@@ -399,14 +400,14 @@ def _pair(images: Path, targets: Path, exts: tuple[str, ...], what: str, on_erro
     """Pair every image under ``images`` with ``targets/<rel stem><ext>``."""
     files = _list_images(images)
     if not files:
-        raise ValueError(
+        raise UserError(
             f"spatialssl: no image files in {images} (extensions considered: {', '.join(IMAGE_EXTENSIONS)})"
         )
     by_stem: dict[Path, Path] = {}
     for f in files:
         stem = f.relative_to(images).with_suffix("")
         if stem in by_stem:
-            raise ValueError(
+            raise UserError(
                 f"spatialssl: two images share the stem {stem} so the {what} pairing is ambiguous: "
                 f"{by_stem[stem]} and {f}"
             )
@@ -418,7 +419,7 @@ def _pair(images: Path, targets: Path, exts: tuple[str, ...], what: str, on_erro
         if hit is None:
             reason = f"no {what} file {' or '.join(str(c) for c in cand)}"
             if on_error == "raise":
-                raise ValueError(f"spatialssl: image without {what}: {f} ({reason})")
+                raise UserError(f"spatialssl: image without {what}: {f} ({reason})")
             missing[str(f)] = reason
             _warn_skip(f, reason, kind=f"image without {what}")
             continue
@@ -458,14 +459,14 @@ def load_classification(
         classes = list(classes)
         extra = [c for c in found if c not in classes]
         if extra:
-            raise ValueError(f"spatialssl: class folder(s) {', '.join(extra)} in {rootp} are not classes of the "
+            raise UserError(f"spatialssl: class folder(s) {', '.join(extra)} in {rootp} are not classes of the "
                              f"train split ({', '.join(classes)}): labels follow train's class names")
         missing = [c for c in classes if c not in found]
         if missing:
             warnings.warn(f"spatialssl: {rootp} has no folder for the train class(es) {', '.join(missing)}; "
                           f"labels follow the train split's {len(classes)} classes", stacklevel=2)
     if not found:
-        raise ValueError(f"spatialssl: no class folders in {rootp} (expected root/<class>/<image>)")
+        raise UserError(f"spatialssl: no class folders in {rootp} (expected root/<class>/<image>)")
     visited = {os.path.realpath(rootp / c) for c in found} | {os.path.realpath(rootp)}
     items, labels = [], []
     for c in found:
@@ -473,7 +474,7 @@ def load_classification(
             items.append(_Item(f))
             labels.append(classes.index(c))
     if not items:
-        raise ValueError(f"spatialssl: no image files in the class folders of {rootp}")
+        raise UserError(f"spatialssl: no image files in the class folders of {rootp}")
     images, _, ok, skipped = _load(items, rootp, canvas_size, on_error, progress, None, max_pixels=max_pixels)
     lab = torch.tensor(labels, dtype=torch.int64)[torch.tensor(ok, dtype=torch.long)]
     counts = torch.bincount(lab, minlength=len(classes))
@@ -501,7 +502,7 @@ def load_segmentation(
     ip, mp = _check_dir(images, "images"), _check_dir(masks, "masks")
     items, missing = _pair(ip, mp, (".png", ".PNG"), "mask", on_error)
     if not items:
-        raise ValueError(f"spatialssl: no image in {ip} has a mask in {mp}")
+        raise UserError(f"spatialssl: no image in {ip} has a mask in {mp}")
     imgs, sem, ok, skipped = _load(items, ip, canvas_size, on_error, progress, "mask", pre_skipped=missing,
                                    max_pixels=max_pixels)
     return CanvasSet(
@@ -529,7 +530,7 @@ def load_depth(
     ip, dp = _check_dir(images, "images"), _check_dir(depth, "depth")
     items, missing = _pair(ip, dp, (".npy", ".png", ".PNG"), "depth", on_error)
     if not items:
-        raise ValueError(f"spatialssl: no image in {ip} has a depth map in {dp}")
+        raise UserError(f"spatialssl: no image in {ip} has a depth map in {dp}")
     imgs, dep, ok, skipped = _load(
         items, ip, canvas_size, on_error, progress, "depth", depth_scale=float(depth_scale), pre_skipped=missing,
         max_pixels=max_pixels,
@@ -550,7 +551,7 @@ def load_unlabelled(
     rootp = _check_dir(root, "image")
     files = _list_images(rootp)
     if not files:
-        raise ValueError(
+        raise UserError(
             f"spatialssl: no image files in {rootp} (extensions considered: {', '.join(IMAGE_EXTENSIONS)})"
         )
     imgs, _, ok, skipped = _load([_Item(f) for f in files], rootp, canvas_size, on_error, progress, None,

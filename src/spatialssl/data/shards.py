@@ -50,9 +50,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torchvision.io import decode_jpeg, encode_jpeg
-from tqdm.auto import tqdm
 
+from ..progress import bar as progress_bar
 from .canvases import CanvasSet
+from ..errors import NotFound, UserError
 
 FORMAT = "spatialssl-shards"
 VERSION = 1
@@ -180,7 +181,7 @@ def write_split(out: str | os.PathLike, split: str, n_items: int, make: Callable
     n_shards = max(1, -(-n_items // shard_size))
     names = [f"shard-{k:05d}" for k in range(n_shards)]
     todo = [k for k in range(n_shards) if not (d / f"{names[k]}.npz").exists()]
-    bar = tqdm(total=n_items, desc=f"prepare {split}", unit="img", disable=not progress)
+    bar = progress_bar(total=n_items, desc=f"prepare {split}", unit="img", enabled=progress)
     bar.update(n_items - sum(min(shard_size, n_items - k * shard_size) for k in todo))
 
     def encode(i: int):
@@ -220,7 +221,7 @@ def write_split(out: str | os.PathLike, split: str, n_items: int, make: Callable
             digests.append(str(z["digest"]) if "digest" in z.files else _file_digest(d / f"{name}.bin"))
             lacking = [t for t in targets if f"{t}_offsets" not in z.files]
         if lacking:
-            raise ValueError(f"spatialssl: {d / name}.npz has no {', '.join(lacking)} target: it was prepared "
+            raise UserError(f"spatialssl: {d / name}.npz has no {', '.join(lacking)} target: it was prepared "
                              f"without them; prepare into another folder")
     entry = {"n": int(sum(counts)), "shards": [f"{split}/{nm}" for nm in names], "counts": counts,
              "digests": digests, "targets": list(targets), "extra": dict(extra or {}),
@@ -229,7 +230,7 @@ def write_split(out: str | os.PathLike, split: str, n_items: int, make: Callable
     meta_path = root / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if meta and meta.get("canvas_size") != canvas_size:
-        raise ValueError(f"{root} holds shards with canvas {meta.get('canvas_size')}, not {canvas_size}: "
+        raise UserError(f"{root} holds shards with canvas {meta.get('canvas_size')}, not {canvas_size}: "
                          f"prepare into another folder")
     meta.update({"format": FORMAT, "version": VERSION, "canvas_size": canvas_size, "quality": quality})
     meta.setdefault("splits", {})[split] = entry
@@ -240,7 +241,7 @@ def write_split(out: str | os.PathLike, split: str, n_items: int, make: Callable
         warnings.warn(f"spatialssl: skipped {len(skipped_all)} unreadable file(s) preparing {split}; "
                       f"listed in {meta_path}", stacklevel=2)
     if entry["n"] == 0:
-        raise ValueError(f"spatialssl: no readable image for split {split} ({n_items} candidate files)")
+        raise UserError(f"spatialssl: no readable image for split {split} ({n_items} candidate files)")
     return entry
 
 
@@ -255,14 +256,14 @@ def prepare_folder(root: str | os.PathLike, out: str | os.PathLike, canvas_size:
 
     rootp = Path(root)
     if not rootp.is_dir():
-        raise FileNotFoundError(f"spatialssl: data folder not found: {rootp}")
+        raise NotFound(f"spatialssl: data folder not found: {rootp}")
     # the folder loaders' layout rule: <root>/train, or <root> itself (its split folders not classes)
     train_dir, not_classes = train_folder(rootp)
     layout = {"train": train_dir, **{s: rootp / s for s in SPLITS if s != "train" and (rootp / s).is_dir()}}
     if splits:
         missing = [s for s in splits if s not in layout]
         if missing:
-            raise FileNotFoundError(f"spatialssl: {rootp} has no split folder(s) {', '.join(missing)}")
+            raise NotFound(f"spatialssl: {rootp} has no split folder(s) {', '.join(missing)}")
         layout = {s: layout[s] for s in splits}
     names = folders.class_folders(train_dir, not_classes)
     label = {c: i for i, c in enumerate(names)}
@@ -271,7 +272,7 @@ def prepare_folder(root: str | os.PathLike, out: str | os.PathLike, canvas_size:
         classes = folders.class_folders(path, not_classes if split == "train" else ())
         unknown = [c for c in classes if c not in label]
         if unknown:
-            raise ValueError(f"spatialssl: split {split} has class folder(s) not in train: {', '.join(unknown)}")
+            raise UserError(f"spatialssl: split {split} has class folder(s) not in train: {', '.join(unknown)}")
         items = [(f, label[c]) for c in classes for f in folders._list_images(path / c)]
 
         def make(i: int, items=items):
@@ -281,7 +282,7 @@ def prepare_folder(root: str | os.PathLike, out: str | os.PathLike, canvas_size:
                                                else max_pixels)
             except folders._Unreadable as e:
                 if on_error == "raise":
-                    raise ValueError(f"spatialssl: unreadable file: {f} ({e})") from None
+                    raise UserError(f"spatialssl: unreadable file: {f} ({e})") from None
                 return Row(None, lab, reason=(str(f), str(e)))
             return Row(torch.from_numpy(arr), lab)
 
@@ -315,14 +316,14 @@ def prepare_dense(root: str | os.PathLike, out: str | os.PathLike, layout: str, 
     sub, target, exts = DENSE_LAYOUTS[layout]
     rootp = Path(root)
     if not rootp.is_dir():
-        raise FileNotFoundError(f"spatialssl: data folder not found: {rootp}")
+        raise NotFound(f"spatialssl: data folder not found: {rootp}")
     found = [s for s in SPLITS if (rootp / s / "images").is_dir()]
     if not found:
-        raise FileNotFoundError(f"spatialssl: {rootp} has no <split>/images folder (expected e.g. "
+        raise NotFound(f"spatialssl: {rootp} has no <split>/images folder (expected e.g. "
                                 f"{rootp / 'train' / 'images'} and {rootp / 'train' / sub})")
     for s in splits or ():
         if s not in found:
-            raise FileNotFoundError(f"spatialssl: {rootp} has no {s}/images folder")
+            raise NotFound(f"spatialssl: {rootp} has no {s}/images folder")
     mp = folders.DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     what = "mask" if layout == "segmentation" else "depth"
     entries = {}
@@ -344,11 +345,11 @@ def prepare_dense(root: str | os.PathLike, out: str | os.PathLike, layout: str, 
                     bad, why = it.target, f"{what} file: {e}"
                 else:
                     if t.shape != (h, w):
-                        raise ValueError(f"spatialssl: {what} size {t.shape[1]}x{t.shape[0]} (WxH) differs from its "
+                        raise UserError(f"spatialssl: {what} size {t.shape[1]}x{t.shape[0]} (WxH) differs from its "
                                          f"image size {w}x{h}: {what} {it.target}, image {it.image}")
                     return Row(torch.from_numpy(arr), targets={target: folders._resize_nearest(t, canvas_size)})
             if on_error == "raise":
-                raise ValueError(f"spatialssl: unreadable file: {bad} ({why})")
+                raise UserError(f"spatialssl: unreadable file: {bad} ({why})")
             return Row(None, reason=(str(bad), why))
 
         extra = {"depth_scale": float(depth_scale)} if layout == "depth" else {}
@@ -416,13 +417,13 @@ class ShardSet:
         self.root = Path(root)
         meta_path = self.root / "meta.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"spatialssl: no prepared shards at {self.root} (no meta.json): run "
+            raise NotFound(f"spatialssl: no prepared shards at {self.root} (no meta.json): run "
                                     f"`spatialssl data prepare --root DIR --out {self.root}` first")
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise ValueError(f"spatialssl: {meta_path} is not a {FORMAT} v{VERSION} folder")
+            raise UserError(f"spatialssl: {meta_path} is not a {FORMAT} v{VERSION} folder")
         if split not in meta["splits"]:
-            raise FileNotFoundError(f"spatialssl: {self.root} has no split '{split}' "
+            raise NotFound(f"spatialssl: {self.root} has no split '{split}' "
                                     f"(prepared: {', '.join(meta['splits'])})")
         e = meta["splits"][split]
         self.split, self.canvas_size = split, int(meta["canvas_size"])
@@ -448,7 +449,7 @@ class ShardSet:
         self._tspan = {t: (np.concatenate([o[:-1] for o in v]), np.concatenate([o[1:] for o in v]))
                        for t, v in toffs.items()}
         if len(self._shard) == 0:
-            raise ValueError(f"spatialssl: split {split} of {self.root} is empty")
+            raise UserError(f"spatialssl: split {split} of {self.root} is empty")
         self._rows = np.arange(len(self._shard), dtype=np.int64)  # rows of the whole split (a view: some)
         lab, fine = torch.from_numpy(np.concatenate(labs)), torch.from_numpy(np.concatenate(fines))
         self.labels = lab if bool((lab >= 0).all()) else None

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from ..errors import NotFound
 
 try:  # POSIX only; elsewhere runs are not locked
     import fcntl
@@ -115,7 +116,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise NotFound(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # torch raises many types for damaged files (RuntimeError, UnpicklingError, EOFError...)

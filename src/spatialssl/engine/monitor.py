@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..progress import LOG_FORMAT
+
 log = logging.getLogger("spatialssl")
 
 
@@ -46,9 +48,11 @@ class RunLog:
             truncate_jsonl(out_dir / "metrics.jsonl", start)
         self.jsonl = open(out_dir / "metrics.jsonl", "a")
         handler = logging.FileHandler(out_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setLevel(logging.INFO)  # train.log holds INFO whatever the console shows (--quiet, --log-level)
         log.addHandler(handler)
-        log.setLevel(logging.INFO)
+        if not log.isEnabledFor(logging.INFO):
+            log.setLevel(logging.INFO)
         self._handler = handler
         self.tb = None
         if tensorboard:

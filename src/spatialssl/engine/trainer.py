@@ -22,10 +22,10 @@ from typing import Iterator
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from .. import config as config_mod
 from .. import schedules
+from .. import progress
 from ..backbones import create_backbone, export_timm_state_dict
 from ..data import check_canvas, load_split
 from ..data.canvases import CanvasSet
@@ -475,7 +475,7 @@ def _load_state(run: Run, state: dict) -> None:
         run.framework.load_state_dict(state["framework"])
         if run.sp is not None:
             if state["sp"] is None:
-                raise ValueError("the checkpoint has no SP head (sp.enabled was false)")
+                raise config_mod.ConfigError("the checkpoint has no SP head (sp.enabled was false)")
             run.sp.load_state_dict(state["sp"])
         run.optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
@@ -555,8 +555,8 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
 
     # --- loop ---
     end = t["steps"] if stop_after is None else min(t["steps"], start + stop_after)
-    bar = tqdm(range(start, end), initial=start, total=t["steps"], desc=cfg["name"],
-               disable=not (t["progress"] and main), dynamic_ncols=True)
+    bar = progress.bar(range(start, end), initial=start, total=t["steps"], desc=cfg["name"],
+                       enabled=t["progress"] and main)
     bad = torch.zeros((), dtype=torch.bool, device=device)
     pair_counts = torch.zeros(2, device=device)  # SP fallbacks, pairs since the last log step
     t0, last_step = time.perf_counter(), start

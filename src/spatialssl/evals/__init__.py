@@ -10,7 +10,7 @@ seed shared by every task) and, when asked, the supervised reference
 (values, spread over seeds, eval and data config, seed, checkpoint hash, training step)
 and ``<run>/metrics/<task>_outcomes.pt`` (per-item outcomes per seed; docs/evaluations.md).
 
->>> evaluate("runs/demo/dino_sp", ["knn", "linear", "patch_pair"])
+>>> evaluate("runs/demo/byol_sp", ["knn", "linear", "patch_pair"])
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from tqdm import tqdm
+from ..config import ConfigError
+from ..progress import bar as progress_bar
 
 if TYPE_CHECKING:  # the protocols' machinery is imported when a protocol runs: the report reads METRICS only
     from .features import EvalContext
@@ -81,16 +82,8 @@ def metric_keys(task: str, values: dict) -> list[str]:
 
 
 def available_tasks() -> list[str]:
-    """Tasks whose module exists in this installation."""
-    out = []
-    for name, mod in TASKS.items():
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-            out.append(name)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{mod}":
-                raise
-    return out
+    """Every evaluation task (``eval --tasks all``), in ``TASKS`` order."""
+    return list(TASKS)
 
 
 def parse_tasks(tasks: str | list[str]) -> list[str]:
@@ -100,7 +93,7 @@ def parse_tasks(tasks: str | list[str]) -> list[str]:
         return avail
     for t in names:
         if t not in avail:
-            raise ValueError(f"unknown eval task '{t}' (available: {', '.join(avail)}, or 'all')")
+            raise ConfigError(f"unknown eval task '{t}' (available: {', '.join(avail)}, or 'all')")
     return names
 
 
@@ -189,7 +182,7 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str], seeds: int | None =
     from .reference import REFERENCES, supervised_context
 
     if reference is not None and reference not in REFERENCES:
-        raise ValueError(f"unknown reference '{reference}' (known: {', '.join(REFERENCES)})")
+        raise ConfigError(f"unknown reference '{reference}' (known: {', '.join(REFERENCES)})")
     ckpt = Path(checkpoint)
     out_dir = Path(out_dir) if out_dir else (ckpt if ckpt.is_dir() else ckpt.parent)
     names = parse_tasks(tasks)
@@ -208,14 +201,14 @@ def evaluate_context(base: EvalContext, names: list[str], seeds: int | None, out
 
     seeds = int(base.ecfg["seeds"] if seeds is None else seeds)
     if seeds < 1:
-        raise ValueError(f"eval seeds must be >= 1, got {seeds}")
+        raise ConfigError(f"eval seeds must be >= 1, got {seeds}")
     ctxs = [base] + [base.for_seed(s) for s in range(1, seeds)]
     refs: list[EvalContext | None] = [None] * seeds
     if make_reference is not None:
         sup = make_reference(base)
         refs = [sup] + [sup.for_seed(s) for s in range(1, seeds)]
     results: dict[str, dict] = {}
-    for task in tqdm(names, desc="eval", disable=not progress):
+    for task in progress_bar(names, desc="eval", enabled=progress):
         per_seed, outcomes = [], []
         for ctx, ref in zip(ctxs, refs):
             per_seed.append(run_task(ctx, task, ref))

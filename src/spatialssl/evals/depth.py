@@ -34,6 +34,7 @@ import torch
 from ..data.canvases import CanvasSet
 from .features import EvalContext
 from .segmentation import dense_data, dense_subsets, example_index, fit_dense, patch_features, save_examples
+from ..errors import UserError
 
 
 def valid_mask(cs: CanvasSet) -> torch.Tensor:
@@ -73,7 +74,7 @@ def probe(ctx: EvalContext, data: tuple, examples: bool = False) -> dict:
     tr, te = dense_subsets(ctx, data)
     v_tr, v_te = valid_mask(tr), valid_mask(te)
     if not v_tr.any() or not v_te.any():
-        raise ValueError("depth probe: no valid depth pixels in the probe-train or test images")
+        raise UserError("depth probe: no valid depth pixels in the probe-train or test images")
     mu, sd = tr.depth[v_tr].mean(), tr.depth[v_tr].std().clamp(min=1e-6)
     lo, hi = tr.depth[v_tr].min(), tr.depth[v_tr].max()
     target = torch.where(v_tr, (tr.depth - mu) / sd, torch.nan)  # NaN marks pixels left out

@@ -30,22 +30,26 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
-import sys
 import weakref
 import zlib
 from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
 from ..backbones import Backbone, create_backbone
 from ..config import number_free
 from ..data import load_split
 from ..data.canvases import CanvasSet
 from ..data.shards import ShardSet, stream_batches
+from ..progress import bar as progress_bar
 from ..views import to_input
+from ..config import ConfigError
+from ..errors import NotFound, UserError
+
+log = logging.getLogger("spatialssl")
 
 FEATURE_VERSION = 2  # bump when extract(), to_input() or what a cache file holds changes
 
@@ -60,9 +64,9 @@ def _read_checkpoint(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated, zeroed, not a checkpoint: torch raises many types
         reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {reason})") from None
+        raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}: {reason})") from None
     if not isinstance(state, dict) or "backbone" not in state or "config" not in state:
-        raise ValueError(f"checkpoint {path} is unreadable (not a spatialssl training checkpoint)")
+        raise UserError(f"checkpoint {path} is unreadable (not a spatialssl training checkpoint)")
     state["_path"] = path
     return state
 
@@ -76,12 +80,12 @@ def _read_safetensors(path: Path) -> dict:
 
     cfg_path = path.parent / "config.yaml"
     if not cfg_path.exists():
-        raise FileNotFoundError(f"{path} needs the run's config.yaml beside it (expected {cfg_path})")
+        raise NotFound(f"{path} needs the run's config.yaml beside it (expected {cfg_path})")
     cfg = config_mod.load_yaml(cfg_path.read_text(), f"config file {cfg_path}")
     try:
         weights = load_file(str(path))
     except Exception as e:
-        raise ValueError(f"{path} is unreadable ({type(e).__name__}: {str(e)[:200]})") from None
+        raise UserError(f"{path} is unreadable ({type(e).__name__}: {str(e)[:200]})") from None
     status = _status(path.parent)
     steps = cfg["train"]["steps"]
     return {"config": cfg, "backbone": {f"model.{k}": v for k, v in weights.items()}, "_path": path,
@@ -108,16 +112,16 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if path.suffix == ".safetensors":
         if not path.exists():
-            raise FileNotFoundError(f"no checkpoint at {path}")
+            raise NotFound(f"no checkpoint at {path}")
         return _with_progress(_read_safetensors(path))
     if not path.is_dir():
         if not path.exists():
-            raise FileNotFoundError(f"no checkpoint at {path}")
+            raise NotFound(f"no checkpoint at {path}")
         return _with_progress(_read_checkpoint(path))
     order = [path / "checkpoint.pt", path / "backbone.safetensors", path / "checkpoint.prev.pt"]
     present = [p for p in order if p.exists()]
     if not present:
-        raise FileNotFoundError(f"no checkpoint at {path / 'checkpoint.pt'}")
+        raise NotFound(f"no checkpoint at {path / 'checkpoint.pt'}")
     problems = []
     for p in present:
         try:
@@ -126,9 +130,9 @@ def load_checkpoint(path: str | Path) -> dict:
             problems.append(str(e))
             continue
         if problems:
-            print(f"spatialssl: {'; '.join(problems)}; evaluating {p.name} instead", file=sys.stderr)
+            log.warning("%s; evaluating %s instead", "; ".join(problems), p.name)
         return _with_progress(state)
-    raise ValueError(f"no readable checkpoint in {path}: {'; '.join(problems)}")
+    raise UserError(f"no readable checkpoint in {path}: {'; '.join(problems)}")
 
 
 def _with_progress(state: dict) -> dict:
@@ -260,7 +264,7 @@ def extract(backbone: Backbone, images: torch.Tensor | ShardSet, img_size: int, 
                 t = transform(big)
                 yield from (t[i:i + batch_size] for i in range(0, len(t), batch_size))
         batches = chunks()
-    for b in tqdm(batches, total=-(-len(images) // batch_size), desc=desc, disable=not progress, leave=False):
+    for b in progress_bar(batches, total=-(-len(images) // batch_size), desc=desc, enabled=progress, leave=False):
         x = to_input(b.to(device), img_size)
         g, p = backbone.features(x)
         glob.append(g.float().cpu())
@@ -497,7 +501,7 @@ def context_from_checkpoint(path: str | Path, overrides: dict | None = None, dev
         else:
             cfg[section] = values
     if device != "cpu" and torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"eval device '{device}': no CUDA device is available (use cpu)")
+        raise ConfigError(f"eval device '{device}': no CUDA device is available (use cpu)")
     backbone = create_backbone(cfg["backbone"])
     backbone.load_state_dict(state["backbone"])
     run_dir = Path(path) if Path(path).is_dir() else Path(path).parent

@@ -39,13 +39,15 @@ from . import linear
 from .probes import correct, feature_stats
 from .robustness import linear_probe
 from .segmentation import example_index, save_examples
+from ..config import ConfigError
+from ..errors import UserError
 
 
 def cut_tiles(images: torch.Tensor, n: int) -> torch.Tensor:
     """uint8 [N, 3, H, W] -> tiles [N, n*n, 3, t, t] in raster order (t = min(H, W) // n)."""
     t = min(images.shape[-2:]) // n
     if t < 1:
-        raise ValueError(f"jigsaw: images of {tuple(images.shape[-2:])} px cannot be cut into {n} x {n} tiles")
+        raise UserError(f"jigsaw: images of {tuple(images.shape[-2:])} px cannot be cut into {n} x {n} tiles")
     x = images[..., :n * t, :n * t]
     x = x.reshape(len(x), 3, n, t, n, t).permute(0, 2, 4, 1, 3, 5)  # [N, n, n, 3, t, t]
     return x.reshape(len(x), n * n, 3, t, t)
@@ -161,7 +163,7 @@ def run(ctx: EvalContext) -> dict:
     e = ctx.ecfg
     n = e["jigsaw_n"]
     if n < 2:
-        raise ValueError(f"config key 'eval.jigsaw_n' must be >= 2, got {n}")
+        raise ConfigError(f"config key 'eval.jigsaw_n' must be >= 2, got {n}")
     tr, te = subsets(ctx)
     tr_tiles, te_tiles = cut_tiles(tr.images, n), cut_tiles(te.images, n)
     k = n * n

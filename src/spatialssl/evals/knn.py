@@ -11,6 +11,7 @@ import torch
 
 from .features import EvalContext
 from .probes import correct, knn_predict
+from ..errors import UserError
 
 
 def predict(ctx: EvalContext, labels: str = "labels") -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -19,7 +20,7 @@ def predict(ctx: EvalContext, labels: str = "labels") -> tuple[torch.Tensor, tor
     tr, te = ctx.split(e["split_train"]), ctx.split(e["split_test"])
     y_tr, y_te = getattr(tr, labels), getattr(te, labels)
     if y_tr is None or y_te is None:
-        raise ValueError(f"knn needs {labels} on splits {e['split_train']} and {e['split_test']}")
+        raise UserError(f"knn needs {labels} on splits {e['split_train']} and {e['split_test']}")
     f_tr, _ = ctx.features(e["split_train"])
     f_te, _ = ctx.features(e["split_test"])
     n_cls = int(max(y_tr.max(), y_te.max())) + 1

@@ -11,6 +11,7 @@ import torch
 
 from .features import EvalContext
 from .probes import correct, feature_stats, train_linear
+from ..errors import UserError
 
 
 def fit(ctx: EvalContext, labels: str = "labels"):
@@ -20,7 +21,7 @@ def fit(ctx: EvalContext, labels: str = "labels"):
     tr = ctx.split(e["split_train"])
     y_tr = getattr(tr, labels)
     if y_tr is None:
-        raise ValueError(f"linear probe needs {labels} on split {e['split_train']}")
+        raise UserError(f"linear probe needs {labels} on split {e['split_train']}")
     f_tr, _ = ctx.features(e["split_train"])
     f_tr = f_tr.to(ctx.device)
     mean, std = feature_stats(f_tr, 0)
@@ -41,7 +42,7 @@ def run(ctx: EvalContext, labels: str = "labels") -> dict:
     te = ctx.split(e["split_test"])
     y_te = getattr(te, labels)
     if y_te is None:
-        raise ValueError(f"linear probe needs {labels} on split {e['split_test']}")
+        raise UserError(f"linear probe needs {labels} on split {e['split_test']}")
     head, norm, n_cls, info = fit(ctx, labels)
     f_te, _ = ctx.features(e["split_test"])
     right = correct(predict(head, norm, f_te), y_te)

@@ -27,14 +27,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .. import config, geometry
 from ..backbones import Backbone, create_backbone
 from ..data.canvases import CanvasSet
 from ..data.shards import ShardSet
+from ..progress import bar as progress_bar
 from ..views import cut, normalize
 from .features import EvalContext, _digest_cached, state_digest
+from ..errors import UserError
 
 REFERENCE_VERSION = 1  # bump when the recipe below changes
 REFERENCES = ("supervised",)
@@ -52,7 +53,7 @@ def train_supervised(cfg: dict, data: CanvasSet | ShardSet, device: torch.device
                      progress: bool = False) -> Backbone:
     """A backbone of ``cfg["backbone"]`` trained on ``data.labels`` (see module docstring), frozen."""
     if data.labels is None:
-        raise ValueError("--reference supervised needs class labels on the probe-train split")
+        raise UserError("--reference supervised needs class labels on the probe-train split")
     tr, v = cfg["train"], cfg["views"]
     steps, bs = tr["steps"], tr["batch_size"]
     peak = tr["lr"] * (bs / 256 if tr["lr_scale_with_batch"] else 1.0)
@@ -66,7 +67,7 @@ def train_supervised(cfg: dict, data: CanvasSet | ShardSet, device: torch.device
     g = torch.Generator().manual_seed(seed)
     hw = data.size
     backbone.train()
-    for step in tqdm(range(steps), desc="supervised reference", disable=not progress, leave=False):
+    for step in progress_bar(range(steps), desc="supervised reference", enabled=progress, leave=False):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, peak, warmup, tr["min_lr"])
         idx = torch.randint(0, len(data), (bs,), generator=g)

@@ -39,15 +39,17 @@ import zlib
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..data.canvases import CanvasSet
 from ..data.shards import ShardSet, has_split
+from ..progress import bar as progress_bar
 from . import corruptions as _corruptions
 from . import linear
 from .corruptions import CORRUPTIONS, corrupt
 from .features import EvalContext, tensor_digest
 from .probes import correct
+from ..config import ConfigError
+from ..errors import UserError
 
 
 def settings(ecfg: dict) -> tuple[list[str], list[int]]:
@@ -55,10 +57,10 @@ def settings(ecfg: dict) -> tuple[list[str], list[int]]:
     names = list(ecfg["robust_corruptions"]) or list(CORRUPTIONS)
     bad = [n for n in names if n not in CORRUPTIONS]
     if bad:
-        raise ValueError(f"config key 'eval.robust_corruptions' has unknown {bad}; allowed: {', '.join(CORRUPTIONS)}")
+        raise ConfigError(f"config key 'eval.robust_corruptions' has unknown {bad}; allowed: {', '.join(CORRUPTIONS)}")
     sevs = sorted({int(s) for s in ecfg["robust_severities"]} or {1, 2, 3, 4, 5})
     if any(s < 1 or s > 5 for s in sevs):
-        raise ValueError(f"config key 'eval.robust_severities' must hold severities in 1..5, got {sevs}")
+        raise ConfigError(f"config key 'eval.robust_severities' must hold severities in 1..5, got {sevs}")
     return names, sevs
 
 
@@ -120,7 +122,7 @@ def run(ctx: EvalContext) -> dict:
     stream = isinstance(te, ShardSet)
     images, y = (te if stream else te.images), te.labels
     if y is None:
-        raise ValueError(f"robustness needs labels on split {split}")
+        raise UserError(f"robustness needs labels on split {split}")
     head, norm, _, _ = linear_probe(ctx)
 
     def right(imgs: torch.Tensor | ShardSet, tag: str, labels: torch.Tensor = y, name: str = split,
@@ -143,7 +145,7 @@ def run(ctx: EvalContext) -> dict:
     out: dict = {"clean_top1": float(clean.mean()), "acc_s0": float(clean.mean())}
     grid: dict[tuple[str, int], torch.Tensor] = {}
     jobs = [(c, s) for c in names for s in sevs]
-    for c, s in tqdm(jobs, desc="corruptions", disable=not ctx.progress, leave=False):
+    for c, s in progress_bar(jobs, desc="corruptions", enabled=ctx.progress, leave=False):
         grid[c, s] = corrupted_right(c, s)
         ctx.record(f"acc_{c}_s{s}", "mean", x=grid[c, s])
         out[f"acc_{c}_s{s}"] = float(grid[c, s].mean())

@@ -40,6 +40,8 @@ from ..data.canvases import CanvasSet
 from ..data.shards import ShardSet, is_prepared
 from .features import EvalContext, has_target, in_memory
 from .probes import feature_stats
+from ..config import ConfigError
+from ..errors import UserError
 
 SEG_TARGETS = ("semantic", "parts")
 
@@ -64,7 +66,7 @@ def dense_data(ctx: EvalContext, kind: str) -> tuple[tuple[str, CanvasSet], tupl
                 if is_prepared(root):  # `spatialssl data prepare --layout segmentation|depth`
                     cs = ShardSet(root, split)
                     if kind not in cs.targets:
-                        raise ValueError(f"eval.{'depth' if kind == 'depth' else 'seg'}_root {root}: the prepared "
+                        raise UserError(f"eval.{'depth' if kind == 'depth' else 'seg'}_root {root}: the prepared "
                                          f"split {split} has no {kind} target (stored: {list(cs.targets) or 'none'})")
                 elif kind == "depth":
                     cs = folders.load_depth(str(d / "images"), str(d / "depth"), size, ctx.cfg["data"]["on_error"],
@@ -321,7 +323,7 @@ def run(ctx: EvalContext) -> dict:
     e = ctx.ecfg
     target = e["seg_target"]
     if target not in SEG_TARGETS:
-        raise ValueError(f"config key 'eval.seg_target' must be one of {', '.join(SEG_TARGETS)}; got {target!r}")
+        raise ConfigError(f"config key 'eval.seg_target' must be one of {', '.join(SEG_TARGETS)}; got {target!r}")
     if e["seg_root"]:
         target = "semantic"
     data = dense_data(ctx, target)

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Callable
 
 from ..backbones import Backbone
+from ..config import ConfigError
 from .base import Framework
 
 REGISTRY: dict[str, type[Framework]] = {}
@@ -26,19 +28,25 @@ def register(name: str) -> Callable[[type[Framework]], type[Framework]]:
     return deco
 
 
-def create_framework(cfg: dict, backbone: Backbone, total_steps: int) -> Framework:
-    name = cfg["framework"]["name"]
+def framework_class(name: str) -> type[Framework]:
+    """The registered framework ``name``; an unknown name is a ``ConfigError`` listing the known ones."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown framework '{name}' (known: {', '.join(sorted(REGISTRY))})")
-    return REGISTRY[name](cfg, backbone, total_steps)
+        raise ConfigError(f"unknown framework '{name}' (known: {', '.join(sorted(REGISTRY))})")
+    return REGISTRY[name]
+
+
+def create_framework(cfg: dict, backbone: Backbone, total_steps: int) -> Framework:
+    return framework_class(cfg["framework"]["name"])(cfg, backbone, total_steps)
+
+
+def unused_keys(name: str, keys: Iterable[str]) -> list[str]:
+    """Those of ``keys`` (``framework.x`` names) that framework ``name`` does not read
+    (none where the framework does not declare ``config_keys``)."""
+    declared = framework_class(name).config_keys
+    if declared is None:
+        return []
+    return [k for k in keys if k.startswith("framework.") and k.split(".", 1)[1] not in (*declared, "name")]
 
 
 # importing registers them
-from . import dino  # noqa: E402,F401
-
-for _optional in ("ibot", "mocov3", "simclr", "byol"):
-    try:
-        __import__(f"{__name__}.{_optional}")
-    except ModuleNotFoundError as e:  # not written yet
-        if e.name != f"{__name__}.{_optional}":
-            raise
+from . import byol, dino, ibot, mocov3, simclr  # noqa: E402,F401

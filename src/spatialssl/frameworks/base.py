@@ -13,7 +13,7 @@ updates).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,10 @@ class Framework(nn.Module):
 
     name: str = ""
     uses_local_views: bool = False
+    # the ``framework.*`` config keys it reads (besides ``name``); the command warns about a
+    # key given with --set that the chosen framework does not read (``unused_keys``). None:
+    # not declared (a user's framework), nothing checked
+    config_keys: ClassVar[tuple[str, ...] | None] = None
     # the trainer sets this True on logging steps only: diagnostics that cost a pass over
     # the outputs (e.g. DINO's teacher entropies) are computed then and skipped otherwise
     collect_logs: bool = True

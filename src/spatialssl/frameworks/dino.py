@@ -42,6 +42,9 @@ def make_dino_heads(in_dim: int, f: dict, freeze_last_layer: int = 0) -> tuple[D
 @register("dino")
 class DINO(Framework):
     uses_local_views = True
+    config_keys = ("hidden_dim", "bottleneck_dim", "out_dim", "norm_last_layer", "head_batch_norm",
+                   "freeze_last_layer_steps", "teacher_temp", "warmup_teacher_temp", "warmup_teacher_temp_frac",
+                   "student_temp", "center_momentum", "momentum", "momentum_end")
 
     def __init__(self, cfg: dict, backbone, total_steps: int) -> None:
         super().__init__(cfg, backbone, total_steps)

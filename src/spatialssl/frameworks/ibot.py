@@ -42,7 +42,8 @@ from .. import config, schedules
 from ..views import BatchPart, Views
 from . import register
 from .base import Framework, encode, teacher_entropies
-from .dino import make_dino_heads
+from .dino import DINO, make_dino_heads
+from ..config import ConfigError
 
 
 def vit_tokens(backbone: Backbone, x: torch.Tensor, mask: torch.Tensor | None = None,
@@ -186,11 +187,12 @@ def patch_loss(criterion: IBOTPatchLoss, t_out: torch.Tensor, s_out: torch.Tenso
 @register("ibot")
 class IBOT(Framework):
     uses_local_views = True
+    config_keys = (*DINO.config_keys, "patch_out_dim", "shared_head", "mask_ratio", "mask_prob", "patch_loss_weight")
 
     def __init__(self, cfg: dict, backbone: Backbone, total_steps: int) -> None:
         super().__init__(cfg, backbone, total_steps)
         if backbone.kind != "vit":
-            raise ValueError(f"iBOT needs a ViT backbone (masked patch tokens); got '{cfg['backbone']['name']}'")
+            raise ConfigError(f"iBOT needs a ViT backbone (masked patch tokens); got '{cfg['backbone']['name']}'")
         f, lengths = self.fcfg, config.schedule_steps(cfg, total_steps)
         d = backbone.embed_dim
         freeze = lengths["framework.freeze_last_layer_steps"]

@@ -48,7 +48,6 @@ import json
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -56,6 +55,7 @@ import warnings
 import numpy as np
 import torch
 
+from ...progress import bar as progress_bar
 from ..canvases import CanvasSet
 from .render import trace
 from .sampling import sample_scenes
@@ -108,11 +108,7 @@ def _render_arrays(cfg: PartsWorldConfig, split: str, start: int, count: int, de
     labels = torch.empty(n, dtype=torch.int64)
     fine = torch.empty(n, dtype=torch.int64)
     chunk = max(1, int(cfg.chunk))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc=desc or f"partsworld {split}", unit="img", leave=False)
+    bar = progress_bar(total=n, desc=desc or f"partsworld {split}", unit="img", leave=False, enabled=progress)
     with torch.no_grad():
         for a in range(0, n, chunk):
             c = min(chunk, n - a)
@@ -124,10 +120,8 @@ def _render_arrays(cfg: PartsWorldConfig, split: str, start: int, count: int, de
             parts[a:a + c] = r["parts"].to(torch.uint8).cpu()
             labels[a:a + c] = torch.from_numpy(lab)
             fine[a:a + c] = torch.from_numpy(fl)
-            if bar is not None:
-                bar.update(c)
-    if bar is not None:
-        bar.close()
+            bar.update(c)
+    bar.close()
     return {"images": images, "depth": depth, "semantic": semantic, "parts": parts,
             "labels": labels, "fine_labels": fine}
 
@@ -227,7 +221,7 @@ def load(split: str, cfg: PartsWorldConfig | None = None, cache_dir: str | None 
         cfg: generator config (default :class:`PartsWorldConfig`).
         cache_dir: cache root (default :func:`default_cache_dir`).
         device: where to render when generating (the result is always on CPU).
-        progress: show a tqdm bar and a summary line while generating.
+        progress: show a progress bar (``spatialssl.progress``) while generating.
 
     Returns:
         CanvasSet with images uint8 [N, 3, S, S], depth float32 [N, S, S], semantic / parts
@@ -244,8 +238,6 @@ def load(split: str, cfg: PartsWorldConfig | None = None, cache_dir: str | None 
         _save(path, cfg, split, arr)
         msg = f"partsworld: generated {split} {cfg.n_for(split)} imgs {cfg.size}px in {dt:.1f}s -> {path}"
         logger.info(msg)
-        if progress:
-            print(msg, file=sys.stderr)
     cs = _to_canvas(cfg, split, arr)
     cs.meta["cache_file"] = path
     return cs
