@@ -96,7 +96,6 @@ def test_eval_and_compare_evaluate_on_the_gpu_when_there_is_one(monkeypatch, tmp
     present (faked here), cpu otherwise. Plant: `--device` default "cpu" -> fails."""
     import torch
 
-    import spatialssl.evals as evals
     from spatialssl import experiments
     from spatialssl.evals.features import eval_device
 
@@ -109,7 +108,9 @@ def test_eval_and_compare_evaluate_on_the_gpu_when_there_is_one(monkeypatch, tmp
         seen.append(eval_device(device))
         raise Stop
 
-    monkeypatch.setattr(evals, "context_from_checkpoint", fake_context)
+    import spatialssl.evals.features as features
+
+    monkeypatch.setattr(features, "context_from_checkpoint", fake_context)  # evaluate imports it when it runs
     assert eval_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(Stop):
