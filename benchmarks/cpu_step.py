@@ -38,6 +38,7 @@ seed means and the seed-to-seed spread (the check that the faster step learns th
 
 Usage:
     python benchmarks/cpu_step.py [--settings byol_sp,dino_sp,vit_tiny] [--modes ...] [--steps 15]
+    python benchmarks/cpu_step.py --parallel 2 [--settings byol_sp,dino_sp]   # two one-thread processes at once
     python benchmarks/cpu_step.py --learning [--learning-steps 400]
 """
 
@@ -176,6 +177,26 @@ def speed(args) -> None:
                                                "peak_bf16": peak16, "load": load(), "rows": rows}, indent=1))
 
 
+def parallel(args) -> None:
+    """``--parallel N``: N processes of one setting on one thread each (``bf16_cl_1t``), at once,
+    as the CPU study runs its cells; prints the sum of their img/s (the machine's throughput)."""
+    import subprocess
+    import tempfile
+
+    for setting in args.settings.split(","):
+        if setting == "vit_tiny":
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            procs = [subprocess.Popen([sys.executable, __file__, "--settings", setting, "--modes", "bf16_cl_1t",
+                                       "--steps", str(args.steps), "--json", f"{tmp}/{i}.json"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(args.parallel)]
+            for p in procs:
+                p.wait()
+            rates = [json.loads(Path(f"{tmp}/{i}.json").read_text())["rows"][0]["img_s"] for i in range(args.parallel)]
+        print(f"| {setting} | {args.parallel} processes x bf16_cl_1t | {' + '.join(f'{r:.0f}' for r in rates)} "
+              f"= {sum(rates):.0f} img/s |", flush=True)
+
+
 def load() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -251,6 +272,7 @@ def main() -> None:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--steps", type=int, default=15)
     p.add_argument("--json", default="")
+    p.add_argument("--parallel", type=int, default=0, help="N one-thread processes at once (the study's setting)")
     p.add_argument("--learning", action="store_true")
     p.add_argument("--learning-steps", type=int, default=400)
     p.add_argument("--runs", default="runs/cpu_step")
@@ -259,6 +281,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.learning:
         learning(args)
+    elif args.parallel > 1:
+        parallel(args)
     else:
         speed(args)
 
