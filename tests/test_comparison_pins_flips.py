@@ -54,3 +54,41 @@ def test_demo_passes_eval_seeds_and_pins_flips(monkeypatch, tmp_path):
     assert seen == [3, 3]
     assert cfgs[0]["views"]["local_flip"] == cfgs[1]["views"]["local_flip"]
     assert _differences(cfgs[0], cfgs[1]) == {"sp.enabled", "name", "out_dir"}
+
+
+def test_released_pairs_load_from_safetensors_and_pair_by_sp_alone(monkeypatch, tmp_path):
+    """``released_runs`` reads checkpoints/<cell>/ as benchmarks/release.py writes it
+    (backbone.safetensors + config.yaml + status.json), evaluates each copy, and the two arms
+    of a released pair are comparable in the report (they differ by SP alone). Plant: the
+    old loader (``*/checkpoint.pt``) finds nothing -> fails."""
+    import json
+
+    import yaml
+
+    from spatialssl import config, report
+    from spatialssl.backbones import create_backbone, export_timm_state_dict
+
+    released = tmp_path / "checkpoints"
+    cache = tmp_path / "cache"
+    base = ["framework.name=simclr", "train.steps=4", "data.n_train=64", "data.n_eval=32",
+            f"data.cache_dir={cache}", "views.local_flip=per_image", "seed=0"]
+    for sp in (False, True):
+        cell = f"simclr{'_sp' if sp else ''}-cnn-s0"
+        cfg = config.resolve(experiments.framework_presets("simclr"),
+                             [*base, f"sp.enabled={str(sp).lower()}", f"name={cell}", f"out_dir=runs/study/cpu/{cell}"])
+        d = released / cell
+        d.mkdir(parents=True)
+        export_timm_state_dict(create_backbone(cfg["backbone"]), str(d / "backbone.safetensors"))
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        (d / "status.json").write_text(json.dumps({"step": 4, "steps": 4, "complete": True}))
+    monkeypatch.setattr(experiments, "RELEASED", released)
+    data = config.resolve(["demo"], [f"data.cache_dir={cache}", "data.n_train=64", "data.n_eval=32"])["data"]
+    dirs = experiments.released_runs(tmp_path / "demo", ["knn"], ["eval.n_train=32", "eval.n_test=16"], data)
+    assert [d.name for d in dirs] == ["released_simclr-cnn-s0", "released_simclr_sp-cnn-s0"]
+    for d in dirs:
+        assert (d / "metrics" / "knn.json").exists()
+        assert "released, CPU study 4 steps, seed 0" in yaml.safe_load((d / "config.yaml").read_text())["name"]
+    runs = report.read_runs(dirs)
+    cols = report.columns(runs)
+    assert len(cols) == 1 and cols[0][1] is not None
+    report.check_pairs(cols)  # raises when the pair differs outside sp.* and the number-free keys
