@@ -33,6 +33,10 @@ DEMO_EVAL = ["eval.n_train=2000", "eval.n_test=1000", "eval.dense_n_train=500", 
 # the demo evaluates them on the core protocols only, to stay within its CPU time
 RELEASED = Path(__file__).resolve().parents[2] / "checkpoints"
 RELEASED_TASKS = ["knn", "linear", "patch_pair"]
+# the released pairs the demo evaluates: SimCLR (the baseline that learns recognition on the CPU,
+# benchmarks/RESULTS.md "Learning curve") and BYOL (the demo's own framework, trained longer);
+# the others are in checkpoints/ with their study metrics
+DEMO_RELEASED = ("simclr", "byol")
 # ... on smaller probe sets than the demo's own pair (each released pair's two runs alike), to keep
 # `make demo` short: 1,000 probe-train / 500 test images (measured: ~70 s -> see docs/demo.md)
 RELEASED_EVAL = ["eval.n_train=1000", "eval.n_test=500"]
@@ -77,15 +81,17 @@ def evaluate_run(run_dir: Path, tasks: str | list[str], eval_overrides: list[str
 
 
 def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str], data: dict,
-                  seeds: int = 1) -> list[Path]:
+                  seeds: int = 1, frameworks: tuple[str, ...] | None = None) -> list[Path]:
     """Copy the released checkpoints (``checkpoints/<cell>/``: the CPU study's seed-0 pairs,
     each differing by SP alone; checkpoints/README.md) into ``out/released_<cell>`` and
     evaluate them here, on ``data`` (the demo's PartsWorld: image i of a split is the same
     whatever the split's size, so the probes see the same first images as for the demo's own
-    runs)."""
+    runs). ``frameworks``: only the pairs of these frameworks (default: all released)."""
     dirs = []
     for src in sorted(RELEASED.glob("*/backbone.safetensors")):
         cfg = yaml.safe_load((src.parent / "config.yaml").read_text())
+        if frameworks is not None and cfg["framework"]["name"] not in frameworks:
+            continue
         dst = out / f"released_{src.parent.name}"
         dst.mkdir(parents=True, exist_ok=True)
         for f in ("backbone.safetensors", "status.json", "metrics.jsonl"):
@@ -145,7 +151,8 @@ def demo(out: Path = Path("runs/demo"), overrides: list[str] | None = None, rele
     flip = pinned_flip(presets, ov)
     if released:
         dirs += released_runs(out, [t for t in tasks if t in RELEASED_TASKS],
-                              [*DEMO_EVAL, *RELEASED_EVAL, *_eval_only(overrides)], cfg["data"], seeds)
+                              [*DEMO_EVAL, *RELEASED_EVAL, *_eval_only(overrides)], cfg["data"], seeds,
+                              frameworks=DEMO_RELEASED)
     _report(dirs, out, f"spatialssl demo: {fw} vs {fw} + SP trained here on PartsWorld (CPU, {cfg['train']['steps']} "
                        f"steps, {flip} flips for both: the columns not marked 'released'), and the released pairs "
                        f"(columns 'released': the CPU study's seed-0 pairs, trained longer, checkpoints/README.md), "
