@@ -39,6 +39,8 @@ pretraining seeds, so that aggregation lives here) and ``report/`` (``spatialssl
 over the complete seed-0 pairs).
 
 Usage:
+    python benchmarks/study.py --budget cpu --backbones cnn --frameworks simclr,byol,mocov3,dino,ibot \
+        --results results/study/cpu --runs runs/study/cpu [--time-limit S]   # the CPU study (docs/study.md)
     python benchmarks/study.py --budget gpu --time-limit 540 [--workers 4]
     python benchmarks/study.py --budget tiny --frameworks dino,simclr --backbones cnn --seeds 0
     python benchmarks/study.py --budget gpu --list          # the cells, their status, expected s
