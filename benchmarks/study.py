@@ -330,18 +330,20 @@ def _raise_interrupted(signum, frame):  # noqa: ARG001
     raise Interrupted(signal.Signals(signum).name)
 
 
-def copy_small_files(run_dir: Path, res: Path) -> None:
-    """The files to commit (never checkpoint.pt, features, TensorBoard)."""
+def copy_small_files(run_dir: Path, res: Path, items: bool = True) -> None:
+    """The files to commit (never checkpoint.pt, features, TensorBoard). ``items``: also the
+    evaluations' per-item outcomes and example images (``metrics/*.pt``), which the seed-0
+    report's paired tests and figures read (patch-pair's are ~2.3 MB a cell at the cpu
+    budget's probe sizes); the summary over seeds reads ``metrics/*.json`` alone, so the
+    other seeds' cells leave them in the scratch folder."""
     res.mkdir(parents=True, exist_ok=True)
     for f in ("config.yaml", "metrics.jsonl", "train.log", "worker.log"):
         if (run_dir / f).exists():
             shutil.copy(run_dir / f, res / f)
     if (run_dir / "metrics").is_dir():
         (res / "metrics").mkdir(exist_ok=True)
-        # metrics/<task>.json, and whatever small files the evaluations write beside them
-        # (examples for the report's figures, per-item outcomes for paired significance)
         for p in (run_dir / "metrics").iterdir():
-            if p.is_file() and (p.suffix == ".json" or p.stat().st_size <= 2 * 2**20):
+            if p.is_file() and (p.suffix == ".json" or (items and p.stat().st_size <= 8 * 2**20)):
                 shutil.copy(p, res / "metrics" / p.name)
 
 
@@ -402,7 +404,7 @@ def run_cell(cell: Cell, budget: Budget, results: Path, runs: Path, tasks: list[
                      device="cuda" if torch.cuda.is_available() and budget.device != "cpu" else "cpu",
                      progress=False)
         timing["eval_s"] = timing.get("eval_s", 0.0) + time.time() - t0
-        copy_small_files(run_dir, res)
+        copy_small_files(run_dir, res, items=cell.seed == 0)
         rec["complete"], status = True, "done"
         return status
     except Interrupted as e:
@@ -413,7 +415,7 @@ def run_cell(cell: Cell, budget: Budget, results: Path, runs: Path, tasks: list[
         rec["failed"] = f"{type(e).__name__}: {e}"[:2000]
         raise
     finally:
-        copy_small_files(run_dir, res)
+        copy_small_files(run_dir, res, items=cell.seed == 0)
         rec["steps_done"] = done_steps(run_dir)
         rec["status"] = status
         (res / "cell.json").write_text(json.dumps(rec, indent=2) + "\n")
