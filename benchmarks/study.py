@@ -618,7 +618,7 @@ CURVE_ROWS = [("teacher_entropy", "teacher entropy, per sample (end of training)
 def summary(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) -> str:
     """Markdown: per backbone, each key metric as mean ± std over pretraining seeds per
     framework x arm, with the paired difference; only pairs whose two arms are complete."""
-    from spatialssl.report import ARROWS, KEY_METRICS, NO_TEST, read_run
+    from spatialssl.report import ARROWS, KEY_METRICS, NO_TEST, markdown_table, read_run
 
     done = {c.name for c in cells if cell_status(c, results, Path("/nonexistent"), budget, tasks) == "done"}
     lines = [f"# Study summary ({budget.name} budget)", "",
@@ -675,8 +675,7 @@ def summary(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) 
         maxent = sorted({f"{fw} log({by_pair[fw][0][1].config['framework']['out_dim']}) = "
                          f"{math.log(by_pair[fw][0][1].config['framework']['out_dim']):.2f}"
                          for fw in fws if fw in ("dino", "ibot")})
-        lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines.append(markdown_table(header, rows))
         if maxent:
             lines += ["", "Teacher entropy maximum (uniform outputs): " + "; ".join(maxent) + " nats."]
         lines.append("")

@@ -45,13 +45,13 @@ from .runs import EVAL_KEYS_IGNORED, Run, check_pairs, columns, pair_differences
 from .stats import (BOOT_REPLICATES, BOOT_SEED, FLOOR_NOTE, KINDS, LEVEL, Test, _outcome, at_floor, mark,
                     metric_from_counts, paired_bootstrap)
 from .tables import (ARROWS, FLOORS, KEY_METRICS, MISMATCH, NO_TEST, _diff, _fmt, detail_tables, direction,
-                     table_rows)
+                     html_table, markdown_table, table_rows)
 from .writer import NOTE, _pairs_section, _runs_section, summary_table, write_report
 
 __all__ = [
     "ARROWS", "BOOT_REPLICATES", "BOOT_SEED", "EVAL_KEYS_IGNORED", "FLOORS", "FLOOR_NOTE", "KEY_METRICS", "KINDS",
     "LEVEL", "MISMATCH", "NOTE", "NO_TEST", "Run", "Test", "at_floor", "check_pairs", "columns", "detail_tables",
-    "direction", "mark", "metric_from_counts", "pair_differences", "paired_bootstrap", "plot_dense",
-    "plot_jigsaw", "plot_losses", "plot_metrics", "plot_robustness", "read_run", "read_runs", "summary_table",
-    "table_rows", "write_report",
+    "direction", "html_table", "mark", "markdown_table", "metric_from_counts", "pair_differences",
+    "paired_bootstrap", "plot_dense", "plot_jigsaw", "plot_losses", "plot_metrics", "plot_robustness", "read_run",
+    "read_runs", "summary_table", "table_rows", "write_report",
 ]

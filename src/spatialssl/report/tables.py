@@ -161,14 +161,14 @@ def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = N
     return _header(cols, mismatched), out
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     rule = "|".join("---" if i == 0 else "---:" for i in range(len(header)))
     lines = ["| " + " | ".join(header) + " |", f"|{rule}|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

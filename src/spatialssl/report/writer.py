@@ -9,7 +9,7 @@ from pathlib import Path
 from .figures import plot_dense, plot_jigsaw, plot_losses, plot_metrics, plot_robustness
 from .runs import Run, _finite, check_pairs, columns, read_runs
 from .stats import FLOOR_NOTE
-from .tables import MISMATCH, NO_TEST, _html_table, _markdown, detail_tables, table_rows
+from .tables import MISMATCH, NO_TEST, detail_tables, html_table, markdown_table, table_rows
 
 NOTE = ("Δ = (+ SP) − baseline, with its 95% interval in brackets; ✓ (SP better) or ✗ (SP worse) only "
         "where a paired bootstrap over the independent test units (1,000 resamples of the test images, "
@@ -98,15 +98,15 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
     more = f"; and {len(untested) - 8} more" if len(untested) > 8 else ""
     why = [f"{NO_TEST} no test: " + "; ".join(untested[:8]) + more] if untested else []
 
-    md = [f"# {title}", "", "## Runs", "", _markdown(runs_header, runs_rows), ""]
+    md = [f"# {title}", "", "## Runs", "", markdown_table(runs_header, runs_rows), ""]
     if pairs_rows:
-        md += ["## Pairs", "", _markdown(pairs_header, pairs_rows), ""]
+        md += ["## Pairs", "", markdown_table(pairs_header, pairs_rows), ""]
     md += ["## Summary", "", NOTE, ""] + [w + "\n" for w in warnings]
-    md += [_markdown(header, rows) if rows else "(no metrics found)", ""] + [w + "\n" for w in why]
+    md += [markdown_table(header, rows) if rows else "(no metrics found)", ""] + [w + "\n" for w in why]
     md += ["## Figures", ""] + [f"**{cap}**\n\n![{cap}]({p.name})\n" for cap, p in figures]
     md += ["## All values by task", ""]
     for task, h, body in details:
-        md += [f"### {task}", "", _markdown(h, body), ""]
+        md += [f"### {task}", "", markdown_table(h, body), ""]
     md_path = out / "report.md"
     md_path.write_text("\n".join(md))
 
@@ -116,19 +116,19 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
              "td:first-child,th:first-child{text-align:left}img{max-width:100%}.warn{color:#b00;font-weight:bold}")
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
          f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>",
-         "<h2>Runs</h2>", _html_table(runs_header, runs_rows)]
+         "<h2>Runs</h2>", html_table(runs_header, runs_rows)]
     if pairs_rows:
-        h += ["<h2>Pairs</h2>", _html_table(pairs_header, pairs_rows)]
+        h += ["<h2>Pairs</h2>", html_table(pairs_header, pairs_rows)]
     h += ["<h2>Summary</h2>", f"<p>{html.escape(NOTE)}</p>"]
     h += [f"<p class='warn'>{html.escape(w)}</p>" for w in warnings]
-    h += [_html_table(header, rows) if rows else "<p>(no metrics found)</p>"]
+    h += [html_table(header, rows) if rows else "<p>(no metrics found)</p>"]
     h += [f"<p>{html.escape(w)}</p>" for w in why]
     h.append("<h2>Figures</h2>")
     h += [f"<figure><img src='{p.name}' alt='{html.escape(cap)}'><figcaption>{html.escape(cap)}</figcaption></figure>"
           for cap, p in figures]
     h.append("<h2>All values by task</h2>")
     for task, hh, body in details:
-        h += [f"<details><summary>{html.escape(task)}</summary>", _html_table(hh, body), "</details>"]
+        h += [f"<details><summary>{html.escape(task)}</summary>", html_table(hh, body), "</details>"]
     h.append("</body></html>")
     (out / "report.html").write_text("\n".join(h))
     return md_path
@@ -139,4 +139,4 @@ def summary_table(run_dirs: list[str | Path], allow_mismatch: bool | Iterable[st
     header, rows = table_rows(read_runs(run_dirs), allow_mismatch=allow_mismatch)
     if not rows:
         return "(no metrics found: run `spatialssl eval` first)"
-    return _markdown(header, rows)
+    return markdown_table(header, rows)
