@@ -66,6 +66,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from spatialssl import config as config_mod  # noqa: E402
 from spatialssl import experiments  # noqa: E402
+from spatialssl.runfolder import last_step  # noqa: E402
 
 FRAMEWORKS = ["dino", "simclr", "mocov3", "byol", "ibot"]
 BACKBONES = ["cnn", "vits16", "vit_tiny"]
@@ -258,14 +259,7 @@ def cell_status(cell: Cell, results: Path, runs: Path, budget: Budget, tasks: li
 def done_steps(run_dir: Path) -> int:
     """Steps of a run recorded in its metrics.jsonl (0 when none): a cheap progress read
     (loading a ViT-S checkpoint to read its step would cost seconds)."""
-    last = 0
-    if (run_dir / "metrics.jsonl").exists():
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            try:
-                last = max(last, int(json.loads(line)["step"]))
-            except (ValueError, KeyError, json.JSONDecodeError):
-                pass
-    return last
+    return last_step(run_dir)
 
 
 def measured_times(results: Path, budget: Budget) -> dict[tuple[str, str], list[tuple[float, float]]]:

@@ -15,6 +15,7 @@ import yaml
 
 from .. import config as config_mod
 from ..errors import NotFound, UserError
+from ..runfolder import read_curve
 
 
 def _finite(v) -> float | None:
@@ -123,16 +124,7 @@ def read_run(path: str | Path) -> Run:
             raise UserError(f"{path / 'config.yaml'} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(cfg, dict):
             raise UserError(f"{path / 'config.yaml'} must hold a mapping")
-    curve = []
-    if (path / "metrics.jsonl").exists():
-        for line in (path / "metrics.jsonl").read_text().splitlines():
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by an interrupted run
-                    continue
-                if isinstance(row, dict):
-                    curve.append(row)
+    curve = read_curve(path)
     metrics = {}
     for p in sorted((path / "metrics").glob("*.json")) if (path / "metrics").is_dir() else []:
         rec = _read_json(p)
