@@ -68,6 +68,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from spatialssl import config as config_mod  # noqa: E402
 from spatialssl import experiments  # noqa: E402
+from spatialssl.runfolder import last_step  # noqa: E402
 
 FRAMEWORKS = ["dino", "simclr", "mocov3", "byol", "ibot"]
 BACKBONES = ["cnn", "vits16", "vit_tiny"]
@@ -260,14 +261,7 @@ def cell_status(cell: Cell, results: Path, runs: Path, budget: Budget, tasks: li
 def done_steps(run_dir: Path) -> int:
     """Steps of a run recorded in its metrics.jsonl (0 when none): a cheap progress read
     (loading a ViT-S checkpoint to read its step would cost seconds)."""
-    last = 0
-    if (run_dir / "metrics.jsonl").exists():
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            try:
-                last = max(last, int(json.loads(line)["step"]))
-            except (ValueError, KeyError, json.JSONDecodeError):
-                pass
-    return last
+    return last_step(run_dir)
 
 
 def measured_times(results: Path, budget: Budget) -> dict[tuple[str, str], list[tuple[float, float]]]:
@@ -622,7 +616,7 @@ CURVE_ROWS = [("teacher_entropy", "teacher entropy, per sample (end of training)
 def summary(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) -> str:
     """Markdown: per backbone, each key metric as mean ± std over pretraining seeds per
     framework x arm, with the paired difference; only pairs whose two arms are complete."""
-    from spatialssl.report import ARROWS, KEY_METRICS, NO_TEST, read_run
+    from spatialssl.report import ARROWS, KEY_METRICS, NO_TEST, markdown_table, read_run
 
     done = {c.name for c in cells if cell_status(c, results, Path("/nonexistent"), budget, tasks) == "done"}
     lines = [f"# Study summary ({budget.name} budget)", "",
@@ -679,8 +673,7 @@ def summary(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) 
         maxent = sorted({f"{fw} log({by_pair[fw][0][1].config['framework']['out_dim']}) = "
                          f"{math.log(by_pair[fw][0][1].config['framework']['out_dim']):.2f}"
                          for fw in fws if fw in ("dino", "ibot")})
-        lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines.append(markdown_table(header, rows))
         if maxent:
             lines += ["", "Teacher entropy maximum (uniform outputs): " + "; ".join(maxent) + " nats."]
         lines.append("")

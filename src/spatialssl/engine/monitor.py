@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..progress import LOG_FORMAT
+from ..runfolder import parse_rows, read_jsonl  # noqa: F401  (read_jsonl: re-exported)
 
 log = logging.getLogger("spatialssl")
 
@@ -81,27 +82,11 @@ class RunLog:
         self._handler.close()
 
 
-def _rows(lines: list[str]) -> list[tuple[str, dict]]:
-    out = []
-    for line in lines:
-        try:
-            out.append((line, json.loads(line)))
-        except ValueError:  # a line cut short by a kill mid-write
-            continue
-    return out
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSONL log; a line cut short by an interrupted run is left out."""
-    with open(path) as f:
-        return [row for _, row in _rows([line for line in f if line.strip()])]
-
-
 def truncate_jsonl(path: Path, step: int) -> None:
     """Keep the rows of ``path`` up to ``step`` (and drop a line cut short)."""
     if not path.exists():
         return
-    lines = [ln for ln, row in _rows(path.read_text().splitlines()) if row.get("step", 0) <= step]
+    lines = [ln for ln, row in parse_rows(path.read_text().splitlines()) if row.get("step", 0) <= step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(ln + "\n" for ln in lines))
     tmp.replace(path)
