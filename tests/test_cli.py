@@ -248,3 +248,14 @@ def test_demo_tasks_and_seeds_are_flags(monkeypatch, tmp_path):
     assert main(["-q", "demo", "--out", str(tmp_path), "--tasks", "knn,linear", "--seeds", "3"]) == 0
     assert seen["overrides"][-2:] == ["eval.seeds=3", "eval.tasks=[knn,linear]"]
     assert main(["demo", "--seeds", "0"]) == 2
+
+
+def test_a_skipped_task_prints_its_reason(capsys):
+    """`eval`/`probe` print why a task was skipped, not an empty `finegrained: {}` (the reason
+    was only in a warning). Plant: the old loop, which printed float values only -> fails."""
+    from spatialssl.cli import _print_results
+
+    _print_results({"finegrained": {"skipped": "no fine-grained labels in this data set"},
+                    "knn": {"top1": 0.51234, "k": 20}})
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["finegrained: skipped (no fine-grained labels in this data set)", "knn: {'top1': 0.5123}"]

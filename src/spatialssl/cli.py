@@ -328,9 +328,7 @@ def _dispatch(a: argparse.Namespace) -> int:
         _check_device(a.device)
         res = evaluate(a.checkpoint, a.tasks, a.seeds, a.out, _eval_overrides(a.overrides), a.device,
                        reference=a.reference)
-        for task, values in res.items():
-            shown = {k: round(v, 4) for k, v in values.items() if isinstance(v, float)}
-            print(f"{task}: {shown}")
+        _print_results(res)
         return 0
     if a.cmd == "probe":
         return _probe(a)
@@ -378,10 +376,19 @@ def _probe(a: argparse.Namespace) -> int:
             raise config_mod.ConfigError(f"probe --arch-arg {item!r}: expected KEY=VALUE, e.g. depth=6")
         kwargs[key.strip()] = yaml.safe_load(value)
     res = probe(a.weights, a.arch, a.tasks, a.out, a.overrides, kwargs, a.seeds, a.device)
+    _print_results(res)
+    return 0
+
+
+def _print_results(res: dict[str, dict]) -> None:
+    """One line per task: its values, or why it was skipped (a task with nothing to measure
+    on this data, e.g. fine-grained labels on a folder data set)."""
     for task, values in res.items():
+        if "skipped" in values:
+            print(f"{task}: skipped ({values['skipped']})")
+            continue
         shown = {k: round(v, 4) for k, v in values.items() if isinstance(v, float)}
         print(f"{task}: {shown}")
-    return 0
 
 
 def _prepare(a: argparse.Namespace) -> int:
