@@ -121,3 +121,19 @@ def test_imagenet_presets_differ_by_sp_alone():
     assert {k for k in base if base[k] != with_sp[k]} == {"name", "out_dir", "sp.enabled"}  # out_dir: runs/<name>
     assert base["views.local_flip"] == "per_image" and base["data.name"] == "shards"
     assert base["train.steps"] * base["train.batch_size"] >= 100 * 126_689  # 100 epochs
+
+
+def test_resolving_a_preset_imports_no_torch():
+    """``import spatialssl.config`` / ``spatialssl.cli`` and ``config.resolve`` (warnings on)
+    import no torch: ``spatialssl config`` answers in about a second, not the seconds torch
+    and the SP pair sampler took (the sampler's fallback warning is logged when views are
+    built for training, ``views.MultiCrop.from_config``)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from spatialssl import config, cli; "
+            "config.resolve(['dino_sp']); config.resolve([], ['data.canvas_size=64']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+    assert "local views (96 px) are upsampled" in out.stderr  # the torch-free warnings are still logged
