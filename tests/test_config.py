@@ -80,11 +80,20 @@ def test_ranges_are_checked(override, message):
         config.resolve([], [override])
 
 
-@pytest.mark.parametrize("fw, name", [("simclr", "SimCLR"), ("byol", "BYOL"), ("mocov3", "MoCo v3")])
-def test_two_view_frameworks_need_two_global_views(fw, name):
+@pytest.mark.parametrize("fw, name", [("simclr", "SimCLR"), ("byol", "BYOL"), ("mocov3", "MoCoV3")])
+def test_two_view_frameworks_need_two_global_views(fw, name, tmp_path, tiny_overrides, random_canvases):
+    """The framework class says how many global views it needs (``min_global_views``);
+    ``pretrain`` checks it before it makes the run folder."""
+    from spatialssl.engine.trainer import pretrain
+    from spatialssl.frameworks import REGISTRY
+
+    assert {n for n, cls in REGISTRY.items() if cls.min_global_views >= 2} >= {"simclr", "byol", "mocov3"}
+    cfg = config.resolve([], [*tiny_overrides, f"framework.name={fw}", "views.n_global=1", "train.steps=1",
+                              f"out_dir={tmp_path / 'run'}"])
     with pytest.raises(config.ConfigError, match=rf"'views.n_global' must be >= 2 for framework '{fw}' \({name}"):
-        config.resolve([], [f"framework.name={fw}", "views.n_global=1"])
-    assert config.resolve([], ["framework.name=dino", "views.n_global=1"])["views"]["n_global"] == 1
+        pretrain(cfg, data=random_canvases)
+    assert not (tmp_path / "run").exists()
+    REGISTRY["dino"].check_config(config.resolve([], ["framework.name=dino", "views.n_global=1"]))
 
 
 def test_resume_changes_split_safe_from_unsafe():

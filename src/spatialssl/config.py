@@ -459,9 +459,6 @@ def upsampling_warnings(cfg: dict) -> list[str]:
     return out
 
 
-# frameworks that contrast two (or more) global views and use no local views
-TWO_VIEW = {"simclr": "SimCLR", "byol": "BYOL", "mocov3": "MoCo v3"}
-
 # key -> (lowest allowed value, whether the bound is strict)
 _LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
     "seed": (0, False),
@@ -504,10 +501,6 @@ def check_values(cfg: dict) -> None:
     if not 0.0 <= frac <= 1.0:
         raise ConfigError(f"config key 'framework.warmup_teacher_temp_frac' is a fraction of train.steps: it must be "
                           f"in [0, 1], got {frac}")
-    fw = cfg["framework"]["name"]
-    if fw in TWO_VIEW and cfg["views"]["n_global"] < 2:
-        raise ConfigError(f"config key 'views.n_global' must be >= 2 for framework '{fw}' ({TWO_VIEW[fw]} contrasts "
-                          f"two global views of each image), got {cfg['views']['n_global']}")
 
 
 # --------------------------------------------------------------------------- schedules
