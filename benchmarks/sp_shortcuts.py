@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from spatialssl import config, geometry
-from spatialssl.views import MultiCrop, upsampling
+from spatialssl.views import MultiCrop
 
 PRESETS = ["dino_sp", "ibot_sp", "mocov3_sp", "simclr_sp", "byol_sp", "demo", "demo_dino"]
 # the settings the issue measured the shortcut on: DEFAULTS' 96 px local views from 64 px canvases
@@ -202,7 +202,7 @@ def main() -> None:
         v, side = cfg["views"], cfg["data"]["canvas_size"]
         scale = min(1.0, a.max_canvas / side) if a.max_canvas else 1.0
         r = shortcut_r2(cfg, a.pairs, scale)
-        lo, hi = upsampling(v["local_size"], tuple(v["local_scale"]), side)
+        lo, hi = config.upsampling(v["local_size"], tuple(v["local_scale"]), side)
         print(f"| {name} | {side} | {v['local_size']} px, scale {v['local_scale'][0]:g}-{v['local_scale'][1]:g} | "
               f"{lo:.2f}-{hi:.2f}x | {r['dx']:.3f} | {r['dy']:.3f} | {r['ds']:.3f} |  ({time.perf_counter() - t0:.0f} s)")
     print(f"\n(min_gap {cfg['sp']['min_gap']:g} canvas px at full scale; scaled with the canvas; "

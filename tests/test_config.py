@@ -80,11 +80,20 @@ def test_ranges_are_checked(override, message):
         config.resolve([], [override])
 
 
-@pytest.mark.parametrize("fw, name", [("simclr", "SimCLR"), ("byol", "BYOL"), ("mocov3", "MoCo v3")])
-def test_two_view_frameworks_need_two_global_views(fw, name):
+@pytest.mark.parametrize("fw, name", [("simclr", "SimCLR"), ("byol", "BYOL"), ("mocov3", "MoCoV3")])
+def test_two_view_frameworks_need_two_global_views(fw, name, tmp_path, tiny_overrides, random_canvases):
+    """The framework class says how many global views it needs (``min_global_views``);
+    ``pretrain`` checks it before it makes the run folder."""
+    from spatialssl.engine.trainer import pretrain
+    from spatialssl.frameworks import REGISTRY
+
+    assert {n for n, cls in REGISTRY.items() if cls.min_global_views >= 2} >= {"simclr", "byol", "mocov3"}
+    cfg = config.resolve([], [*tiny_overrides, f"framework.name={fw}", "views.n_global=1", "train.steps=1",
+                              f"out_dir={tmp_path / 'run'}"])
     with pytest.raises(config.ConfigError, match=rf"'views.n_global' must be >= 2 for framework '{fw}' \({name}"):
-        config.resolve([], [f"framework.name={fw}", "views.n_global=1"])
-    assert config.resolve([], ["framework.name=dino", "views.n_global=1"])["views"]["n_global"] == 1
+        pretrain(cfg, data=random_canvases)
+    assert not (tmp_path / "run").exists()
+    REGISTRY["dino"].check_config(config.resolve([], ["framework.name=dino", "views.n_global=1"]))
 
 
 def test_resume_changes_split_safe_from_unsafe():
@@ -121,3 +130,19 @@ def test_imagenet_presets_differ_by_sp_alone():
     assert {k for k in base if base[k] != with_sp[k]} == {"name", "out_dir", "sp.enabled"}  # out_dir: runs/<name>
     assert base["views.local_flip"] == "per_image" and base["data.name"] == "shards"
     assert base["train.steps"] * base["train.batch_size"] >= 100 * 126_689  # 100 epochs
+
+
+def test_resolving_a_preset_imports_no_torch():
+    """``import spatialssl.config`` / ``spatialssl.cli`` and ``config.resolve`` (warnings on)
+    import no torch: ``spatialssl config`` answers in about a second, not the seconds torch
+    and the SP pair sampler took (the sampler's fallback warning is logged when views are
+    built for training, ``views.MultiCrop.from_config``)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from spatialssl import config, cli; "
+            "config.resolve(['dino_sp']); config.resolve([], ['data.canvas_size=64']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+    assert "local views (96 px) are upsampled" in out.stderr  # the torch-free warnings are still logged

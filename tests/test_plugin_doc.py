@@ -48,7 +48,7 @@ def test_own_loop_draws_pairs_as_the_trainer_does_and_warns_of_nothing(caplog, m
     from spatialssl import sp as sp_mod
     from spatialssl.views import MultiCrop
 
-    monkeypatch.setattr(sp_mod, "_warned", set())  # a config's warnings are logged once per process
+    monkeypatch.setattr(config, "_warned", set())  # a config's warnings are logged once per process
     drawn, given = [], []
     real_call, real_forward = MultiCrop.__call__, sp_mod.SpatialPrediction.forward
 

@@ -99,3 +99,22 @@ def test_config_warns_on_fallbacks_and_upsampled_views():
     assert len(w) == 1 and "fallbacks" in w[0] and "sp.pair_candidates" in w[0]
     w = config_warnings(config.resolve([], ["data.canvas_size=64"]))  # 224 / 96 px views from 64 px canvases
     assert len(w) == 2 and "global views" in w[0] and "local views (96 px) are upsampled 2.4-6.7x" in w[1]
+
+
+def test_views_built_for_training_log_the_fallback_warning(caplog, monkeypatch):
+    """``config.resolve`` imports no torch, so the sampler's fallback-rate warning is logged
+    where views are built from the config (the trainer's and a user's own loop), once per
+    process, with the upsampling ones."""
+    import logging
+
+    from spatialssl import config
+    from spatialssl.views import MultiCrop
+
+    monkeypatch.setattr(config, "_warned", set())
+    cfg = config.resolve([], ["views.local_scale=[0.3,0.6]", "sp.pair_candidates=4", "data.canvas_size=64",
+                              "views.local_size=16", "views.global_size=32"])
+    with caplog.at_level(logging.WARNING, logger="spatialssl"):
+        MultiCrop.from_config(cfg)
+        MultiCrop.from_config(cfg)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and "fallbacks" in said[0]

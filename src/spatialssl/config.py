@@ -33,6 +33,7 @@ given, else the last preset's file name (``-c dino_sp`` -> ``dino_sp``), else ``
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import re
 from pathlib import Path
@@ -391,15 +392,72 @@ def derive(cfg: dict, warn: bool = True) -> dict:
         raise ConfigError("config key 'train.batch_size' must be >= 2")
     if not 0.0 <= sp["max_iou"] < 1.0:
         raise ConfigError(f"config key 'sp.max_iou' must be in [0, 1), got {sp['max_iou']}")
-    if warn:
-        from .sp import log_config_warnings  # SP's checks: pair fallback rate, upsampled views
-
-        log_config_warnings(cfg)
+    if warn:  # the torch-free checks; SP's pair fallback rate needs its sampler and is logged when
+        log_once(upsampling_warnings(cfg))  # views are built for training (views.MultiCrop.from_config)
     return cfg
 
 
-# frameworks that contrast two (or more) global views and use no local views
-TWO_VIEW = {"simclr": "SimCLR", "byol": "BYOL", "mocov3": "MoCo v3"}
+# --------------------------------------------------------------------------- warnings
+# (no torch here: ``spatialssl config`` resolves in a fraction of a second; sp.config_warnings
+# adds the sampler's fallback rate to these)
+
+_warned: set[str] = set()
+
+
+def log_once(messages: list[str]) -> None:
+    """Log each of ``messages`` as a warning on the "spatialssl" logger, once per process
+    (configs are resolved many times in one run: per arm, per evaluation)."""
+    for m in messages:
+        if m not in _warned:
+            _warned.add(m)
+            logging.getLogger("spatialssl").warning(m)
+
+
+# the resolved config warns when a global view is upsampled from its median box by more
+# than this, or a local view from its smallest box by more than LOCAL_UPSAMPLE_WARN: on pink
+# noise ds R^2 from per-view statistics was ~0 at <= 1.0x, 0.04 at 1.1x, 0.17 at 1.2x and
+# 0.56 at 1.5x (dino_sp's views; benchmarks/sp_shortcuts.py, docs/sp.md "Resampling")
+UPSAMPLE_WARN = 1.5
+LOCAL_UPSAMPLE_WARN = 1.1
+
+
+def upsampling(size: int, scale: tuple[float, float], canvas_side: int) -> tuple[float, float]:
+    """How much views of ``size`` px are enlarged from their boxes: (least, most), the
+    view side over the box side ``sqrt(area)`` at the largest and smallest box of
+    ``scale`` (area fractions of a square canvas of ``canvas_side`` px)."""
+    side = lambda s: math.sqrt(s) * canvas_side  # noqa: E731
+    return size / side(scale[1]), size / side(scale[0])
+
+
+def upsampling_warnings(cfg: dict) -> list[str]:
+    """One warning per view kind upsampled from the canvas by more than ``UPSAMPLE_WARN``.
+
+    Local views count at their smallest box, against ``LOCAL_UPSAMPLE_WARN``: an SP view
+    enlarged more than its pair partner is blurrier, and its sharpness alone then tells ds
+    (on pink noise, where nothing else can, per-view statistics explained R^2 0.17 of ds
+    at 1.2x and 0.56 at 1.5x, ~0 with no view enlarged; ``benchmarks/sp_shortcuts.py``). Global views, never SP's inputs,
+    count at their median box (area at the middle of ``views.global_scale``): the
+    frameworks' own recipes enlarge their smallest crops ~2x on ImageNet too, but a
+    typical global view should not be a blur of a few canvas pixels (224 px views from a
+    64 px canvas were 3.5x upsampled even at full scale).
+    """
+    v, side = cfg["views"], int(cfg["data"]["canvas_size"])
+    out = []
+    lo, hi = v["global_scale"]
+    mid = v["global_size"] / (math.sqrt((lo + hi) / 2) * side)
+    if mid > UPSAMPLE_WARN:
+        out.append(f"global views ({v['global_size']} px) are upsampled {mid:.1f}x from their median box on a "
+                   f"{side} px canvas (views.global_scale={list(v['global_scale'])}): set data.canvas_size >= "
+                   f"{math.ceil(v['global_size'] / (UPSAMPLE_WARN * math.sqrt((lo + hi) / 2)))}")
+    least, most = upsampling(v["local_size"], tuple(v["local_scale"]), side)
+    if most > LOCAL_UPSAMPLE_WARN:
+        need = math.ceil(v["local_size"] / math.sqrt(v["local_scale"][0]))
+        out.append(f"local views ({v['local_size']} px) are upsampled {least:.1f}-{most:.1f}x from their boxes on a "
+                   f"{side} px canvas (views.local_scale={list(v['local_scale'])}): their blur tells their size, "
+                   f"a shortcut for SP's ds; set data.canvas_size >= {need} (no view enlarged), or views.local_size "
+                   f"smaller, or views.local_scale's lower bound larger")
+    return out
+
 
 # key -> (lowest allowed value, whether the bound is strict)
 _LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
@@ -443,10 +501,6 @@ def check_values(cfg: dict) -> None:
     if not 0.0 <= frac <= 1.0:
         raise ConfigError(f"config key 'framework.warmup_teacher_temp_frac' is a fraction of train.steps: it must be "
                           f"in [0, 1], got {frac}")
-    fw = cfg["framework"]["name"]
-    if fw in TWO_VIEW and cfg["views"]["n_global"] < 2:
-        raise ConfigError(f"config key 'views.n_global' must be >= 2 for framework '{fw}' ({TWO_VIEW[fw]} contrasts "
-                          f"two global views of each image), got {cfg['views']['n_global']}")
 
 
 # --------------------------------------------------------------------------- schedules

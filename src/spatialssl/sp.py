@@ -24,14 +24,13 @@ optionally antisymmetric, smooth-L1 loss.
 from __future__ import annotations
 
 import functools
-import logging
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import geometry
-from .config import ConfigError
+from .config import ConfigError, log_once, upsampling_warnings
 
 COMPONENTS = ("dx", "dy", "ds")
 
@@ -74,13 +73,12 @@ def expected_fallback_rate(canvas_hw: tuple[int, int], scale: tuple[float, float
 
 
 def config_warnings(cfg: dict) -> list[str]:
-    """Warnings about a resolved config's SP settings (``config.derive`` logs them):
+    """Warnings about a resolved config's SP settings (``views.MultiCrop.from_config`` logs them;
+    ``config.derive`` the torch-free ones):
     the pair sampler's expected fallback rate above ``FALLBACK_WARN`` (fallback pairs are
     left out of the SP loss, so SP then trains on fewer pairs than it seems), and every
-    view upsampled from the canvas by more than ``views.UPSAMPLE_WARN``
-    (``views.upsampling_warnings``)."""
-    from .views import upsampling_warnings
-
+    view upsampled from the canvas by more than ``config.UPSAMPLE_WARN``
+    (``config.upsampling_warnings``)."""
     v, sp, side = cfg["views"], cfg["sp"], int(cfg["data"]["canvas_size"])
     out = []
     rate = expected_fallback_rate((side, side), tuple(v["local_scale"]), tuple(v["ratio"]), float(sp["max_iou"]),
@@ -93,16 +91,10 @@ def config_warnings(cfg: dict) -> list[str]:
     return out + upsampling_warnings(cfg)
 
 
-_warned: set[str] = set()
-
-
 def log_config_warnings(cfg: dict) -> None:
     """Log ``config_warnings(cfg)`` on the "spatialssl" logger, each message once per
-    process (configs are resolved many times in one run: per arm, per evaluation)."""
-    for w in config_warnings(cfg):
-        if w not in _warned:
-            _warned.add(w)
-            logging.getLogger("spatialssl").warning(w)
+    process (``config.log_once``)."""
+    log_once(config_warnings(cfg))
 
 
 class SPHead(nn.Module):

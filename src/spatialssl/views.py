@@ -21,13 +21,13 @@ flips when ``views.global_flip`` is on.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from . import geometry
+from .sp import log_config_warnings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -343,6 +343,7 @@ class MultiCrop:
         >>> mc = MultiCrop.from_config(config.resolve(["demo"], ["sp.enabled=true"]))
         >>> v = mc(canvases_u8)   # v.sp_valid: pairs the sampler drew as asked, for SP's loss
         """
+        log_config_warnings(cfg)  # SP's pair fallback rate (its sampler) and upsampled views, once
         sp = cfg["sp"]
         return cls(cfg["views"], n_local=n_local, max_iou=sp["max_iou"], candidates=sp["pair_candidates"],
                    pair_locals=True, min_gap=sp["min_gap"])
@@ -417,47 +418,3 @@ class MultiCrop:
                      part, valid_total)
 
 
-# the resolved config warns when a global view is upsampled from its median box by more
-# than this, or a local view from its smallest box by more than LOCAL_UPSAMPLE_WARN: on pink
-# noise ds R^2 from per-view statistics was ~0 at <= 1.0x, 0.04 at 1.1x, 0.17 at 1.2x and
-# 0.56 at 1.5x (dino_sp's views; benchmarks/sp_shortcuts.py, docs/sp.md "Resampling")
-UPSAMPLE_WARN = 1.5
-LOCAL_UPSAMPLE_WARN = 1.1
-
-
-def upsampling(size: int, scale: tuple[float, float], canvas_side: int) -> tuple[float, float]:
-    """How much views of ``size`` px are enlarged from their boxes: (least, most), the
-    view side over the box side ``sqrt(area)`` at the largest and smallest box of
-    ``scale`` (area fractions of a square canvas of ``canvas_side`` px)."""
-    side = lambda s: math.sqrt(s) * canvas_side  # noqa: E731
-    return size / side(scale[1]), size / side(scale[0])
-
-
-def upsampling_warnings(cfg: dict) -> list[str]:
-    """One warning per view kind upsampled from the canvas by more than ``UPSAMPLE_WARN``.
-
-    Local views count at their smallest box, against ``LOCAL_UPSAMPLE_WARN``: an SP view
-    enlarged more than its pair partner is blurrier, and its sharpness alone then tells ds
-    (on pink noise, where nothing else can, per-view statistics explained R^2 0.17 of ds
-    at 1.2x and 0.56 at 1.5x, ~0 with no view enlarged; ``benchmarks/sp_shortcuts.py``). Global views, never SP's inputs,
-    count at their median box (area at the middle of ``views.global_scale``): the
-    frameworks' own recipes enlarge their smallest crops ~2x on ImageNet too, but a
-    typical global view should not be a blur of a few canvas pixels (224 px views from a
-    64 px canvas were 3.5x upsampled even at full scale).
-    """
-    v, side = cfg["views"], int(cfg["data"]["canvas_size"])
-    out = []
-    lo, hi = v["global_scale"]
-    mid = v["global_size"] / (math.sqrt((lo + hi) / 2) * side)
-    if mid > UPSAMPLE_WARN:
-        out.append(f"global views ({v['global_size']} px) are upsampled {mid:.1f}x from their median box on a "
-                   f"{side} px canvas (views.global_scale={list(v['global_scale'])}): set data.canvas_size >= "
-                   f"{math.ceil(v['global_size'] / (UPSAMPLE_WARN * math.sqrt((lo + hi) / 2)))}")
-    least, most = upsampling(v["local_size"], tuple(v["local_scale"]), side)
-    if most > LOCAL_UPSAMPLE_WARN:
-        need = math.ceil(v["local_size"] / math.sqrt(v["local_scale"][0]))
-        out.append(f"local views ({v['local_size']} px) are upsampled {least:.1f}-{most:.1f}x from their boxes on a "
-                   f"{side} px canvas (views.local_scale={list(v['local_scale'])}): their blur tells their size, "
-                   f"a shortcut for SP's ds; set data.canvas_size >= {need} (no view enlarged), or views.local_size "
-                   f"smaller, or views.local_scale's lower bound larger")
-    return out

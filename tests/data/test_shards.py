@@ -278,3 +278,17 @@ def test_cli_data_prepare_segmentation_layout(tmp_path, capsys):
     assert "WARNING spatialssl: skipped 3 unreadable file(s) preparing train" in err
     assert "train: 4 images in 1 shard(s), 3 skipped" in out and "eval.seg_root=" in out
     assert shards.ShardSet(tmp_path / "sh", "test").targets == ("semantic",)
+
+
+def test_shards_use_the_folder_loaders_public_rules():
+    """``prepare`` decodes, pairs and sizes by ``data.folders``' public rules (``__all__``),
+    none of its private names."""
+    import inspect
+    import re
+
+    from spatialssl.data import folders, shards
+
+    code = "\n".join(line.split("#")[0] for line in inspect.getsource(shards).splitlines())  # comments aside
+    used = set(re.findall(r"\bfolders\.(\w+)", code))
+    assert used and not [n for n in used if n.startswith("_")], used
+    assert used - {"DEFAULT_MAX_PIXELS"} <= set(folders.__all__)

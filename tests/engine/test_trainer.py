@@ -80,16 +80,19 @@ def test_uniform_collapse_warning_names_the_fix(caplog):
     import math
     from types import SimpleNamespace
 
+    from spatialssl.backbones import create_backbone
     from spatialssl.engine.trainer import _collapse_logs
+    from spatialssl.frameworks import create_framework
 
     cfg = config.resolve(["demo"], ["framework.name=dino"])
+    run = SimpleNamespace(cfg=cfg, framework=create_framework(cfg, create_backbone(cfg["backbone"]), 10))
     k = cfg["framework"]["out_dim"]
     values = {"teacher_entropy": math.log(k) - 0.01, "teacher_mean_entropy": math.log(k)}
     with caplog.at_level(logging.WARNING, logger="spatialssl"):
-        _collapse_logs(SimpleNamespace(cfg=cfg), {}, values)
+        _collapse_logs(run, {}, values)
     assert "at its maximum" in caplog.text and "head_batch_norm=true" in caplog.text
     caplog.clear()
     values["teacher_entropy"] = 0.5 * math.log(k)
     with caplog.at_level(logging.WARNING, logger="spatialssl"):
-        _collapse_logs(SimpleNamespace(cfg=cfg), {}, values)
+        _collapse_logs(run, {}, values)
     assert "at its maximum" not in caplog.text

@@ -97,3 +97,22 @@ def test_dense_subsets_are_samples_too(planted_tools):
     ctx = t["context"](t["Planted"](3), {"train": tr, "test": te}, dense_n_train=9, dense_n_test=9)
     _, d_te = segmentation.dense_subsets(ctx, (("train", tr), ("test", te)))
     assert torch.bincount(d_te.labels).tolist() == [3, 3, 3]
+
+
+def test_data_loaded_once_is_shared_by_derived_contexts(planted_tools, sorted_folder):
+    """``split_once`` / ``subset_once`` (what the dense evals cache through): made once per
+    evaluation, the same object for another backbone's or seed's context; ``has_split``
+    tells what is loaded."""
+    ctx = _ctx(planted_tools, sorted_folder)
+    made = []
+
+    def load():
+        made.append(1)
+        return ctx.full_split("test")
+
+    assert not ctx.has_split("seg_x_test")
+    first = ctx.split_once("seg_x_test", load)
+    other = ctx.with_backbone(planted_tools["random_backbone"](), "another").for_seed(3)
+    assert other.split_once("seg_x_test", load) is first and other.has_split("seg_x_test") and len(made) == 1
+    sub = ctx.subset_once(("dense-decoded", "x"), lambda: first.subset(torch.arange(4)))
+    assert other.subset_once(("dense-decoded", "x"), lambda: made.append(2)) is sub and made == [1]

@@ -83,6 +83,15 @@ __all__ = [
     "load_depth",
     "load_unlabelled",
     "class_folders",
+    # the per-file rules, shared with data.shards (prepare): listing, pairing, decoding, sizing
+    "list_images",
+    "check_dir",
+    "pair_targets",
+    "Unreadable",
+    "decode_image",
+    "decode_mask",
+    "decode_depth",
+    "resize_nearest",
 ]
 
 
@@ -93,7 +102,7 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _list_images(root: Path, visited: set[str] | None = None) -> list[Path]:
+def list_images(root: Path, visited: set[str] | None = None) -> list[Path]:
     """Every non-hidden file with an image extension under ``root``, sorted, recursively.
 
     Links to folders are followed, each real folder at most once: a link to a folder
@@ -135,11 +144,12 @@ def _list_images(root: Path, visited: set[str] | None = None) -> list[Path]:
 def class_folders(root: str | os.PathLike, ignore: tuple[str, ...] = ()) -> list[str]:
     """Sorted names of the non-hidden sub-folders of ``root`` (the class names of an
     ImageFolder layout), without those in ``ignore``."""
-    rootp = _check_dir(root, "classification")
+    rootp = check_dir(root, "classification")
     return sorted(d.name for d in rootp.iterdir() if d.is_dir() and not _is_hidden(d.name) and d.name not in ignore)
 
 
-def _check_dir(path: str | os.PathLike, what: str) -> Path:
+def check_dir(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a folder that exists (``NotFound`` naming ``what`` otherwise)."""
     p = Path(path).expanduser()
     if not p.is_dir():
         raise NotFound(f"spatialssl: {what} folder not found: {p}")
@@ -158,7 +168,7 @@ def _check_args(canvas_size: int, on_error: str, max_pixels: int = 0) -> None:
 # --------------------------------------------------------------------------- decoding
 
 
-class _Unreadable(Exception):
+class Unreadable(Exception):
     """A file that cannot be decoded (skipped or raised by ``on_error``)."""
 
 
@@ -205,15 +215,15 @@ def _open(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, load: bool = True) -
     ``load`` decodes it (truncated files fail there)."""
     try:
         if path.stat().st_size == 0:
-            raise _Unreadable("empty file")
+            raise Unreadable("empty file")
         im = Image.open(path)  # reads the header only
-    except _Unreadable:
+    except Unreadable:
         raise
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
-        raise _Unreadable(f"{type(e).__name__}: {e}") from None
+        raise Unreadable(f"{type(e).__name__}: {e}") from None
     w, h = im.size
     if max_pixels and w * h > max_pixels:
-        raise _Unreadable(f"{w}x{h} pixels ({w * h / 1e6:.0f} megapixels) is more than data.max_pixels="
+        raise Unreadable(f"{w}x{h} pixels ({w * h / 1e6:.0f} megapixels) is more than data.max_pixels="
                           f"{max_pixels}; not decoded")
     if load:
         with _GATE.hold(w * h):
@@ -225,7 +235,7 @@ def _decode(im: Image.Image) -> None:
     try:
         im.load()  # forces a full decode: truncated files fail here
     except Exception as e:
-        raise _Unreadable(f"{type(e).__name__}: {e}") from None
+        raise Unreadable(f"{type(e).__name__}: {e}") from None
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -240,7 +250,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _decode_image(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+def decode_image(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
     """uint8 [3, size, size] canvas and the original (w, h)."""
     im = _open(path, max_pixels, load=False)
     w, h = im.size
@@ -252,11 +262,12 @@ def _decode_image(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
             rgb = rgb.resize(new, Image.BILINEAR).crop(box)
             arr = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
         except Exception as e:
-            raise _Unreadable(f"{type(e).__name__}: {e}") from None
+            raise Unreadable(f"{type(e).__name__}: {e}") from None
     return np.ascontiguousarray(arr), (w, h)
 
 
-def _resize_nearest(a: np.ndarray, size: int) -> np.ndarray:
+def resize_nearest(a: np.ndarray, size: int) -> np.ndarray:
+    """A target map [H, W] onto the canvas of ``size`` px by the images' rule, nearest neighbour."""
     h, w = a.shape
     new, (l, t, r, b) = _canvas_geometry(w, h, size)
     # nearest neighbour on the index grid, the same mapping as PIL's NEAREST (pixel centres)
@@ -265,28 +276,30 @@ def _resize_nearest(a: np.ndarray, size: int) -> np.ndarray:
     return a[ys[:, None], xs[None, :]]
 
 
-def _decode_mask(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_mask(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A single-channel class-index mask [H, W] (``Unreadable`` if it is not one)."""
     im = _open(path, max_pixels)
     if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
-        raise _Unreadable(
+        raise Unreadable(
             f"mask must be a single-channel or palette PNG (class id per pixel), got mode {im.mode}"
         )
     return np.asarray(im).astype(np.int64)
 
 
-def _decode_depth(path: Path, depth_scale: float, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_depth(path: Path, depth_scale: float, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A depth map [H, W] from ``.npy`` or a 16-bit PNG (``Unreadable`` if it is not one)."""
     if path.suffix.lower() == ".npy":
         try:
             a = np.load(path, allow_pickle=False)
         except Exception as e:
-            raise _Unreadable(f"{type(e).__name__}: {e}") from None
+            raise Unreadable(f"{type(e).__name__}: {e}") from None
         a = np.squeeze(np.asarray(a))
         if a.ndim != 2 or not np.issubdtype(a.dtype, np.number):
-            raise _Unreadable(f"depth .npy must hold a numeric [H, W] array, got {a.dtype} {a.shape}")
+            raise Unreadable(f"depth .npy must hold a numeric [H, W] array, got {a.dtype} {a.shape}")
         return a.astype(np.float32)
     im = _open(path, max_pixels)
     if im.mode not in ("I;16", "I;16B", "I;16L", "I", "L", "F"):
-        raise _Unreadable(f"depth PNG must be single-channel (16-bit), got mode {im.mode}")
+        raise Unreadable(f"depth PNG must be single-channel (16-bit), got mode {im.mode}")
     return (np.asarray(im).astype(np.float64) * depth_scale).astype(np.float32)
 
 
@@ -322,21 +335,21 @@ def _load(
     def work(i: int):
         it = items[i]
         try:
-            arr, (w, h) = _decode_image(it.image, canvas_size, max_pixels)
-        except _Unreadable as e:
+            arr, (w, h) = decode_image(it.image, canvas_size, max_pixels)
+        except Unreadable as e:
             return i, it.image, str(e)
         if target is not None:
             try:
-                t = (_decode_mask(it.target, max_pixels) if target == "mask"
-                     else _decode_depth(it.target, depth_scale, max_pixels))
-            except _Unreadable as e:
+                t = (decode_mask(it.target, max_pixels) if target == "mask"
+                     else decode_depth(it.target, depth_scale, max_pixels))
+            except Unreadable as e:
                 return i, it.target, f"{target} file: {e}"
             if t.shape != (h, w):
                 raise _SizeMismatch(
                     f"spatialssl: {target} size {t.shape[1]}x{t.shape[0]} (WxH) differs from its image "
                     f"size {w}x{h}: {target} {it.target}, image {it.image}"
                 )
-            targets[i] = torch.from_numpy(np.ascontiguousarray(_resize_nearest(t, canvas_size)))
+            targets[i] = torch.from_numpy(np.ascontiguousarray(resize_nearest(t, canvas_size)))
         images[i] = torch.from_numpy(arr)
         return i, None, None
 
@@ -396,9 +409,9 @@ def _meta(kind: str, root: Path, canvas_size: int, files: list[Path], skipped: d
     )
 
 
-def _pair(images: Path, targets: Path, exts: tuple[str, ...], what: str, on_error: str):
+def pair_targets(images: Path, targets: Path, exts: tuple[str, ...], what: str, on_error: str):
     """Pair every image under ``images`` with ``targets/<rel stem><ext>``."""
-    files = _list_images(images)
+    files = list_images(images)
     if not files:
         raise UserError(
             f"spatialssl: no image files in {images} (extensions considered: {', '.join(IMAGE_EXTENSIONS)})"
@@ -451,7 +464,7 @@ def load_classification(
     are ignored. See the module docstring for the canvas rule and bad-file handling.
     """
     _check_args(canvas_size, on_error, max_pixels)
-    rootp = _check_dir(root, "classification")
+    rootp = check_dir(root, "classification")
     found = class_folders(rootp, ignore)
     if classes is None:
         classes = found
@@ -470,7 +483,7 @@ def load_classification(
     visited = {os.path.realpath(rootp / c) for c in found} | {os.path.realpath(rootp)}
     items, labels = [], []
     for c in found:
-        for f in _list_images(rootp / c, visited):
+        for f in list_images(rootp / c, visited):
             items.append(_Item(f))
             labels.append(classes.index(c))
     if not items:
@@ -499,8 +512,8 @@ def load_segmentation(
     ``ValueError`` naming both files.
     """
     _check_args(canvas_size, on_error, max_pixels)
-    ip, mp = _check_dir(images, "images"), _check_dir(masks, "masks")
-    items, missing = _pair(ip, mp, (".png", ".PNG"), "mask", on_error)
+    ip, mp = check_dir(images, "images"), check_dir(masks, "masks")
+    items, missing = pair_targets(ip, mp, (".png", ".PNG"), "mask", on_error)
     if not items:
         raise UserError(f"spatialssl: no image in {ip} has a mask in {mp}")
     imgs, sem, ok, skipped = _load(items, ip, canvas_size, on_error, progress, "mask", pre_skipped=missing,
@@ -527,8 +540,8 @@ def load_depth(
     with nearest neighbour so invalid zeros are never blended into valid depth.
     """
     _check_args(canvas_size, on_error, max_pixels)
-    ip, dp = _check_dir(images, "images"), _check_dir(depth, "depth")
-    items, missing = _pair(ip, dp, (".npy", ".png", ".PNG"), "depth", on_error)
+    ip, dp = check_dir(images, "images"), check_dir(depth, "depth")
+    items, missing = pair_targets(ip, dp, (".npy", ".png", ".PNG"), "depth", on_error)
     if not items:
         raise UserError(f"spatialssl: no image in {ip} has a depth map in {dp}")
     imgs, dep, ok, skipped = _load(
@@ -548,8 +561,8 @@ def load_unlabelled(
 ) -> CanvasSet:
     """Every image under ``root`` (recursively, sorted); labels None."""
     _check_args(canvas_size, on_error, max_pixels)
-    rootp = _check_dir(root, "image")
-    files = _list_images(rootp)
+    rootp = check_dir(root, "image")
+    files = list_images(rootp)
     if not files:
         raise UserError(
             f"spatialssl: no image files in {rootp} (extensions considered: {', '.join(IMAGE_EXTENSIONS)})"

@@ -24,7 +24,7 @@ LitData / MosaicML Streaming add a dependency and their own shuffling whose stat
 to be checkpointed; JPEG decoding is torchvision's (``torchvision.io.decode_jpeg``, batched,
 on the CPU in DataLoader workers or with nvJPEG on a GPU).
 
-Canvases are made by the folder loaders' rule (``folders._decode_image``: shorter side to
+Canvases are made by the folder loaders' rule (``folders.decode_image``: shorter side to
 the canvas, centre crop), then JPEG-encoded at ``quality`` (default 95); a streamed canvas
 therefore differs from the in-memory loader's by JPEG's error only (a test bounds it).
 
@@ -273,14 +273,14 @@ def prepare_folder(root: str | os.PathLike, out: str | os.PathLike, canvas_size:
         unknown = [c for c in classes if c not in label]
         if unknown:
             raise UserError(f"spatialssl: split {split} has class folder(s) not in train: {', '.join(unknown)}")
-        items = [(f, label[c]) for c in classes for f in folders._list_images(path / c)]
+        items = [(f, label[c]) for c in classes for f in folders.list_images(path / c)]
 
         def make(i: int, items=items):
             f, lab = items[i]
             try:  # the folder loaders' canvas rule and bad-file handling
-                arr, _ = folders._decode_image(f, canvas_size, folders.DEFAULT_MAX_PIXELS if max_pixels is None
+                arr, _ = folders.decode_image(f, canvas_size, folders.DEFAULT_MAX_PIXELS if max_pixels is None
                                                else max_pixels)
-            except folders._Unreadable as e:
+            except folders.Unreadable as e:
                 if on_error == "raise":
                     raise UserError(f"spatialssl: unreadable file: {f} ({e})") from None
                 return Row(None, lab, reason=(str(f), str(e)))
@@ -328,26 +328,26 @@ def prepare_dense(root: str | os.PathLike, out: str | os.PathLike, layout: str, 
     what = "mask" if layout == "segmentation" else "depth"
     entries = {}
     for split in splits or found:
-        ip, tp = rootp / split / "images", folders._check_dir(rootp / split / sub, what)
-        items, missing = folders._pair(ip, tp, exts, what, on_error)
+        ip, tp = rootp / split / "images", folders.check_dir(rootp / split / sub, what)
+        items, missing = folders.pair_targets(ip, tp, exts, what, on_error)
 
         def make(i: int, items=items):
             it = items[i]
-            try:  # folders._load's per-item rule
-                arr, (w, h) = folders._decode_image(it.image, canvas_size, mp)
-            except folders._Unreadable as e:
+            try:  # the folder loaders' per-item rule (folders._load)
+                arr, (w, h) = folders.decode_image(it.image, canvas_size, mp)
+            except folders.Unreadable as e:
                 bad, why = it.image, str(e)
             else:
                 try:
-                    t = (folders._decode_mask(it.target, mp) if what == "mask"
-                         else folders._decode_depth(it.target, float(depth_scale), mp))
-                except folders._Unreadable as e:
+                    t = (folders.decode_mask(it.target, mp) if what == "mask"
+                         else folders.decode_depth(it.target, float(depth_scale), mp))
+                except folders.Unreadable as e:
                     bad, why = it.target, f"{what} file: {e}"
                 else:
                     if t.shape != (h, w):
                         raise UserError(f"spatialssl: {what} size {t.shape[1]}x{t.shape[0]} (WxH) differs from its "
                                          f"image size {w}x{h}: {what} {it.target}, image {it.image}")
-                    return Row(torch.from_numpy(arr), targets={target: folders._resize_nearest(t, canvas_size)})
+                    return Row(torch.from_numpy(arr), targets={target: folders.resize_nearest(t, canvas_size)})
             if on_error == "raise":
                 raise UserError(f"spatialssl: unreadable file: {bad} ({why})")
             return Row(None, reason=(str(bad), why))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import time
 from pathlib import Path
 from typing import Iterator
@@ -30,7 +29,7 @@ from ..backbones import create_backbone, export_timm_state_dict
 from ..data import check_canvas, load_split
 from ..data.canvases import CanvasSet
 from ..data.shards import ShardSet, stream_batches
-from ..frameworks import create_framework
+from ..frameworks import create_framework, framework_class
 from ..frameworks.base import Framework, encode
 from ..sp import SpatialPrediction
 from ..views import BatchPart, MultiCrop, Views
@@ -339,16 +338,8 @@ def _collapse_logs(run: Run, terms: dict, values: dict) -> None:
             log.warning("collapse warning: normalised embedding std %.3f (x sqrt(D)) < 0.1", values["emb_std"])
         if values["rankme"] < 0.05 * min(d, emb.shape[0]):
             log.warning("collapse warning: RankMe %.1f < 5%% of its maximum %d", values["rankme"], min(d, emb.shape[0]))
-    if "teacher_mean_entropy" in values:
-        max_ent = math.log(run.cfg["framework"]["out_dim"])
-        if values["teacher_mean_entropy"] < 0.5 * max_ent:
-            log.warning("collapse warning: batch-mean teacher entropy %.2f nats < half of its maximum %.2f "
-                        "(few prototypes in use)", values["teacher_mean_entropy"], max_ent)
-        if values.get("teacher_entropy", 0.0) > 0.98 * max_ent:
-            log.warning("collapse warning: per-sample teacher entropy %.2f nats is at its maximum %.2f "
-                        "(uniform outputs: the DINO loss gives no signal)%s", values["teacher_entropy"], max_ent,
-                        "" if run.cfg["framework"]["head_batch_norm"] else
-                        "; on small CNNs framework.head_batch_norm=true keeps DINO off this (configs/demo_dino.yaml)")
+    for w in run.framework.collapse_warnings(values):  # the framework's own (DINO's teacher entropies)
+        log.warning(w)
 
 
 def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data: CanvasSet | None = None,
@@ -377,6 +368,7 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
     """
     # --- set-up: processes, device, run folder (locked) ---
     t = cfg["train"]
+    framework_class(cfg["framework"]["name"]).check_config(cfg)  # before any folder or process is set up
     rank, world, local_rank = distributed.init(cfg["device"])
     main = rank == 0  # only rank 0 writes the run directory
     if t["batch_size"] % world:

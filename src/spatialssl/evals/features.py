@@ -348,11 +348,27 @@ class EvalContext:
         return NonFiniteError(f"{who}, task {self.task or '?'}: {what}; evaluation stopped")
 
     # ---- data subsets ----------------------------------------------------------------
+    def has_split(self, name: str) -> bool:
+        """Whether data set ``name`` is loaded already (or was given) in this evaluation."""
+        return name in self._splits
+
+    def split_once(self, name: str, load: Callable[[], CanvasSet]) -> CanvasSet:
+        """Data set ``name``: ``load()`` the first time, then the same object for every
+        context of this evaluation (its floor and reference too)."""
+        if name not in self._splits:
+            self._splits[name] = load()
+        return self._splits[name]
+
+    def subset_once(self, key: tuple, make: Callable[[], CanvasSet]) -> CanvasSet:
+        """A subset (or decoded copy) of loaded data cached under ``key``: ``make()`` the
+        first time, shared by every context of this evaluation."""
+        if key not in self._subsets:
+            self._subsets[key] = make()
+        return self._subsets[key]
+
     def full_split(self, name: str) -> CanvasSet:
         """A whole data split (loaded once, shared by every context of this evaluation)."""
-        if name not in self._splits:
-            self._splits[name] = load_split(self.cfg["data"], name, progress=self.progress)
-        return self._splits[name]
+        return self.split_once(name, lambda: load_split(self.cfg["data"], name, progress=self.progress))
 
     def sample(self, cs: CanvasSet, n: int, purpose: str) -> CanvasSet:
         """A seeded, class-stratified random subset of ``n`` rows of ``cs`` (0 or >= len: all of it).
@@ -362,11 +378,11 @@ class EvalContext:
         """
         if not n or n >= len(cs):
             return cs
-        key = (purpose, self.seed, n, len(cs))
-        if key not in self._subsets:
+        def make() -> CanvasSet:
             idx = stratified_sample(len(cs), n, cs.labels, f"{purpose}/n={n}/of={len(cs)}/seed={self.seed}")
-            self._subsets[key] = cs.select(idx) if isinstance(cs, ShardSet) else cs.subset(idx)
-        return self._subsets[key]
+            return cs.select(idx) if isinstance(cs, ShardSet) else cs.subset(idx)
+
+        return self.subset_once((purpose, self.seed, n, len(cs)), make)
 
     def split(self, name: str) -> CanvasSet:
         """Split ``name`` limited to ``eval.n_train`` (the probe-train split) or ``eval.n_test``

@@ -106,7 +106,7 @@ def linear_probe(ctx: EvalContext):
 def ood_split(ctx: EvalContext) -> CanvasSet | None:
     """The ``ood`` split when the data set has one (PartsWorld; a folder with ``ood/``)."""
     data = ctx.cfg["data"]
-    if "ood" in ctx._splits or data["name"] == "partsworld" or (
+    if ctx.has_split("ood") or data["name"] == "partsworld" or (
             data["name"] == "folder" and data["root"] and (Path(data["root"]) / "ood").is_dir()) or (
             data["name"] == "shards" and data["root"] and has_split(data["root"], "ood")):
         return ctx.split("ood")

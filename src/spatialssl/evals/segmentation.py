@@ -61,21 +61,22 @@ def dense_data(ctx: EvalContext, kind: str) -> tuple[tuple[str, CanvasSet], tupl
         out = []
         for split in names:
             key = f"{kind}_{Path(root).name}_{split}"
-            if key not in ctx._splits:
+
+            def load(split: str = split) -> CanvasSet:  # once per evaluation (ctx.split_once)
                 d = Path(root) / split
                 if is_prepared(root):  # `spatialssl data prepare --layout segmentation|depth`
                     cs = ShardSet(root, split)
                     if kind not in cs.targets:
                         raise UserError(f"eval.{'depth' if kind == 'depth' else 'seg'}_root {root}: the prepared "
                                          f"split {split} has no {kind} target (stored: {list(cs.targets) or 'none'})")
-                elif kind == "depth":
-                    cs = folders.load_depth(str(d / "images"), str(d / "depth"), size, ctx.cfg["data"]["on_error"],
-                                            e["depth_scale"], progress=ctx.progress)
-                else:
-                    cs = folders.load_segmentation(str(d / "images"), str(d / "masks"), size,
-                                                   ctx.cfg["data"]["on_error"], progress=ctx.progress)
-                ctx._splits[key] = cs
-            out.append((key, ctx._splits[key]))
+                    return cs
+                if kind == "depth":
+                    return folders.load_depth(str(d / "images"), str(d / "depth"), size, ctx.cfg["data"]["on_error"],
+                                              e["depth_scale"], progress=ctx.progress)
+                return folders.load_segmentation(str(d / "images"), str(d / "masks"), size,
+                                                 ctx.cfg["data"]["on_error"], progress=ctx.progress)
+
+            out.append((key, ctx.split_once(key, load)))
         return out[0], out[1]
     try:
         tr, te = ctx.split(names[0]), ctx.split(names[1])
@@ -95,10 +96,7 @@ def dense_subsets(ctx: EvalContext, data: tuple) -> tuple[CanvasSet, CanvasSet]:
     for name, cs, n in ((n_tr, tr, e["dense_n_train"]), (n_te, te, e["dense_n_test"])):
         sub = ctx.sample(cs, n, f"dense:{name}")
         if isinstance(sub, ShardSet):  # decoded once per evaluation, shared by the run and its floor
-            key = ("dense-decoded", name, sub.digest())
-            if key not in ctx._subsets:
-                ctx._subsets[key] = in_memory(sub)
-            sub = ctx._subsets[key]
+            sub = ctx.subset_once(("dense-decoded", name, sub.digest()), lambda sub=sub: in_memory(sub))
         out.append(sub)
     return out[0], out[1]
 

@@ -13,6 +13,7 @@ updates).
 
 from __future__ import annotations
 
+import math
 from typing import Callable, ClassVar
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn as nn
 from lightly.models.utils import deactivate_requires_grad
 
 from ..backbones import Backbone, create_backbone
+from ..config import ConfigError
 from ..views import Views
 
 
@@ -34,6 +36,8 @@ class Framework(nn.Module):
 
     name: str = ""
     uses_local_views: bool = False
+    # the least views.n_global it trains with (2: it contrasts two global views of each image)
+    min_global_views: ClassVar[int] = 1
     # the ``framework.*`` config keys it reads (besides ``name``); the command warns about a
     # key given with --set that the chosen framework does not read (``unused_keys``). None:
     # not declared (a user's framework), nothing checked
@@ -48,6 +52,23 @@ class Framework(nn.Module):
         self.fcfg = cfg["framework"]
         self.backbone = backbone
         self.total_steps = total_steps
+
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        """The framework's own requirements on a resolved config (``ConfigError`` naming the
+        key); ``pretrain`` checks them before it sets anything up (``config.resolve``, torch-free,
+        cannot read the framework classes)."""
+        n = cfg["views"]["n_global"]
+        if n < cls.min_global_views:
+            raise ConfigError(f"config key 'views.n_global' must be >= {cls.min_global_views} for framework "
+                              f"'{cls.name}' ({cls.__name__} contrasts {cls.min_global_views} global views of each "
+                              f"image), got {n}")
+
+    def collapse_warnings(self, values: dict[str, float]) -> list[str]:
+        """Warnings that this logging step's ``values`` (the logged terms) show a collapse
+        particular to this framework; the trainer logs them beside its own (embedding std,
+        RankMe). None by default."""
+        return []
 
     def new_backbone(self) -> Backbone:
         """A teacher / momentum backbone: same architecture, the student's weights, no gradients."""
@@ -108,3 +129,21 @@ def teacher_entropies(t_out: torch.Tensor, center: torch.Tensor, temp: float) ->
     of the batch-mean distribution (small: few prototypes in use)."""
     p = torch.softmax((t_out.float() - center) / temp, dim=-1)
     return {"teacher_entropy": entropy(p).mean(), "teacher_mean_entropy": entropy(p.mean(dim=(0, 1)))}
+
+
+def teacher_collapse_warnings(values: dict[str, float], fcfg: dict) -> list[str]:
+    """DINO / iBOT collapse seen in ``teacher_entropies`` (as logged): few prototypes in use
+    (batch-mean entropy under half of log K), or uniform outputs (per-image entropy at log K),
+    with the setting that keeps a small CNN off the latter (``framework.head_batch_norm``)."""
+    if "teacher_mean_entropy" not in values:  # not a logging step's values
+        return []
+    out, max_ent = [], math.log(fcfg["out_dim"])
+    if values["teacher_mean_entropy"] < 0.5 * max_ent:
+        out.append(f"collapse warning: batch-mean teacher entropy {values['teacher_mean_entropy']:.2f} nats < half "
+                   f"of its maximum {max_ent:.2f} (few prototypes in use)")
+    if values.get("teacher_entropy", 0.0) > 0.98 * max_ent:
+        out.append(f"collapse warning: per-sample teacher entropy {values['teacher_entropy']:.2f} nats is at its "
+                   f"maximum {max_ent:.2f} (uniform outputs: the DINO loss gives no signal)"
+                   + ("" if fcfg["head_batch_norm"] else
+                      "; on small CNNs framework.head_batch_norm=true keeps DINO off this (configs/demo_dino.yaml)"))
+    return out

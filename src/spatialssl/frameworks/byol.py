@@ -31,6 +31,7 @@ from .base import Framework, encode, fp32, frozen_copy
 @register("byol")
 class BYOL(Framework):
     uses_local_views = False
+    min_global_views = 2
     config_keys = ("hidden_dim", "proj_dim", "momentum", "momentum_end")
 
     def __init__(self, cfg: dict, backbone: Backbone, total_steps: int) -> None:

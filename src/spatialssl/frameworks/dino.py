@@ -26,7 +26,7 @@ from lightly.models.utils import update_momentum
 from .. import config, schedules
 from ..views import Views
 from . import register
-from .base import Framework, encode, fp32, frozen_copy, teacher_entropies
+from .base import Framework, encode, fp32, frozen_copy, teacher_collapse_warnings, teacher_entropies
 
 
 def make_dino_heads(in_dim: int, f: dict, freeze_last_layer: int = 0) -> tuple[DINOProjectionHead, DINOProjectionHead]:
@@ -45,6 +45,9 @@ class DINO(Framework):
     config_keys = ("hidden_dim", "bottleneck_dim", "out_dim", "norm_last_layer", "head_batch_norm",
                    "freeze_last_layer_steps", "teacher_temp", "warmup_teacher_temp", "warmup_teacher_temp_frac",
                    "student_temp", "center_momentum", "momentum", "momentum_end")
+
+    def collapse_warnings(self, values: dict[str, float]) -> list[str]:
+        return teacher_collapse_warnings(values, self.fcfg)
 
     def __init__(self, cfg: dict, backbone, total_steps: int) -> None:
         super().__init__(cfg, backbone, total_steps)

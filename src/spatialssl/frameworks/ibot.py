@@ -41,7 +41,7 @@ from ..backbones import Backbone
 from .. import config, schedules
 from ..views import BatchPart, Views
 from . import register
-from .base import Framework, encode, teacher_entropies
+from .base import Framework, encode, teacher_collapse_warnings, teacher_entropies
 from .dino import DINO, make_dino_heads
 from ..config import ConfigError
 
@@ -188,6 +188,9 @@ def patch_loss(criterion: IBOTPatchLoss, t_out: torch.Tensor, s_out: torch.Tenso
 class IBOT(Framework):
     uses_local_views = True
     config_keys = (*DINO.config_keys, "patch_out_dim", "shared_head", "mask_ratio", "mask_prob", "patch_loss_weight")
+
+    def collapse_warnings(self, values: dict[str, float]) -> list[str]:
+        return teacher_collapse_warnings(values, self.fcfg)
 
     def __init__(self, cfg: dict, backbone: Backbone, total_steps: int) -> None:
         super().__init__(cfg, backbone, total_steps)

@@ -61,6 +61,7 @@ def contrastive_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> to
 @register("mocov3")
 class MoCoV3(Framework):
     uses_local_views = False
+    min_global_views = 2
     config_keys = ("hidden_dim", "proj_dim", "temperature", "momentum", "momentum_end", "stop_grad_patch_embed")
 
     def __init__(self, cfg: dict, backbone: Backbone, total_steps: int) -> None:

@@ -24,6 +24,7 @@ from .base import Framework, encode, fp32
 @register("simclr")
 class SimCLR(Framework):
     uses_local_views = False
+    min_global_views = 2
     config_keys = ("hidden_dim", "proj_dim", "temperature")
 
     def __init__(self, cfg: dict, backbone: Backbone, total_steps: int) -> None:
