@@ -672,7 +672,7 @@ def summary(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) 
                 rows.append(cells_row)
         maxent = sorted({f"{fw} log({by_pair[fw][0][1].config['framework']['out_dim']}) = "
                          f"{math.log(by_pair[fw][0][1].config['framework']['out_dim']):.2f}"
-                         for fw in fws if fw in ("dino", "ibot")})
+                         for fw in fws if any("teacher_entropy" in r for r in by_pair[fw][0][1].curve)})
         lines.append(markdown_table(header, rows))
         if maxent:
             lines += ["", "Teacher entropy maximum (uniform outputs): " + "; ".join(maxent) + " nats."]
