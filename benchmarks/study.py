@@ -39,7 +39,7 @@ pretraining seeds, so that aggregation lives here) and ``report/`` (``spatialssl
 over the complete seed-0 pairs).
 
 Usage:
-    python benchmarks/study.py --budget cpu --backbones cnn --frameworks simclr,byol,mocov3,dino,ibot \
+    python benchmarks/study.py --budget cpu --backbones cnn --frameworks simclr,byol,mocov3,dino \
         --results results/study/cpu --runs runs/study/cpu [--time-limit S]   # the CPU study (docs/study.md)
     python benchmarks/study.py --budget gpu --time-limit 540 [--workers 4]
     python benchmarks/study.py --budget tiny --frameworks dino,simclr --backbones cnn --seeds 0
@@ -144,8 +144,8 @@ BUDGETS: dict[str, Budget] = {
         eval=["eval.n_train=5000", "eval.n_test=2000"], eval_seeds=3,  # n_test: all of a 2,000-image split
         expected={"cnn": (330.0, 120.0), "vit_tiny": (300.0, 120.0), "vits16": (360.0, 150.0)},
         workers=4, num_threads=2, margin_s=30.0, device="cuda"),
-    # the 2-core CPU (issue "Evidence where the baselines learn"): the demo CNN (and iBOT's ViT-Tiny/4
-    # stand-in) at the budget the learning curve picked (benchmarks/learning_curve.py: the smallest
+    # the 2-core CPU: the demo CNN (DINO, SimCLR, MoCo v3, BYOL; iBOT's ViT-Tiny/4 stand-in runs at
+    # ~13 img/s on one thread, ~4 h a cell: left to the gpu budget, docs/study.md) at the budget the learning curve picked (benchmarks/learning_curve.py: the smallest
     # at which every baseline's kNN is >= its random-init floor + 0.10), the demo preset's fast step
     # (bf16 + channels_last), two cells at a time, one core each; evaluation at the demo's
     # probe sizes, 3 probe seeds
