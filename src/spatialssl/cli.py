@@ -69,12 +69,8 @@ EVAL_SECTIONS = ("eval", "data")  # what `eval --set` may change: the model come
 
 def _eval_overrides(items: list[str]) -> dict:
     """``--set eval.x=1`` style overrides for ``eval``, validated against the defaults."""
-    for item in items:
-        key = item.split("=", 1)[0].strip()
-        if key.split(".", 1)[0] not in EVAL_SECTIONS or "." not in key:
-            raise config_mod.ConfigError(
-                f"eval --set {key}: only eval.* and data.* keys can be set for eval (the backbone, views and "
-                f"framework come from the checkpoint's config)")
+    config_mod.check_sections(items, EVAL_SECTIONS, "eval", "the backbone, views and framework come from the "
+                                                           "checkpoint's config")
     cfg = config_mod.resolve([], items, warn=False)  # validation of the eval.*/data.* keys only
     out: dict = {}
     for item in items:

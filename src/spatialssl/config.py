@@ -636,3 +636,14 @@ def get(cfg: dict, dotted: str) -> Any:
     for p in dotted.split("."):
         node = node[p]
     return node
+
+
+def check_sections(items: list[str] | tuple[str, ...], sections: tuple[str, ...], command: str, why: str) -> None:
+    """``--set`` items of a command that reads only ``sections`` of the config (``eval``,
+    ``probe``): any other key is a ConfigError naming it, what may be set, and ``why``."""
+    names = [f"{s}.*" for s in sections]
+    allowed = " and ".join(names) if len(names) == 2 else ", ".join(names)
+    for item in items:
+        key = item.split("=", 1)[0].strip()
+        if key.split(".", 1)[0] not in sections or "." not in key:
+            raise ConfigError(f"{command} --set {key}: only {allowed} keys can be set ({why})")

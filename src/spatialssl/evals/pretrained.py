@@ -35,12 +35,8 @@ SIZES = (("img_size", "global_size"), ("pp_crop_size", "local_size"), ("jigsaw_t
 
 def probe_config(overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """The defaults with ``key=value`` overrides of the eval.*, data.* and views.* keys."""
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if key.split(".", 1)[0] not in SECTIONS or "." not in key:
-            raise config_mod.ConfigError(
-                f"probe --set {key}: only {', '.join(s + '.*' for s in SECTIONS)} keys can be set (the model comes "
-                f"from --arch and --weights; constructor arguments with --arch-arg)")
+    config_mod.check_sections(overrides, SECTIONS, "probe", "the model comes from --arch and --weights; constructor "
+                                                          "arguments with --arch-arg")
     return config_mod.resolve([], list(overrides), warn=False)
 
 
