@@ -57,7 +57,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from spatialssl import config  # noqa: E402
+from spatialssl import config, runfolder  # noqa: E402
 from spatialssl.engine.trainer import build, train_step  # noqa: E402
 
 SETTINGS = {
@@ -224,7 +224,7 @@ def learning(args) -> None:
                                            f"out_dir={out_root / f'{mode}_s{seed}'}"], warn=False)
             t = time.perf_counter()
             run_dir = pretrain(cfg, resume=False)
-            rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            rows = runfolder.read_curve(run_dir)
             losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
             curves.setdefault(mode, {})[seed] = [v for _, v in losses]
             steps_axis = [s for s, _ in losses]
