@@ -134,6 +134,10 @@ def test_checkpoint_cadence_follows_the_run_and_train_log_shows_lengths(tmp_path
     log = (out / "train.log").read_text()
     assert re.search(r"schedules at train.steps=4: lr warm-up 2 steps \(train.warmup_steps 0.5 of the run\).*"
                      r"checkpoint every 2 steps \(train.checkpoint_every 0.5 of the run\)", log), log
+    # SimCLR reads no DINO schedule: none is named in its log (planted: describe_schedule
+    # without the framework's keys listed the teacher-temperature warm-up for every run)
+    line = next(l for l in log.splitlines() if "schedules at" in l)
+    assert "teacher-temperature" not in line and "last-layer freeze" not in line, line
 
 
 def test_config_command_prints_the_resolved_lengths(capsys):

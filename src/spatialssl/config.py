@@ -37,6 +37,7 @@ import logging
 import math
 import re
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -537,14 +538,20 @@ _SCHEDULE_NAMES = {"train.warmup_steps": "lr warm-up", "framework.freeze_last_la
                    TEACHER_TEMP_WARMUP: "teacher-temperature warm-up", "train.checkpoint_every": "checkpoint every"}
 
 
-def describe_schedule(cfg: dict) -> str:
+def describe_schedule(cfg: dict, framework_keys: Iterable[str] | None = None) -> str:
     """One line: each schedule's length in steps, and the key and value it comes from.
+    ``framework_keys``: the ``framework.*`` keys the chosen framework reads (its class's
+    ``config_keys``); a framework schedule it does not read (BYOL has no teacher temperature)
+    is left out. None: every schedule.
 
     >>> describe_schedule(resolve(["imagenet100_vits16_dino"], ["train.steps=1000"]))[:75]
     'schedules at train.steps=1000: lr warm-up 100 steps (train.warmup_steps 0.1'
     """
     parts = []
     for key, n in schedule_steps(cfg).items():
+        section, _, name = key.partition(".")
+        if section == "framework" and framework_keys is not None and name not in framework_keys:
+            continue
         written = get(cfg, key)
         how = f"{written:g} of the run" if isinstance(written, float) else f"{written}"
         parts.append(f"{_SCHEDULE_NAMES[key]} {n} steps ({key} {how})")

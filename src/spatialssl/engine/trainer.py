@@ -540,7 +540,7 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
              cfg["name"], cfg["framework"]["name"], cfg["sp"]["enabled"], cfg["backbone"]["name"], t["steps"],
              t["batch_size"], device, run.bf16, cfg["data"]["name"], n, *data.size)
     if main:
-        log.info(config_mod.describe_schedule(cfg))
+        log.info(config_mod.describe_schedule(cfg, type(run.framework).config_keys))
     if world > 1:
         log.info("rank %d of %d processes: %d images of each batch of %d", rank, world, t["batch_size"] // world,
                  t["batch_size"])
