@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..progress import LOG_FORMAT
-from ..runfolder import parse_rows, read_jsonl  # noqa: F401  (read_jsonl: re-exported)
+from ..runfolder import CURVE, LOG, parse_rows, read_jsonl  # noqa: F401  (read_jsonl: re-exported)
 
 log = logging.getLogger("spatialssl")
 
@@ -46,9 +46,9 @@ class RunLog:
     def __init__(self, out_dir: Path, tensorboard: bool = True, start: int | None = None) -> None:
         self.out_dir = out_dir
         if start is not None:
-            truncate_jsonl(out_dir / "metrics.jsonl", start)
-        self.jsonl = open(out_dir / "metrics.jsonl", "a")
-        handler = logging.FileHandler(out_dir / "train.log")
+            truncate_jsonl(out_dir / CURVE, start)
+        self.jsonl = open(out_dir / CURVE, "a")
+        handler = logging.FileHandler(out_dir / LOG)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handler.setLevel(logging.INFO)  # train.log holds INFO whatever the console shows (--quiet, --log-level)
         log.addHandler(handler)
