@@ -8,7 +8,7 @@ report, ``experiments`` and the benchmarks read it, all through this module:
   ``{"step": 10, "loss_fw": ..., "loss_sp": ..., "sp_r2_dx": ...}``), read by ``parse_rows``,
   so a line cut short by a kill mid-write, or anything that is not a JSON object, is left
   out the same way everywhere;
-- ``train.log`` (``LOG``): the trainer's log;
+- ``train.log`` (``LOG``): the trainer's log; ``tb/`` (``TENSORBOARD``): TensorBoard events;
 - ``status.json`` (``STATUS``): how far the run got, ``{"step", "steps", "complete",
   "updated"}`` (plus ``"error"`` when it stopped on one), written atomically
   (``write_status``, ``read_status``);
@@ -16,7 +16,8 @@ report, ``experiments`` and the benchmarks read it, all through this module:
   training checkpoints (``engine.checkpoint`` writes them);
 - ``backbone.safetensors`` (``BACKBONE``): the evaluated backbone of a finished run,
   timm-loadable (the trainer removes it when the run goes on past it);
-- ``metrics/`` (``EVALS``): the evaluations' results; ``features/`` (``FEATURES``): their cache.
+- ``metrics/`` (``EVALS``): the evaluations' results; ``features/`` (``FEATURES``): their cache;
+- ``.lock`` (``LOCK``): the lock of the ``pretrain`` that owns the folder (``engine.checkpoint.RunLock``).
 
 A run's weights (``load_weights``) follow one rule: ``backbone.safetensors`` when present,
 else the newest readable checkpoint; a file that cannot be read is reported and the next
@@ -34,14 +35,19 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import NotFound, UserError
+
+if TYPE_CHECKING:  # torch is imported where weights are read
+    import torch
 
 CONFIG = "config.yaml"
 CURVE = "metrics.jsonl"
 LOG = "train.log"
+TENSORBOARD = "tb"
 STATUS = "status.json"
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -131,7 +137,7 @@ def read_status(run_dir: str | Path) -> dict | None:
 # --------------------------------------------------------------------------- weights
 
 
-def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """One training checkpoint file (or ``<run dir>/checkpoint.pt``), as ``torch.save`` wrote it.
 
     Raises:
@@ -186,7 +192,8 @@ def read_backbone(path: str | Path) -> dict:
             "step": status.get("step", steps), "complete": status.get("complete", True)}
 
 
-def latest_checkpoint(run_dir: str | Path, map_location="cpu") -> tuple[dict, Path, list[str]] | None:
+def latest_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu"
+                      ) -> tuple[dict, Path, list[str]] | None:
     """The newest readable training checkpoint of a run folder (``checkpoint.pt``, else
     ``checkpoint.prev.pt``), as ``(state, path, problems)``: one line in ``problems`` per
     newer file that could not be read; None when the folder has none (what resuming needs).
@@ -228,7 +235,8 @@ def _read_weights(path: Path) -> dict:
     return read_backbone(path) if path.suffix == ".safetensors" else read_checkpoint(path)
 
 
-def _first_readable(run_dir: Path, names: tuple[str, ...], read) -> tuple[dict, Path, list[str]] | None:
+def _first_readable(run_dir: Path, names: tuple[str, ...], read: Callable[[Path], dict]
+                    ) -> tuple[dict, Path, list[str]] | None:
     """``(state, path, problems)`` of the first of ``names`` in ``run_dir`` that ``read``
     reads; None when none exists; ``CheckpointError`` naming each when none is readable."""
     problems = []

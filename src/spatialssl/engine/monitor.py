@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..progress import LOG_FORMAT
-from ..runfolder import CURVE, LOG, parse_rows, read_jsonl  # noqa: F401  (read_jsonl: re-exported)
+from ..runfolder import CURVE, LOG, TENSORBOARD, parse_rows, read_jsonl  # noqa: F401  (read_jsonl: re-exported)
 
 log = logging.getLogger("spatialssl")
 
@@ -60,7 +60,7 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=start)
+                self.tb = SummaryWriter(str(out_dir / TENSORBOARD), purge_step=start)
             except ImportError:  # tensorboard is a pinned dependency; tolerate its absence
                 log.warning("tensorboard not installed: no TensorBoard logs")
 
