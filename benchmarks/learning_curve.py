@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import study  # noqa: E402
+from spatialssl import runfolder  # noqa: E402
 
 TASKS = ["knn", "linear", "patch_pair"]
 METRICS = [("knn", "top1", "kNN top-1"), ("linear", "top1", "linear top-1"), ("patch_pair", "r2_dx", "patch-pair R² dx"),
@@ -56,7 +57,7 @@ def point_dir(runs: Path, fw: str, n: int) -> Path:
 def snapshot(run_dir: Path, dst: Path) -> None:
     """The run's checkpoint at this step, as a run folder of its own (evaluations write there)."""
     dst.mkdir(parents=True, exist_ok=True)
-    for f in ("checkpoint.pt", "config.yaml", "metrics.jsonl"):
+    for f in (runfolder.CHECKPOINT, runfolder.CONFIG, runfolder.CURVE):
         shutil.copy(run_dir / f, dst / f)
 
 
@@ -118,7 +119,7 @@ def main() -> None:
             dst = point_dir(runs, fw, n)
             if key in rec["points"] and rec["points"][key].get("values"):
                 continue
-            if not (dst / "checkpoint.pt").exists():
+            if not (dst / runfolder.CHECKPOINT).exists():
                 done = study.done_steps(run_dir)
                 if done > n:
                     raise SystemExit(f"{run_dir} is at step {done}, past budget {n}, whose snapshot is missing")

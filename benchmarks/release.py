@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import study  # noqa: E402
+from spatialssl import runfolder  # noqa: E402  (study put src/ on the path)
 
-FILES = ("backbone.safetensors", "config.yaml", "status.json", "metrics.jsonl", "train.log")
+FILES = (runfolder.BACKBONE, runfolder.CONFIG, runfolder.STATUS, runfolder.CURVE, runfolder.LOG)
 RESULT_FILES = ("command.txt", "commit.txt")
 ROWS = [("knn", "top1", "kNN"), ("linear", "top1", "linear"), ("patch_pair", "r2_dx", "pp R² dx"),
         ("patch_pair", "r2_dy", "pp R² dy"), ("patch_pair", "r2_ds", "pp R² ds"), ("jigsaw", "tile_acc", "jigsaw tile")]
@@ -53,7 +54,7 @@ def main() -> None:
     released, missing = [], []
     for fw in study.FRAMEWORKS:
         pair = [study.Cell(fw, sp, "cnn", 0) for sp in (False, True)]
-        if not all(complete(results, c) and (runs / c.name / "backbone.safetensors").exists() for c in pair):
+        if not all(complete(results, c) and (runs / c.name / runfolder.BACKBONE).exists() for c in pair):
             missing.append(fw)
             continue
         released += pair

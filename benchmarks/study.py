@@ -68,7 +68,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from spatialssl import config as config_mod  # noqa: E402
 from spatialssl import experiments  # noqa: E402
-from spatialssl.runfolder import last_step  # noqa: E402
+from spatialssl import runfolder  # noqa: E402
 
 FRAMEWORKS = ["dino", "simclr", "mocov3", "byol", "ibot"]
 BACKBONES = ["cnn", "vits16", "vit_tiny"]
@@ -253,7 +253,7 @@ def cell_status(cell: Cell, results: Path, runs: Path, budget: Budget, tasks: li
         return "done"
     if rec.get("failed"):
         return "failed"
-    if (runs / cell.name / "checkpoint.pt").exists() or rec:
+    if (runs / cell.name / runfolder.CHECKPOINT).exists() or rec:
         return "partial"
     return "new"
 
@@ -261,7 +261,7 @@ def cell_status(cell: Cell, results: Path, runs: Path, budget: Budget, tasks: li
 def done_steps(run_dir: Path) -> int:
     """Steps of a run recorded in its metrics.jsonl (0 when none): a cheap progress read
     (loading a ViT-S checkpoint to read its step would cost seconds)."""
-    return last_step(run_dir)
+    return runfolder.last_step(run_dir)
 
 
 def measured_times(results: Path, budget: Budget) -> dict[tuple[str, str], list[tuple[float, float]]]:
@@ -331,7 +331,7 @@ def copy_small_files(run_dir: Path, res: Path, items: bool = True) -> None:
     budget's probe sizes); the summary over seeds reads ``metrics/*.json`` alone, so the
     other seeds' cells leave them in the scratch folder."""
     res.mkdir(parents=True, exist_ok=True)
-    for f in ("config.yaml", "metrics.jsonl", "train.log", "worker.log"):
+    for f in (runfolder.CONFIG, runfolder.CURVE, runfolder.LOG, "worker.log"):
         if (run_dir / f).exists():
             shutil.copy(run_dir / f, res / f)
     if (run_dir / "metrics").is_dir():
@@ -369,7 +369,7 @@ def run_cell(cell: Cell, budget: Budget, results: Path, runs: Path, tasks: list[
     status = "partial"
     try:
         start_step = done_steps(run_dir)
-        if start_step < steps or not (run_dir / "backbone.safetensors").exists():
+        if start_step < steps or not (run_dir / runfolder.BACKBONE).exists():
             # steps that fit before the deadline at the expected rate: all of them with time
             # left to evaluate, or else (a partial run) as many as fit, checkpointed at the end
             per_step = pre_s / steps
@@ -385,7 +385,7 @@ def run_cell(cell: Cell, budget: Budget, results: Path, runs: Path, tasks: list[
             timing["pretrain_s"] = timing.get("pretrain_s", 0.0) + dt
             if start_step == 0 and stop_after is None:
                 timing["pretrain_full_s"] = dt  # a full run in one go: a sample for expected_times
-        if done_steps(run_dir) < steps or not (run_dir / "backbone.safetensors").exists():
+        if done_steps(run_dir) < steps or not (run_dir / runfolder.BACKBONE).exists():
             return status
         status = "pretrained"
         have = {p.stem for p in (res / "metrics").glob("*.json")}

@@ -32,6 +32,7 @@ import yaml
 
 from . import __version__
 from . import config as config_mod
+from . import runfolder
 from .errors import UserError
 from .progress import setup_logging
 
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # errors that are the user's to fix, each with a one-line message naming the key or file
-_LAZY_ERRORS = {"spatialssl.engine.checkpoint": ("CheckpointError", "RunLocked"),
+_LAZY_ERRORS = {"spatialssl.engine.checkpoint": ("RunLocked",),  # runfolder.CheckpointError is a UserError
                 "spatialssl.engine.trainer": ("NonFiniteLoss",),
                 "spatialssl.evals.features": ("NonFiniteError",)}
 
@@ -314,7 +315,7 @@ def _dispatch(a: argparse.Namespace) -> int:
         cfg = config_mod.resolve(a.config, a.overrides)
         _warn_framework_keys([cfg["framework"]["name"]], a.overrides)
         out = pretrain(cfg, resume=not a.no_resume, force=a.force)
-        print(f"checkpoint: {out / 'checkpoint.pt'}")
+        print(f"checkpoint: {out / runfolder.CHECKPOINT}")
         return 0
     if a.cmd == "eval":
         from .evals import evaluate

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from . import config as config_mod
+from . import runfolder
 from .engine.trainer import pretrain
 from .evals import available_tasks, evaluate
 
@@ -88,18 +89,18 @@ def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str], 
     whatever the split's size, so the probes see the same first images as for the demo's own
     runs). ``frameworks``: only the pairs of these frameworks (default: all released)."""
     dirs = []
-    for src in sorted(RELEASED.glob("*/backbone.safetensors")):
-        cfg = yaml.safe_load((src.parent / "config.yaml").read_text())
+    for src in sorted(RELEASED.glob(f"*/{runfolder.BACKBONE}")):
+        cfg = yaml.safe_load((src.parent / runfolder.CONFIG).read_text())
         if frameworks is not None and cfg["framework"]["name"] not in frameworks:
             continue
         dst = out / f"released_{src.parent.name}"
         dst.mkdir(parents=True, exist_ok=True)
-        for f in ("backbone.safetensors", "status.json", "metrics.jsonl"):
+        for f in (runfolder.BACKBONE, runfolder.STATUS, runfolder.CURVE):
             if (src.parent / f).exists() and not (dst / f).exists():
                 shutil.copy(src.parent / f, dst / f)
         cfg["name"] = (f"{cfg['framework']['name']}{' + SP' if cfg['sp']['enabled'] else ''} "
                        f"(released, CPU study {cfg['train']['steps']} steps, seed {cfg['seed']})")
-        (dst / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        (dst / runfolder.CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
         evaluate_run(dst, tasks, eval_overrides, data=data, seeds=seeds)
         dirs.append(dst)
     return dirs

@@ -1,21 +1,74 @@
-"""A run folder's training curve, ``metrics.jsonl``, read in one place and without torch.
+"""A run folder, owned in one place: its file names, its curve, its status and its weights.
 
-The trainer appends one JSON object per logged step (``engine.monitor.RunLog``:
-``{"step": 10, "loss_fw": ..., "loss_sp": ..., "sp_r2_dx": ...}``); the trainer (when it
-resumes), the report and the study's scheduler all read it through ``parse_rows``, so a
-line cut short by a kill mid-write, or anything that is not a JSON object, is left out the
-same way everywhere.
+``pretrain`` writes a run folder; the trainer (when it resumes), the evaluations, the
+report, ``experiments`` and the benchmarks read it, all through this module:
+
+- ``config.yaml`` (``CONFIG``): the resolved config the run trained with;
+- ``metrics.jsonl`` (``CURVE``): one JSON object per logged step (``engine.monitor.RunLog``:
+  ``{"step": 10, "loss_fw": ..., "loss_sp": ..., "sp_r2_dx": ...}``), read by ``parse_rows``,
+  so a line cut short by a kill mid-write, or anything that is not a JSON object, is left
+  out the same way everywhere;
+- ``train.log`` (``LOG``): the trainer's log; ``tb/`` (``TENSORBOARD``): TensorBoard events;
+- ``status.json`` (``STATUS``): how far the run got, ``{"step", "steps", "complete",
+  "updated"}`` (plus ``"error"`` when it stopped on one), written atomically
+  (``write_status``, ``read_status``);
+- ``checkpoint.pt`` and ``checkpoint.prev.pt`` (``CHECKPOINT``, ``PREVIOUS``): the last two
+  training checkpoints (``engine.checkpoint`` writes them);
+- ``backbone.safetensors`` (``BACKBONE``): the evaluated backbone of a finished run,
+  timm-loadable (the trainer removes it when the run goes on past it);
+- ``metrics/`` (``EVALS``): the evaluations' results; ``features/`` (``FEATURES``): their cache;
+- ``.lock`` (``LOCK``): the lock of the ``pretrain`` that owns the folder (``engine.checkpoint.RunLock``).
+
+A run's weights (``load_weights``) follow one rule: ``backbone.safetensors`` when present,
+else the newest readable checkpoint; a file that cannot be read is reported and the next
+used. Whatever cannot be read is a ``CheckpointError`` (a ``UserError``: one line naming
+the file or the folder and what is missing). torch and safetensors are imported only
+when weights are read, so the curve and the status read without them.
 
 >>> steps = [row["step"] for row in read_curve("runs/demo/byol")]
+>>> state = load_weights("runs/demo/byol")   # {"config", "backbone", "step", "complete", "_path"}
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .errors import NotFound, UserError
+
+if TYPE_CHECKING:  # torch is imported where weights are read
+    import torch
+
+CONFIG = "config.yaml"
 CURVE = "metrics.jsonl"
+LOG = "train.log"
+TENSORBOARD = "tb"
+STATUS = "status.json"
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
+BACKBONE = "backbone.safetensors"
+LOCK = ".lock"
+EVALS = "metrics"
+FEATURES = "features"
+
+log = logging.getLogger("spatialssl")
+
+
+class CheckpointError(UserError):
+    """Weights of a run that cannot be read (or a checkpoint that cannot be written); the
+    message names the file, or the folder and what it lacks."""
+
+
+class NoCheckpoint(CheckpointError, NotFound):
+    """A run folder (or file) with no weights at all; the message names what is missing."""
+
+
+# --------------------------------------------------------------------------- curve
 
 
 def parse_rows(lines: Iterable[str]) -> list[tuple[str, dict]]:
@@ -56,3 +109,159 @@ def last_step(run_dir: str | Path) -> int:
         except (KeyError, TypeError, ValueError):  # no step, or not a number
             pass
     return last
+
+
+# --------------------------------------------------------------------------- status
+
+
+def write_status(run_dir: str | Path, step: int, steps: int, **extra) -> None:
+    """``<run>/status.json``: ``step`` reached, ``steps`` planned, ``complete`` (step >= steps),
+    ``updated`` (local time), and ``extra``; written to a temporary file renamed into place."""
+    path = Path(run_dir) / STATUS
+    record = {"step": int(step), "steps": int(steps), "complete": int(step) >= int(steps),
+              "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_status(run_dir: str | Path) -> dict | None:
+    """``status.json`` of a run folder, or None (none, unreadable, or runs from before it existed)."""
+    try:
+        status = json.loads((Path(run_dir) / STATUS).read_text())
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """One training checkpoint file (or ``<run dir>/checkpoint.pt``), as ``torch.save`` wrote it.
+
+    Raises:
+        NoCheckpoint: no such file.
+        CheckpointError: the file is not a readable training checkpoint (truncated, zeroed, ...).
+    """
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.exists():
+        raise NoCheckpoint(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # torch raises many types for damaged files (RuntimeError, UnpicklingError, EOFError...)
+        raise CheckpointError(f"checkpoint {path} is unreadable ({_reason(e)})") from None
+    if not isinstance(state, dict) or not {"step", "config", "backbone"} <= state.keys():
+        raise CheckpointError(f"checkpoint {path} is unreadable (not a spatialssl training checkpoint)")
+    return state
+
+
+def read_backbone(path: str | Path) -> dict:
+    """``backbone.safetensors`` (a finished run's exported weights) with the run's
+    ``config.yaml`` beside it, in the shape of a training checkpoint: ``config``,
+    ``backbone`` (keys as in ``Backbone.state_dict``), and ``step``, ``complete`` from
+    ``status.json`` (a finished run when it has none).
+
+    Raises:
+        NoCheckpoint: no such file, or no ``config.yaml`` beside it.
+        CheckpointError: the weights are unreadable.
+        ConfigError: the config is not valid YAML.
+    """
+    from safetensors.torch import load_file
+
+    from . import config as config_mod
+
+    path = Path(path)
+    if not path.exists():
+        raise NoCheckpoint(f"no checkpoint at {path}")
+    cfg_path = path.parent / CONFIG
+    if not cfg_path.exists():
+        raise NoCheckpoint(f"{path} needs the run's {CONFIG} beside it (expected {cfg_path})")
+    cfg = config_mod.load_yaml(cfg_path.read_text(), f"config file {cfg_path}")
+    try:
+        weights = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"{path} is unreadable ({_reason(e)})") from None
+    status = read_status(path.parent) or {}
+    steps = cfg["train"]["steps"]
+    return {"config": cfg, "backbone": {f"model.{k}": v for k, v in weights.items()},
+            "step": status.get("step", steps), "complete": status.get("complete", True)}
+
+
+def latest_checkpoint(run_dir: str | Path, map_location: str | torch.device = "cpu"
+                      ) -> tuple[dict, Path, list[str]] | None:
+    """The newest readable training checkpoint of a run folder (``checkpoint.pt``, else
+    ``checkpoint.prev.pt``), as ``(state, path, problems)``: one line in ``problems`` per
+    newer file that could not be read; None when the folder has none (what resuming needs).
+
+    Raises:
+        CheckpointError: checkpoint files exist but none is readable.
+    """
+    return _first_readable(Path(run_dir), (CHECKPOINT, PREVIOUS), lambda p: read_checkpoint(p, map_location))
+
+
+def load_weights(path: str | Path) -> dict:
+    """The weights of a run to evaluate: a run folder, or one file of it (``checkpoint.pt``,
+    ``checkpoint.prev.pt``, or ``backbone.safetensors`` with ``config.yaml`` beside it).
+
+    In a run folder: ``backbone.safetensors`` when present (a finished run's final weights,
+    the same as its last checkpoint's backbone), else ``checkpoint.pt``, else
+    ``checkpoint.prev.pt``; a file that cannot be read is reported in one warning line and
+    the next one used. Returns ``config``, ``backbone`` (the evaluated backbone's state
+    dict), ``step``, ``complete`` (how far the run had got) and ``_path`` (the file used).
+
+    Raises:
+        NoCheckpoint: no such file, or a folder with none of those files.
+        CheckpointError: none of them is readable.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        state = read_backbone(path) if path.suffix == ".safetensors" else read_checkpoint(path)
+        return _with_progress(state, path)
+    found = _first_readable(path, (BACKBONE, CHECKPOINT, PREVIOUS), _read_weights)
+    if found is None:
+        raise NoCheckpoint(f"no weights in run folder {path}: it has no {BACKBONE}, {CHECKPOINT} or {PREVIOUS}")
+    state, used, problems = found
+    if problems:
+        log.warning("%s; evaluating %s instead", "; ".join(problems), used.name)
+    return _with_progress(state, used)
+
+
+def _read_weights(path: Path) -> dict:
+    return read_backbone(path) if path.suffix == ".safetensors" else read_checkpoint(path)
+
+
+def _first_readable(run_dir: Path, names: tuple[str, ...], read: Callable[[Path], dict]
+                    ) -> tuple[dict, Path, list[str]] | None:
+    """``(state, path, problems)`` of the first of ``names`` in ``run_dir`` that ``read``
+    reads; None when none exists; ``CheckpointError`` naming each when none is readable."""
+    problems = []
+    for path in (run_dir / n for n in names):
+        if not path.exists():
+            continue
+        try:
+            return read(path), path, problems
+        except (UserError, FileNotFoundError) as e:  # unreadable, or (safetensors) no config beside it
+            problems.append(str(e))
+    if problems:
+        raise CheckpointError(f"no readable checkpoint in {run_dir}: {'; '.join(problems)}")
+    return None
+
+
+def _with_progress(state: dict, path: Path) -> dict:
+    """``_path`` (the file read), and ``step`` and ``complete`` for checkpoints written before
+    they were recorded."""
+    steps = state["config"]["train"]["steps"]
+    state.setdefault("step", steps)
+    state.setdefault("complete", state["step"] >= steps)
+    state["_path"] = path
+    return state
+
+
+def _reason(e: Exception) -> str:
+    """``Type: first line`` of an exception, at most 200 characters of it."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"

@@ -114,7 +114,7 @@ def test_training_on_shards_resumes_mid_epoch_exactly(tmp_path, tiny_overrides):
     and resumed ends with the same weights as one never interrupted (same batches)."""
     from spatialssl import config
     from spatialssl.data.canvases import CanvasSet
-    from spatialssl.engine import checkpoint
+    from spatialssl import runfolder
     from spatialssl.engine.trainer import pretrain
 
     g = torch.Generator().manual_seed(0)
@@ -126,9 +126,9 @@ def test_training_on_shards_resumes_mid_epoch_exactly(tmp_path, tiny_overrides):
     full = pretrain(config.resolve([], [*ov, "data.workers=0", f"out_dir={tmp_path / 'full'}"]))
     cfg = config.resolve([], [*ov, "data.workers=1", f"out_dir={tmp_path / 'cut'}"])
     pretrain(cfg, stop_after=3)  # 20 images, batch 8: step 3 is in the middle of the second epoch
-    assert checkpoint.load(tmp_path / "cut")["step"] == 3
+    assert runfolder.read_checkpoint(tmp_path / "cut")["step"] == 3
     pretrain(cfg)
-    a, b = checkpoint.load(full), checkpoint.load(tmp_path / "cut")
+    a, b = runfolder.read_checkpoint(full), runfolder.read_checkpoint(tmp_path / "cut")
     assert a["step"] == b["step"] == 5
     for k in a["framework"]:
         assert torch.equal(a["framework"][k], b["framework"][k]), f"framework.{k} differs after resume"

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from spatialssl import config
+from spatialssl import config, runfolder
 from spatialssl.data import shards
 from spatialssl.data.canvases import CanvasSet
-from spatialssl.engine import checkpoint
 from spatialssl.engine.trainer import (batch_indices, build, local_batch_indices, step_batches, step_generator,
                                        train_step)
 from spatialssl.views import BatchPart, MultiCrop
@@ -118,7 +117,7 @@ def test_two_processes_match_one_process_and_rank0_writes(tmp_path, tiny_overrid
     _ranks_match_one_process(tmp_path, one, 1e-5)
 
     run = tmp_path / "run"
-    ckpt = checkpoint.load(run / "checkpoint.pt")
+    ckpt = runfolder.read_checkpoint(run / "checkpoint.pt")
     assert ckpt["step"] == STEPS
     assert _rel_l2(ckpt["framework"], one["framework"]) < 1e-5  # pretrain() under DDP too
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -3,8 +3,7 @@ import json
 import pytest
 import torch
 
-from spatialssl import config
-from spatialssl.engine import checkpoint
+from spatialssl import config, runfolder
 from spatialssl.engine.trainer import NonFiniteLoss, batch_indices, pretrain
 from spatialssl.frameworks.dino import DINO
 
@@ -18,9 +17,9 @@ def test_interrupted_run_resumes_exactly(tmp_path, tiny_overrides, random_canvas
     full = pretrain(_cfg(tmp_path, "full", tiny_overrides, "sp.enabled=true"), data=random_canvases)
     cfg = _cfg(tmp_path, "cut", tiny_overrides, "sp.enabled=true")
     pretrain(cfg, stop_after=2, data=random_canvases)  # "interrupted" after 2 of 4 steps
-    assert checkpoint.load(tmp_path / "cut")["step"] == 2
+    assert runfolder.read_checkpoint(tmp_path / "cut")["step"] == 2
     pretrain(cfg, data=random_canvases)  # resumes at step 2
-    a, b = checkpoint.load(full), checkpoint.load(tmp_path / "cut")
+    a, b = runfolder.read_checkpoint(full), runfolder.read_checkpoint(tmp_path / "cut")
     assert a["step"] == b["step"] == 4
     for key in ("framework", "sp"):
         for k in a[key]:
@@ -47,7 +46,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_ove
     cfg = _cfg(tmp_path, "nan", tiny_overrides)
     with pytest.raises(NonFiniteLoss, match="non-finite loss at or before step 3"):
         pretrain(cfg, data=random_canvases)
-    state = checkpoint.load(tmp_path / "nan")
+    state = runfolder.read_checkpoint(tmp_path / "nan")
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["framework"].values() if v.is_floating_point())
     assert "non-finite loss" in (tmp_path / "nan" / "train.log").read_text()
@@ -56,7 +55,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_ove
 def test_sp_changes_nothing_when_off(tmp_path, tiny_overrides, random_canvases):
     """With SP off there is no SP module and the loss is the framework's alone."""
     out = pretrain(_cfg(tmp_path, "nosp", tiny_overrides), data=random_canvases)
-    state = checkpoint.load(out)
+    state = runfolder.read_checkpoint(out)
     assert state["sp"] is None
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert all("loss_sp" not in r and r["loss"] == pytest.approx(r["loss_fw"]) for r in rows)

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import torch  # noqa: E402
 
 import tiny  # noqa: E402
-from spatialssl import config  # noqa: E402
+from spatialssl import config, runfolder  # noqa: E402
 from spatialssl.engine import checkpoint, monitor, trainer  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def arm(fault: str, at: int) -> None:
         real_replace, saves = os.replace, [0]
 
         def replace(src, dst):
-            if str(src).endswith(checkpoint.CHECKPOINT + ".tmp"):
+            if str(src).endswith(runfolder.CHECKPOINT + ".tmp"):
                 saves[0] += 1
                 if saves[0] == at:
                     _die()

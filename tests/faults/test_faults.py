@@ -18,13 +18,13 @@ import tiny
 import torch
 from PIL import Image
 
-from spatialssl import config
+from spatialssl import config, runfolder
 from spatialssl.cli import main
 from spatialssl.engine import checkpoint
 from spatialssl.engine.checkpoint import CheckpointError, RunLocked
 from spatialssl.engine.monitor import read_jsonl
 from spatialssl.engine.trainer import NonFiniteLoss, pretrain
-from spatialssl.evals.features import context_from_checkpoint
+from spatialssl.evals.features import checkpoint_hash, context_from_checkpoint
 
 
 def _cfg(framework, out, *extra):
@@ -85,7 +85,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, data, refer
     cfg = _cfg("dino", tmp_path / "run")
     pretrain(cfg, stop_after=4, data=data)  # checkpoints at steps 2 (previous) and 4
     ckpt = tmp_path / "run" / "checkpoint.pt"
-    assert checkpoint.load(tmp_path / "run" / checkpoint.PREVIOUS)["step"] == 2
+    assert runfolder.read_checkpoint(tmp_path / "run" / runfolder.PREVIOUS)["step"] == 2
     raw = ckpt.read_bytes()
     ckpt.write_bytes(raw[: len(raw) // 3] if damage == "truncate" else bytes(len(raw)))
     config_before = (tmp_path / "run" / "config.yaml").read_text()
@@ -93,14 +93,14 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, data, refer
     log = (out / "train.log").read_text()
     assert f"checkpoint {ckpt} is unreadable" in log and "resuming from checkpoint.prev.pt (step 2) instead" in log
     assert list(out.glob("checkpoint.pt.corrupt-*"))  # kept aside, never rotated into the previous slot
-    assert _same_weights(checkpoint.load(reference), checkpoint.load(out))  # bit-exact from step 2
+    assert _same_weights(runfolder.read_checkpoint(reference), runfolder.read_checkpoint(out))  # bit-exact from step 2
     assert (out / "config.yaml").read_text() == config_before
 
 
 def test_no_readable_checkpoint_is_one_line(tmp_path, image_root, capsys):
     out = tmp_path / "run"
     assert main(_cli("simclr", out, image_root, "train.steps=4")) == 0
-    for name in (checkpoint.CHECKPOINT, checkpoint.PREVIOUS):
+    for name in (runfolder.CHECKPOINT, runfolder.PREVIOUS):
         (out / name).write_bytes(b"\0" * 100)
     capsys.readouterr()
     assert main(_cli("simclr", out, image_root, "train.steps=4")) == 2
@@ -122,27 +122,29 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, data, reference, monk
     with pytest.raises(CheckpointError, match=r"could not write checkpoint .*checkpoint.pt: No space left on device"):
         pretrain(cfg, data=data)
     run = tmp_path / "run"
-    assert checkpoint.load(run)["step"] == 2 and not list(run.glob("*.tmp"))
-    assert checkpoint.read_status(run)["complete"] is False
+    assert runfolder.read_checkpoint(run)["step"] == 2 and not list(run.glob("*.tmp"))
+    assert runfolder.read_status(run)["complete"] is False
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
-    assert _same_weights(checkpoint.load(reference), checkpoint.load(pretrain(cfg, data=data)))
+    assert _same_weights(runfolder.read_checkpoint(reference), runfolder.read_checkpoint(pretrain(cfg, data=data)))
 
 
-def test_eval_reads_exported_weights_when_the_checkpoint_is_damaged(tmp_path, reference, data, caplog):
+def test_eval_reads_the_checkpoint_when_the_exported_weights_are_damaged(tmp_path, reference, data, caplog):
     run = tmp_path / "run"
     shutil.copytree(reference, run)
-    good = context_from_checkpoint(run, progress=False).backbone.state_dict()
-    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:1000])
+    first = context_from_checkpoint(run, progress=False)  # a finished run: its backbone.safetensors
+    assert first.ckpt_hash == checkpoint_hash(run / runfolder.BACKBONE)
+    good = first.backbone.state_dict()
+    direct = context_from_checkpoint(run / "backbone.safetensors", progress=False)  # eval --checkpoint .../x.safetensors
+    assert all(torch.equal(v, direct.backbone.state_dict()[k]) for k, v in good.items())
+    (run / runfolder.BACKBONE).write_bytes((run / runfolder.BACKBONE).read_bytes()[:1000])
     caplog.clear()
     with caplog.at_level("WARNING", logger="spatialssl"):
         ctx = context_from_checkpoint(run, progress=False)
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(said) == 1 and "\n" not in said[0], said  # one warning line
-    assert "checkpoint.pt is unreadable" in said[0] and "evaluating backbone.safetensors instead" in said[0]
-    assert all(torch.equal(v, ctx.backbone.state_dict()[k]) for k, v in good.items())
+    assert "backbone.safetensors is unreadable" in said[0] and "evaluating checkpoint.pt instead" in said[0]
+    assert all(torch.equal(v, ctx.backbone.state_dict()[k]) for k, v in good.items())  # the same final weights
     assert (ctx.step, ctx.complete) == (tiny.STEPS, True)
-    direct = context_from_checkpoint(run / "backbone.safetensors", progress=False)  # eval --checkpoint .../x.safetensors
-    assert all(torch.equal(v, direct.backbone.state_dict()[k]) for k, v in good.items())
     # an unfinished run says so
     part = pretrain(_cfg("simclr", tmp_path / "part"), stop_after=2, data=data)
     ctx = context_from_checkpoint(part, progress=False)
@@ -169,10 +171,10 @@ def test_nan_batch_stops_with_one_line_and_the_last_good_checkpoint(tmp_path, im
     assert main(_cli("dino", out, image_root)) == 2
     _one_line(capsys, "non-finite loss at or before step 3")
     assert "ERROR non-finite loss" in (out / "train.log").read_text()
-    state = checkpoint.load(out)
+    state = runfolder.read_checkpoint(out)
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["framework"].values() if v.is_floating_point())
-    assert checkpoint.read_status(out)["error"].startswith("non-finite loss")
+    assert runfolder.read_status(out)["error"].startswith("non-finite loss")
 
 
 def test_bad_files_of_every_kind_are_skipped_counted_and_logged(tmp_path, image_root, capsys):
@@ -236,7 +238,7 @@ def test_no_resume_moves_the_old_run_aside(tmp_path, image_root, capsys):
     assert len(aside) == 1 and (aside[0] / "checkpoint.pt").read_bytes() == old_ckpt  # moved, not deleted
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]  # the new run's rows only
     assert len(list((out / "tb").iterdir())) == 1
-    assert checkpoint.load(out)["config"]["seed"] == 1
+    assert runfolder.read_checkpoint(out)["config"]["seed"] == 1
     assert "moved to" in (out / "train.log").read_text()
 
 
@@ -275,5 +277,5 @@ def test_metrics_rows_and_status_record_progress(tmp_path, data):
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
     status = json.loads((out / "status.json").read_text())
     assert (status["step"], status["steps"], status["complete"]) == (3, tiny.STEPS, False)
-    state = checkpoint.load(out)
+    state = runfolder.read_checkpoint(out)
     assert (state["step"], state["complete"]) == (3, False)

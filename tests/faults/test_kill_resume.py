@@ -21,8 +21,7 @@ import tiny
 import torch
 
 import spatialssl
-from spatialssl import config
-from spatialssl.engine import checkpoint
+from spatialssl import config, runfolder
 from spatialssl.engine.monitor import read_jsonl
 from spatialssl.engine.trainer import pretrain
 
@@ -81,17 +80,17 @@ def test_killed_run_resumes_bit_exact(killed, name):
     assert results[name][0]["signal"] == signal.SIGKILL, results[name]
     run = d / name
     assert not (run / "backbone.safetensors").exists()
-    assert checkpoint.read_status(run)["complete"] is False
+    assert runfolder.read_status(run)["complete"] is False
     if sc["fault"] in ("write", "rename"):
         assert (run / "checkpoint.pt.tmp").exists()  # the write that was cut short
-        assert checkpoint.load(run)["step"] == 2  # the checkpoint before it is intact
+        assert runfolder.read_checkpoint(run)["step"] == 2  # the checkpoint before it is intact
     out = pretrain(config.resolve([], tiny.overrides(sc["framework"], run)), data=data)
-    a, b = checkpoint.load(refs[sc["framework"]]), checkpoint.load(out)
+    a, b = runfolder.read_checkpoint(refs[sc["framework"]]), runfolder.read_checkpoint(out)
     assert a["step"] == b["step"] == tiny.STEPS
     _assert_same_state(a, b, name)
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, tiny.STEPS + 1))
     assert not list(out.glob("*.tmp"))
-    assert checkpoint.read_status(out)["complete"] is True
+    assert runfolder.read_status(out)["complete"] is True
     assert "resumed from" in (out / "train.log").read_text()
 
 
@@ -104,5 +103,5 @@ def test_two_processes_racing_on_one_folder(killed):
     assert outcomes[1] == "ok", outcomes
     assert "is in use by another pretrain (pid " in outcomes[0], outcomes
     saved = config.load_yaml((d / "race" / "config.yaml").read_text())
-    assert saved["seed"] == checkpoint.load(d / "race")["config"]["seed"]
-    assert checkpoint.read_status(d / "race")["complete"] is True
+    assert saved["seed"] == runfolder.read_checkpoint(d / "race")["config"]["seed"]
+    assert runfolder.read_status(d / "race")["complete"] is True

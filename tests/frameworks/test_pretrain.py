@@ -16,9 +16,8 @@ import math
 import pytest
 import torch
 
-from spatialssl import config
+from spatialssl import config, runfolder
 from spatialssl.data import load_split
-from spatialssl.engine import checkpoint
 from spatialssl.engine.trainer import pretrain
 
 FRAMEWORKS = ["dino", "ibot", "mocov3", "simclr", "byol"]
@@ -67,12 +66,12 @@ def test_pretrain_with_and_without_sp(name, tmp_path, partsworld):
     # --- without SP, interrupted half-way and resumed: no SP term at all ---
     off_cfg = make_cfg(tmp_path, name, False, "off")
     pretrain(off_cfg, stop_after=STEPS // 2, data=partsworld)
-    assert checkpoint.load(tmp_path / "off")["step"] == STEPS // 2
+    assert runfolder.read_checkpoint(tmp_path / "off")["step"] == STEPS // 2
     off = pretrain(off_cfg, data=partsworld)
     r_off = rows(off)
     assert [r["step"] for r in r_off] == list(range(1, STEPS + 1))
     assert all("loss_sp" not in r and r["loss"] == r["loss_fw"] for r in r_off)
-    assert checkpoint.load(off)["sp"] is None
+    assert runfolder.read_checkpoint(off)["sp"] is None
     assert_falls(name, [r["loss_fw"] for r in r_off])
 
     # --- with SP: SP is one more term, weighted by sp.weight ---
@@ -84,7 +83,7 @@ def test_pretrain_with_and_without_sp(name, tmp_path, partsworld):
         assert r["loss"] == pytest.approx(r["loss_fw"] + 0.5 * r["loss_sp"], rel=1e-5)
     assert_falls(name, [r["loss_fw"] for r in r_on])
     assert (on / "backbone.safetensors").exists() and (on / "config.yaml").exists()
-    assert checkpoint.load(on)["sp"] is not None
+    assert runfolder.read_checkpoint(on)["sp"] is not None
 
 
 @pytest.mark.parametrize("name", FRAMEWORKS)
@@ -95,7 +94,7 @@ def test_resume_is_exact(name, tmp_path, partsworld):
     cut_cfg = make_cfg(tmp_path, name, True, "cut", "train.steps=2")
     pretrain(cut_cfg, stop_after=1, data=partsworld)
     cut = pretrain(cut_cfg, data=partsworld)
-    a, b = checkpoint.load(full), checkpoint.load(cut)
+    a, b = runfolder.read_checkpoint(full), runfolder.read_checkpoint(cut)
     assert a["step"] == b["step"] == 2
     for key in ("framework", "sp"):
         for k, v in a[key].items():

@@ -1,4 +1,4 @@
-"""Checkpoints, run status and the run-folder lock.
+"""Writing checkpoints, and the run-folder lock.
 
 A run folder keeps its **last two** checkpoints: ``checkpoint.pt`` (the newest) and
 ``checkpoint.prev.pt`` (the one before). Each is written to a temporary file, fsynced,
@@ -8,12 +8,10 @@ with both kept. The previous checkpoint is a hard link to the file being replace
 copy on file systems without hard links), so at every moment ``checkpoint.pt`` is a
 complete checkpoint.
 
-``load_latest`` reads the newest readable one: a truncated, zeroed or otherwise
-unreadable ``checkpoint.pt`` is reported (file and reason) and the previous one used.
-
-``status.json`` says how far a run got: ``{"step", "steps", "complete", "updated"}``
-(plus ``"error"`` when it stopped on one), rewritten atomically at every checkpoint and
-at the end; evaluations and the report read it to tell finished runs from unfinished.
+``runfolder`` reads them (``latest_checkpoint``: the newest readable one, a truncated,
+zeroed or otherwise unreadable ``checkpoint.pt`` reported and the previous one used), and
+reads and writes the run's ``status.json`` (``write_status``: at every checkpoint and at
+the end).
 
 ``RunLock`` is one ``fcntl.flock`` on ``<run>/.lock`` holding the owner's pid: a second
 ``pretrain`` into the same folder fails at once, naming that pid. The kernel drops the
@@ -22,28 +20,18 @@ lock when its process dies, so a killed run never leaves a stale lock.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import torch
-from ..errors import NotFound
+
+from ..runfolder import CHECKPOINT, LOCK, PREVIOUS, CheckpointError
 
 try:  # POSIX only; elsewhere runs are not locked
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
-
-CHECKPOINT = "checkpoint.pt"
-PREVIOUS = "checkpoint.prev.pt"
-STATUS = "status.json"
-LOCK = ".lock"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written or read; the message names the file."""
 
 
 class RunLocked(RuntimeError):
@@ -100,78 +88,6 @@ def save_atomic(state: dict, path: str | Path, keep_previous: bool = True) -> No
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; the checkpoints already "
                               f"in {path.parent} are kept") from None
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """One checkpoint file (or ``<run dir>/checkpoint.pt``).
-
-    Raises:
-        FileNotFoundError: no such file.
-        CheckpointError: the file is not a readable checkpoint (truncated, zeroed, ...).
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.exists():
-        raise NotFound(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # torch raises many types for damaged files (RuntimeError, UnpicklingError, EOFError...)
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {reason})") from None
-    if not isinstance(state, dict) or "step" not in state or "config" not in state:
-        raise CheckpointError(f"checkpoint {path} is unreadable (not a spatialssl training checkpoint)")
-    return state
-
-
-def candidates(run_dir: str | Path) -> list[Path]:
-    """The run's checkpoint files that exist, newest first."""
-    run_dir = Path(run_dir)
-    return [p for p in (run_dir / CHECKPOINT, run_dir / PREVIOUS) if p.exists()]
-
-
-def load_latest(run_dir: str | Path, map_location: str | torch.device = "cpu"
-                ) -> tuple[dict, Path, list[str]] | None:
-    """The newest readable checkpoint of a run folder, as ``(state, path, problems)``,
-    where ``problems`` has one line per newer file that could not be read; None when the
-    folder has no checkpoint at all.
-
-    Raises:
-        CheckpointError: checkpoint files exist but none is readable.
-    """
-    problems = []
-    for path in candidates(run_dir):
-        try:
-            return load(path, map_location), path, problems
-        except CheckpointError as e:
-            problems.append(str(e))
-    if problems:
-        raise CheckpointError(f"no readable checkpoint in {run_dir}: {'; '.join(problems)}")
-    return None
-
-
-# --------------------------------------------------------------------------- status
-
-
-def write_status(run_dir: str | Path, step: int, steps: int, **extra) -> None:
-    """``<run>/status.json``: ``step`` reached, ``steps`` planned, ``complete`` (step == steps)."""
-    path = Path(run_dir) / STATUS
-    record = {"step": int(step), "steps": int(steps), "complete": int(step) >= int(steps),
-              "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def read_status(run_dir: str | Path) -> dict | None:
-    """``status.json`` of a run folder, or None (runs from before it existed, or none)."""
-    try:
-        return json.loads((Path(run_dir) / STATUS).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # --------------------------------------------------------------------------- lock

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..progress import LOG_FORMAT
-from ..runfolder import parse_rows, read_jsonl  # noqa: F401  (read_jsonl: re-exported)
+from ..runfolder import CURVE, LOG, TENSORBOARD, parse_rows, read_jsonl  # noqa: F401  (read_jsonl: re-exported)
 
 log = logging.getLogger("spatialssl")
 
@@ -46,9 +46,9 @@ class RunLog:
     def __init__(self, out_dir: Path, tensorboard: bool = True, start: int | None = None) -> None:
         self.out_dir = out_dir
         if start is not None:
-            truncate_jsonl(out_dir / "metrics.jsonl", start)
-        self.jsonl = open(out_dir / "metrics.jsonl", "a")
-        handler = logging.FileHandler(out_dir / "train.log")
+            truncate_jsonl(out_dir / CURVE, start)
+        self.jsonl = open(out_dir / CURVE, "a")
+        handler = logging.FileHandler(out_dir / LOG)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handler.setLevel(logging.INFO)  # train.log holds INFO whatever the console shows (--quiet, --log-level)
         log.addHandler(handler)
@@ -60,7 +60,7 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=start)
+                self.tb = SummaryWriter(str(out_dir / TENSORBOARD), purge_step=start)
             except ImportError:  # tensorboard is a pinned dependency; tolerate its absence
                 log.warning("tensorboard not installed: no TensorBoard logs")
 

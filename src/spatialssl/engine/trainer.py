@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import config as config_mod
 from .. import schedules
-from .. import progress
+from .. import progress, runfolder
 from ..backbones import create_backbone, export_timm_state_dict
 from ..data import check_canvas, load_split
 from ..data.canvases import CanvasSet
@@ -361,7 +361,7 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
     Raises:
         config.ConfigError: a bad value, or a resume that would change the config.
         checkpoint.RunLocked: another process is training into ``out_dir``.
-        checkpoint.CheckpointError: no checkpoint of the folder is readable, or one cannot be written.
+        runfolder.CheckpointError: no checkpoint of the folder is readable, or one cannot be written.
         NonFiniteLoss: the loss became NaN or inf (the last good checkpoint is kept).
 
     See docs/reliability.md for what is promised and the tests that hold it.
@@ -385,8 +385,8 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
         return _pretrain(cfg, out, device, rank, world, resume, force, stop_after, data, notes, logs)
     except NonFiniteLoss as e:
         if main:
-            status = checkpoint.read_status(out) or {"step": 0, "steps": t["steps"]}
-            checkpoint.write_status(out, status["step"], t["steps"], error=str(e).split(". ")[0])
+            status = runfolder.read_status(out) or {"step": 0, "steps": t["steps"]}
+            runfolder.write_status(out, status["step"], t["steps"], error=str(e).split(". ")[0])
         raise
     finally:
         for runlog in logs:
@@ -408,7 +408,7 @@ def _claim_run_dir(out: Path, resume: bool, main: bool) -> tuple[checkpoint.RunL
         raise config_mod.ConfigError(f"config key 'out_dir': cannot create {out} ({e.strerror or e})") from None
     lock = checkpoint.RunLock(out).acquire()
     notes = []
-    if resume or not any(p.name != checkpoint.LOCK for p in out.iterdir()):
+    if resume or not any(p.name != runfolder.LOCK for p in out.iterdir()):
         return lock, notes
     try:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -436,7 +436,7 @@ def _resume_state(out: Path, cfg: dict, force: bool) -> tuple[dict | None, list[
     ``config.NUMBER_FREE`` is a ``ConfigError`` unless ``force``; forced changes are
     appended to ``cfg[config.RESUME_HISTORY]``.
     """
-    found = checkpoint.load_latest(out)
+    found = runfolder.latest_checkpoint(out)
     if found is None:
         return None, []
     state, path, problems = found
@@ -487,17 +487,17 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
     distributed.barrier(world)  # every rank has read the checkpoint before rank 0 may move or write files
     runlog = None
     if main:
-        if state is not None and state["_path"].name != checkpoint.CHECKPOINT:
+        if state is not None and state["_path"].name != runfolder.CHECKPOINT:
             # the newest checkpoint is unreadable: keep it aside (never rotate it into the "previous" slot)
-            bad = out / checkpoint.CHECKPOINT
+            bad = out / runfolder.CHECKPOINT
             if bad.exists():
-                bad.rename(out / f"{checkpoint.CHECKPOINT}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+                bad.rename(out / f"{runfolder.CHECKPOINT}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
         for stale in out.glob("*.tmp"):  # left by a kill during a write
             stale.unlink()
         if start < t["steps"]:
-            (out / "backbone.safetensors").unlink(missing_ok=True)  # belongs to an earlier end of the run
-        config_mod.save(cfg, out / "config.yaml")
-        checkpoint.write_status(out, start, t["steps"])
+            (out / runfolder.BACKBONE).unlink(missing_ok=True)  # belongs to an earlier end of the run
+        config_mod.save(cfg, out / runfolder.CONFIG)
+        runfolder.write_status(out, start, t["steps"])
         runlog = RunLog(out, start=start)
         logs.append(runlog)
         for line in notes + resume_notes:
@@ -532,7 +532,7 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
     run = build(cfg, data.size, device, rank, world)
 
     # --- resume ---
-    ckpt_path = out / checkpoint.CHECKPOINT
+    ckpt_path = out / runfolder.CHECKPOINT
     if state is not None:
         _load_state(run, state)
         del state
@@ -584,13 +584,13 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
             _check_finite(distributed.any_rank(bad, world), step, {}, ckpt_path)
             if main:
                 checkpoint.save_atomic(_state(run, done), ckpt_path)
-                checkpoint.write_status(out, done, t["steps"])
+                runfolder.write_status(out, done, t["steps"])
     bar.close()
     if end == t["steps"] and main:
-        tmp = out / "backbone.safetensors.tmp"
+        tmp = out / f"{runfolder.BACKBONE}.tmp"
         export_timm_state_dict(run.framework.eval_backbone(), str(tmp))
-        tmp.replace(out / "backbone.safetensors")
-        checkpoint.write_status(out, end, t["steps"])
+        tmp.replace(out / runfolder.BACKBONE)
+        runfolder.write_status(out, end, t["steps"])
         log.info("done: %s", out)
     if main:
         runlog.close()

@@ -22,6 +22,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from .. import runfolder
 from ..config import ConfigError
 from ..progress import bar as progress_bar
 
@@ -186,7 +187,7 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str], seeds: int | None =
     ckpt = Path(checkpoint)
     out_dir = Path(out_dir) if out_dir else (ckpt if ckpt.is_dir() else ckpt.parent)
     names = parse_tasks(tasks)
-    base = context_from_checkpoint(ckpt, overrides, device, seed=0, progress=progress, cache_dir=out_dir / "features")
+    base = context_from_checkpoint(ckpt, overrides, device, seed=0, progress=progress, cache_dir=out_dir / runfolder.FEATURES)
     return evaluate_context(base, names, seeds, out_dir, progress, supervised_context if reference else None,
                             reference)
 

@@ -47,7 +47,7 @@ from ..data.shards import ShardSet, stream_batches
 from ..progress import bar as progress_bar
 from ..views import to_input
 from ..config import ConfigError
-from ..errors import NotFound, UserError
+from .. import runfolder
 
 log = logging.getLogger("spatialssl")
 
@@ -58,96 +58,19 @@ class NonFiniteError(FloatingPointError, ValueError):
     """Non-finite features or metrics; the message names the run and the task."""
 
 
-def _read_checkpoint(path: Path) -> dict:
-    """One training checkpoint file; a damaged one is a one-line ``ValueError`` naming it."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated, zeroed, not a checkpoint: torch raises many types
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}: {reason})") from None
-    if not isinstance(state, dict) or "backbone" not in state or "config" not in state:
-        raise UserError(f"checkpoint {path} is unreadable (not a spatialssl training checkpoint)")
-    state["_path"] = path
-    return state
-
-
-def _read_safetensors(path: Path) -> dict:
-    """``backbone.safetensors`` (the exported weights of a finished run) with the run's
-    ``config.yaml`` beside it, in the shape of a training checkpoint."""
-    from safetensors.torch import load_file
-
-    from .. import config as config_mod
-
-    cfg_path = path.parent / "config.yaml"
-    if not cfg_path.exists():
-        raise NotFound(f"{path} needs the run's config.yaml beside it (expected {cfg_path})")
-    cfg = config_mod.load_yaml(cfg_path.read_text(), f"config file {cfg_path}")
-    try:
-        weights = load_file(str(path))
-    except Exception as e:
-        raise UserError(f"{path} is unreadable ({type(e).__name__}: {str(e)[:200]})") from None
-    status = _status(path.parent)
-    steps = cfg["train"]["steps"]
-    return {"config": cfg, "backbone": {f"model.{k}": v for k, v in weights.items()}, "_path": path,
-            "step": status.get("step", steps), "complete": status.get("complete", True)}
-
-
-def _status(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def load_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint: a file (``checkpoint.pt``, or ``backbone.safetensors`` with
-    the run's ``config.yaml`` beside it) or a run directory.
-
-    In a run directory an unreadable ``checkpoint.pt`` (truncated, zeroed) is reported in
-    one line on stderr and the exported ``backbone.safetensors`` (a finished run's final
-    weights) or else ``checkpoint.prev.pt`` (the one before) is used instead. The file
-    used is ``state["_path"]``; ``state["step"]`` and ``state["complete"]`` say how far
-    the run had got.
+    """The weights of a run to evaluate: a run folder or one file of it; which file, and what
+    a damaged one does, is ``runfolder.load_weights``'s one rule. The file used is
+    ``state["_path"]``; ``state["step"]`` and ``state["complete"]`` say how far the run had got.
     """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        if not path.exists():
-            raise NotFound(f"no checkpoint at {path}")
-        return _with_progress(_read_safetensors(path))
-    if not path.is_dir():
-        if not path.exists():
-            raise NotFound(f"no checkpoint at {path}")
-        return _with_progress(_read_checkpoint(path))
-    order = [path / "checkpoint.pt", path / "backbone.safetensors", path / "checkpoint.prev.pt"]
-    present = [p for p in order if p.exists()]
-    if not present:
-        raise NotFound(f"no checkpoint at {path / 'checkpoint.pt'}")
-    problems = []
-    for p in present:
-        try:
-            state = _read_safetensors(p) if p.suffix == ".safetensors" else _read_checkpoint(p)
-        except (ValueError, FileNotFoundError) as e:
-            problems.append(str(e))
-            continue
-        if problems:
-            log.warning("%s; evaluating %s instead", "; ".join(problems), p.name)
-        return _with_progress(state)
-    raise UserError(f"no readable checkpoint in {path}: {'; '.join(problems)}")
-
-
-def _with_progress(state: dict) -> dict:
-    """``step`` and ``complete`` for checkpoints written before they were recorded."""
-    steps = state["config"]["train"]["steps"]
-    state.setdefault("step", steps)
-    state.setdefault("complete", state["step"] >= steps)
-    return state
+    return runfolder.load_weights(path)
 
 
 def checkpoint_hash(path: str | Path, n: int = 16) -> str:
     """SHA-256 of the checkpoint file's bytes (first ``n`` hex digits)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / runfolder.CHECKPOINT
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -521,7 +444,7 @@ def context_from_checkpoint(path: str | Path, overrides: dict | None = None, dev
     backbone = create_backbone(cfg["backbone"])
     backbone.load_state_dict(state["backbone"])
     run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
-    ctx = EvalContext(cfg, backbone, checkpoint_hash(state["_path"]), device, cache_dir or run_dir / "features", seed,
+    ctx = EvalContext(cfg, backbone, checkpoint_hash(state["_path"]), device, cache_dir or run_dir / runfolder.FEATURES, seed,
                       progress)
     ctx.step, ctx.complete = int(state["step"]), bool(state["complete"])  # how far the run had got
     ctx.run_name = str(run_dir)
@@ -549,7 +472,7 @@ def write_metrics(out_dir: Path, task: str, values: dict, ctx: EvalContext, extr
     step, whether training was complete, test-set size and subset seed (``allow_nan=False``).
     A probed weights file (``ctx.weights``) is named by its arch and sha256 instead of a
     framework, SP flag, step and completeness it does not have."""
-    d = Path(out_dir) / "metrics"
+    d = Path(out_dir) / runfolder.EVALS
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{task}.json"
     steps = ctx.cfg["train"]["steps"]
@@ -571,7 +494,7 @@ def write_metrics(out_dir: Path, task: str, values: dict, ctx: EvalContext, extr
 def write_outcomes(out_dir: Path, task: str, per_seed: list[dict]) -> Path:
     """``<out_dir>/metrics/<task>_outcomes.pt``: ``{"seeds": [{metric key: outcome}, ...]}``
     (one dict per eval seed; loadable with ``torch.load(..., weights_only=True)``)."""
-    d = Path(out_dir) / "metrics"
+    d = Path(out_dir) / runfolder.EVALS
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{task}_outcomes.pt"
     tmp = path.with_suffix(".pt.tmp")

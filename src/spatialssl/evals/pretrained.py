@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 
 from .. import config as config_mod
+from .. import runfolder
 from ..pretrained import load_pretrained, random_like
 from . import evaluate_context, parse_tasks
 from .features import EvalContext
@@ -90,5 +91,5 @@ def probe(weights: str | Path, arch: str, tasks: str | list[str] = "patch_pair,j
     cfg = probe_config(overrides)
     ctx = context_from_weights(weights, arch, cfg, arch_kwargs, device, 0, progress)
     out = Path(out_dir) if out_dir else Path("runs/probe") / f"{arch.replace(':', '_')}-{ctx.weights['sha256'][:8]}"
-    ctx.cache_dir = out / "features"
+    ctx.cache_dir = out / runfolder.FEATURES
     return evaluate_context(ctx, names, seeds, out, progress)

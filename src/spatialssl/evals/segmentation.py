@@ -40,6 +40,7 @@ from ..data.canvases import CanvasSet
 from ..data.shards import ShardSet, is_prepared
 from .features import EvalContext, has_target, in_memory
 from .probes import feature_stats
+from .. import runfolder
 from ..config import ConfigError
 from ..errors import UserError
 
@@ -310,7 +311,7 @@ def save_examples(ctx: EvalContext, task: str, data: dict) -> Path | None:
     """
     if ctx.cache_dir is None or ctx.seed != 0 or ctx.role != "run" or not ctx.ecfg["n_examples"]:
         return None
-    path = Path(ctx.cache_dir).parent / "metrics" / f"{task}_examples.pt"
+    path = Path(ctx.cache_dir).parent / runfolder.EVALS / f"{task}_examples.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     # clone: a slice keeps its whole split's storage, and torch.save would write all of it
     torch.save({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in data.items()}, path)

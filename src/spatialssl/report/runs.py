@@ -15,7 +15,7 @@ import yaml
 
 from .. import config as config_mod
 from ..errors import NotFound, UserError
-from ..runfolder import read_curve
+from ..runfolder import CONFIG, EVALS, read_curve
 
 
 def _finite(v) -> float | None:
@@ -56,7 +56,7 @@ class Run:
         return v, s
 
     def examples(self, task: str) -> dict | None:
-        p = self.path / "metrics" / f"{task}_examples.pt"
+        p = self.path / EVALS / f"{task}_examples.pt"
         if not p.exists():
             return None
         try:
@@ -68,7 +68,7 @@ class Run:
         """Per-seed outcomes ``[{key: outcome}]`` from ``metrics/<task>_outcomes.pt``, or None
         (absent or unreadable: the report then runs no test, it does not fail)."""
         if task not in self._outcomes:
-            p = self.path / "metrics" / f"{task}_outcomes.pt"
+            p = self.path / EVALS / f"{task}_outcomes.pt"
             seeds = None
             if p.exists():
                 try:
@@ -117,16 +117,16 @@ def read_run(path: str | Path) -> Run:
         raise NotFound(f"run folder '{path}' does not exist" if not path.exists()
                                 else f"run folder '{path}' is not a directory")
     cfg: dict = {}
-    if (path / "config.yaml").exists():
+    if (path / CONFIG).exists():
         try:
-            cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
+            cfg = yaml.safe_load((path / CONFIG).read_text()) or {}
         except yaml.YAMLError as e:
-            raise UserError(f"{path / 'config.yaml'} is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise UserError(f"{path / CONFIG} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(cfg, dict):
-            raise UserError(f"{path / 'config.yaml'} must hold a mapping")
+            raise UserError(f"{path / CONFIG} must hold a mapping")
     curve = read_curve(path)
     metrics = {}
-    for p in sorted((path / "metrics").glob("*.json")) if (path / "metrics").is_dir() else []:
+    for p in sorted((path / EVALS).glob("*.json")) if (path / EVALS).is_dir() else []:
         rec = _read_json(p)
         metrics[rec.get("task", p.stem)] = rec
     first = next(iter(metrics.values()), {})
