@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
         "max_pixels": 64_000_000,  # folder data: larger images (w x h) are refused before decoding; 0 = no limit
         "workers": 2,  # shards: DataLoader processes decoding training and eval-feature batches (0 = in process)
         "prefetch": 2,  # shards: batches each worker decodes ahead (memory: workers x prefetch batches)
+        "decode": "cpu",  # shards' JPEG canvases: cpu (in the workers) | gpu (nvJPEG on the training GPU); docs/data.md
     },
     "backbone": {
         "name": "vit_tiny",  # vit_tiny | vit_small | vit_base | resnet18 | resnet50 | resnet_mini
@@ -206,6 +207,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "data.name": ("partsworld", "folder", "shards"),
     "data.on_error": ("skip", "raise"),
+    "data.decode": ("cpu", "gpu"),
     "backbone.name": ("vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50", "resnet_mini"),
     "views.local_flip": ("auto", "per_image", "per_view", "none"),
     "sp.offsets": ("canvas", "reference"),
