@@ -576,6 +576,18 @@ def number_free(key: str) -> bool:
     return any(key == s or (s.endswith(".") and key.startswith(s)) for s in NUMBER_FREE)
 
 
+# Keys only training reads, though they change its numbers: evaluations decode prepared shards on
+# the CPU whatever ``data.decode`` says (docs/data.md). Left out, with the number-free ones, of
+# the feature-cache key and of the evaluation data settings the report compares (``eval_data``).
+EVAL_UNREAD: tuple[str, ...] = ("data.decode",)
+
+
+def eval_data(data: dict) -> dict:
+    """The ``data`` section's keys that can change an evaluation's numbers: those neither
+    number-free (``NUMBER_FREE``) nor unread by evaluations (``EVAL_UNREAD``)."""
+    return {k: v for k, v in data.items() if not number_free(f"data.{k}") and f"data.{k}" not in EVAL_UNREAD}
+
+
 RESUME_HISTORY = "resumed_with_changes"  # config.yaml entry listing changes forced on resume
 
 

@@ -22,7 +22,8 @@ with no iterator state to save; each process reads only its slice of each batch.
 WebDataset's tar streams are sequential (resuming mid-epoch means replaying the stream), and
 LitData / MosaicML Streaming add a dependency and their own shuffling whose state would have
 to be checkpointed; JPEG decoding is torchvision's (``torchvision.io.decode_jpeg``, batched,
-on the CPU in DataLoader workers or with nvJPEG on a GPU).
+on the CPU in DataLoader workers or, ``data.decode=gpu``, with nvJPEG on the training GPU:
+``decode_canvases``).
 
 Canvases are made by the folder loaders' rule (``folders.decode_image``: shorter side to
 the canvas, centre crop), then JPEG-encoded at ``quality`` (default 95); a streamed canvas
