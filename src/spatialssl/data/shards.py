@@ -409,19 +409,19 @@ def nvjpeg_decode(data: list[torch.Tensor], device: torch.device) -> list[torch.
 
     **Stream ordering (the caveat).** torchvision decodes with its own nvJPEG handle on its own
     CUDA stream (from the pool), not on the caller's current stream, while its output tensors
-    are allocated from the caching allocator under the *current* stream. Two hazards follow
-    for a caller that uses them as they come: (1) the caching allocator may hand the decoder
-    a block just freed on the current stream whose last readers are still queued there (the
-    previous training step), and the decoder's stream, not ordered after that work, would
-    overwrite it; (2) a kernel on the current stream could read an output before the
-    decoder's stream has written it (torchvision's ``decode_jpegs_cuda.cpp``, as read for this
-    code, makes the then-current stream wait on an event of its decoder stream and
-    synchronises that stream before returning; earlier versions need not). So: the decode runs with a dedicated side stream current (outputs come
-    from that stream's pool, never from memory with work queued on the training stream); the
-    caller's stream then waits for the side stream (``wait_stream``), and each output is
-    marked as used on the caller's stream (``record_stream``: the allocator does not recycle
-    it while that stream's work is queued). A caller reading the outputs on yet another
-    stream must do the same (``wait_stream`` and ``record_stream``, or
+    are allocated from the caching allocator under the *current* stream. Two hazards follow for
+    a caller that uses them as they come: (1) the caching allocator may hand the decoder a block
+    just freed on the current stream whose last readers are still queued there (the previous
+    training step), and the decoder's stream, not ordered after that work, would overwrite it;
+    (2) a kernel on the current stream could read an output before the decoder's stream has
+    written it (torchvision's ``decode_jpegs_cuda.cpp``, as read for this code, makes the then-
+    current stream wait on an event of its decoder stream and synchronises that stream before
+    returning; earlier versions need not). So: the decode runs with a dedicated side stream
+    current (outputs come from that stream's pool, never from memory with work queued on the
+    training stream); the caller's stream then waits for the side stream (``wait_stream``), and
+    each output is marked as used on the caller's stream (``record_stream``: the allocator does
+    not recycle it while that stream's work is queued). A caller reading the outputs on yet
+    another stream must do the same (``wait_stream`` and ``record_stream``, or
     ``torch.cuda.current_stream().synchronize()`` first).
     """
     if device.index is None:
