@@ -167,7 +167,8 @@ def test_device_batch_indices_equal_the_host_ones(world):
 def test_shard_batches_come_pinned_and_are_uploaded_asynchronously(monkeypatch, tiny_overrides):
     """Training on CUDA, the shard loader pins its batches (DataLoader ``pin_memory``) and
     the trainer uploads them with ``non_blocking=True``; stand-ins for the loader and the
-    device (no GPU needed). Plant: ``pin_memory=False`` -> fails."""
+    device (no GPU needed); with ``data.decode=gpu`` the loader is asked for JPEG bytes
+    (unpinned) decoded onto the training device. Plant: ``pin_memory=False`` -> fails."""
     from spatialssl.data.shards import ShardSet
 
     seen = {}
@@ -177,16 +178,21 @@ def test_shard_batches_come_pinned_and_are_uploaded_asynchronously(monkeypatch, 
             seen["non_blocking"] = non_blocking
             return self
 
-    def stream(data, index, start, end, workers, prefetch, pin_memory=False):
-        seen["pin_memory"] = pin_memory
+    def stream(data, index, start, end, workers, prefetch, pin_memory=False, decode_device=None):
+        seen["pin_memory"], seen["decode_device"] = pin_memory, decode_device
         return iter([Batch()] * (end - start))
 
     monkeypatch.setattr(trainer, "stream_batches", stream)
     data = ShardSet.__new__(ShardSet)
     monkeypatch.setattr(ShardSet, "__len__", lambda self: 64)
     cfg = config.resolve([], tiny_overrides)
-    next(trainer.step_batches(data, cfg, torch.device("cuda"), 0, 2))
-    assert seen == {"pin_memory": True, "non_blocking": True}
+    cuda = torch.device("cuda")
+    next(trainer.step_batches(data, cfg, cuda, 0, 2))
+    assert seen == {"pin_memory": True, "decode_device": None, "non_blocking": True}
+    # data.decode=gpu: the workers pass JPEG bytes (nothing to pin), decoded onto the training device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    next(trainer.step_batches(data, config.resolve([], [*tiny_overrides, "data.decode=gpu"]), cuda, 0, 2))
+    assert seen == {"pin_memory": False, "decode_device": cuda, "non_blocking": True}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

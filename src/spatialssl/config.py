@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "max_pixels": 64_000_000,  # folder data: larger images (w x h) are refused before decoding; 0 = no limit
         "workers": 2,  # shards: DataLoader processes decoding training and eval-feature batches (0 = in process)
         "prefetch": 2,  # shards: batches each worker decodes ahead (memory: workers x prefetch batches)
+        "decode": "cpu",  # shards' JPEG canvases: cpu (in the workers) | gpu (nvJPEG on the training GPU); docs/data.md
     },
     "backbone": {
         "name": "vit_tiny",  # vit_tiny | vit_small | vit_base | resnet18 | resnet50 | resnet_mini
@@ -207,6 +208,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "data.name": ("partsworld", "folder", "shards"),
     "data.on_error": ("skip", "raise"),
+    "data.decode": ("cpu", "gpu"),
     "backbone.name": ("vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50", "resnet_mini"),
     "views.local_flip": ("auto", "per_image", "per_view", "none"),
     "sp.offsets": ("canvas", "reference"),
@@ -579,6 +581,18 @@ NUMBER_FREE: tuple[str, ...] = (
 def number_free(key: str) -> bool:
     """Whether the dotted ``key`` changes no number (``NUMBER_FREE``)."""
     return any(key == s or (s.endswith(".") and key.startswith(s)) for s in NUMBER_FREE)
+
+
+# Keys only training reads, though they change its numbers: evaluations decode prepared shards on
+# the CPU whatever ``data.decode`` says (docs/data.md). Left out, with the number-free ones, of
+# the feature-cache key and of the evaluation data settings the report compares (``eval_data``).
+EVAL_UNREAD: tuple[str, ...] = ("data.decode",)
+
+
+def eval_data(data: dict) -> dict:
+    """The ``data`` section's keys that can change an evaluation's numbers: those neither
+    number-free (``NUMBER_FREE``) nor unread by evaluations (``EVAL_UNREAD``)."""
+    return {k: v for k, v in data.items() if not number_free(f"data.{k}") and f"data.{k}" not in EVAL_UNREAD}
 
 
 RESUME_HISTORY = "resumed_with_changes"  # config.yaml entry listing changes forced on resume

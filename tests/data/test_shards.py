@@ -292,3 +292,106 @@ def test_shards_use_the_folder_loaders_public_rules():
     used = set(re.findall(r"\bfolders\.(\w+)", code))
     assert used and not [n for n in used if n.startswith("_")], used
     assert used - {"DEFAULT_MAX_PIXELS"} <= set(folders.__all__)
+
+
+# --------------------------------------------------------------------------- data.decode=gpu (nvJPEG)
+
+
+def _smooth_shards(root, n=40, size=32, quality=95):
+    """``n`` smooth, distinct canvases (JPEG's and the decoders' differences are small on them,
+    as on photos) prepared as shards of 7."""
+    from spatialssl.data.canvases import CanvasSet
+
+    yy, xx = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
+    imgs = torch.stack([torch.stack([128 + 60 * torch.sin(xx / (2 + (i + c) % 5) + yy / (3 + c) + i)
+                                     for c in range(3)]) for i in range(n)]).round().to(torch.uint8)
+    shards.prepare_canvases(CanvasSet(imgs), root, "train", shard_size=7, quality=quality, progress=False)
+    return shards.ShardSet(root, "train")
+
+
+def _shuffled_index(n, batch):
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(3))  # batches straddle shards, out of order
+    return lambda s: perm[(torch.arange(batch) + s * batch) % n]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_gpu_decode_path_passes_bytes_and_equals_the_cpu_path(tmp_path, monkeypatch, workers):
+    """``data.decode=gpu`` without a GPU: a stand-in for the nvJPEG call (``nvjpeg_decode``)
+    decodes on the CPU, so the rest of the path -- the workers passing each batch's JPEG bytes,
+    the decode in this process, order and stacking -- must give exactly the CPU path's
+    batches. Plant: the batch's images reversed before stacking in ``decode_canvases``'s
+    device branch -> fails."""
+    import os
+
+    from torchvision.io import decode_jpeg
+
+    ds = _smooth_shards(tmp_path / "sh")
+    index = _shuffled_index(len(ds), 8)
+    calls = []
+
+    def stand_in(data, device):
+        calls.append((os.getpid(), device, len(data)))
+        assert isinstance(data, list) and all(t.dtype == torch.uint8 and t.ndim == 1 and t.device.type == "cpu"
+                                              for t in data)  # the JPEG bytes, not decoded canvases
+        return decode_jpeg(data)
+
+    monkeypatch.setattr(shards, "nvjpeg_decode", stand_in)
+    cpu = list(shards.stream_batches(ds, index, 0, 7, workers=workers, prefetch=1))
+    dev = torch.device("cuda", 0)
+    gpu = list(shards.stream_batches(ds, index, 0, 7, workers=workers, prefetch=1, decode_device=dev))
+    assert calls == [(os.getpid(), dev, 8)] * 7  # decoded in this process, one call per batch
+    assert len(gpu) == len(cpu) == 7
+    for s, (a, b) in enumerate(zip(cpu, gpu)):
+        assert a.shape == b.shape == (8, 3, 32, 32) and b.dtype == torch.uint8
+        assert torch.equal(a, b), f"batch {s} differs"
+    assert torch.equal(gpu[2], ds.decode(index(2)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvJPEG)")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_nvjpeg_batches_equal_the_cpu_decode(tmp_path, workers):
+    """On a GPU: ``data.decode=gpu`` batches (nvJPEG) equal the CPU decode (libjpeg) within
+    mean |diff| < 1 level and max |diff| <= 16 levels of 255 (the two decoders' IDCT and
+    chroma upsampling may differ by a few levels; the tolerance is not yet measured on a GPU).
+    Stream ordering: before each decode, work that reads and then writes a just-freed block
+    is queued behind a busy kernel on the current stream; had the decoder's outputs been
+    allocated from that stream's pool and written on another stream, they would be
+    overwritten (by +1) after the decode."""
+    ds = _smooth_shards(tmp_path / "sh", size=64)
+    index = _shuffled_index(len(ds), 8)
+    dev = torch.device("cuda", torch.cuda.current_device())
+    cpu = list(shards.stream_batches(ds, index, 0, 6, workers=workers, prefetch=1))
+    got = []
+    for b in shards.stream_batches(ds, index, 0, 6, workers=workers, prefetch=1, decode_device=dev):
+        got.append(b)
+        x = torch.zeros(3 * 64 * 64, dtype=torch.uint8, device=dev)
+        torch.cuda._sleep(50_000_000)  # a busy kernel on the current stream
+        x.add_(1)  # queued behind it
+        del x  # the block goes back to the current stream's pool while its work is queued
+    torch.cuda.synchronize()
+    for a, b in zip(cpu, got):
+        assert b.device == dev and b.dtype == torch.uint8 and b.shape == a.shape == (8, 3, 64, 64)
+        d = (a.float() - b.cpu().float()).abs()
+        assert d.mean() < 1.0 and d.max() <= 16, (float(d.mean()), float(d.max()))
+
+
+def test_decode_key_is_validated():
+    from spatialssl import config
+
+    with pytest.raises(config.ConfigError, match=r"'data\.decode' must be one of cpu, gpu; got 'nvjpeg'"):
+        config.resolve([], ["data.decode=nvjpeg"])
+    assert config.resolve([], [])["data"]["decode"] == "cpu"
+
+
+@pytest.mark.parametrize("device, why", [("cpu", "trains on cpu|no CUDA device"), ("auto", "no CUDA device")])
+def test_gpu_decode_without_cuda_is_an_error_at_start(tmp_path, monkeypatch, tiny_overrides, device, why):
+    """``data.decode=gpu`` on a CPU run (or with no CUDA device) stops before anything is set up,
+    naming the key and why; no silent CPU fallback."""
+    from spatialssl import config
+    from spatialssl.engine import trainer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = config.resolve([], [*tiny_overrides, "data.decode=gpu", f"device={device}", f"out_dir={tmp_path / 'run'}"])
+    with pytest.raises(config.ConfigError, match=rf"'data\.decode' is 'gpu'.*({why}).*data\.decode=cpu"):
+        trainer.pretrain(cfg)
+    assert not (tmp_path / "run").exists()

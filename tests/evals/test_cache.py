@@ -135,10 +135,11 @@ def test_non_finite_metrics_are_refused(planted_tools, tmp_path):
 
 
 def test_cache_key_reads_the_number_free_list(planted_tools):
-    """Each data key the one list of number-free keys (config.NUMBER_FREE) names leaves the
-    feature-cache key as it was; every other data key changes it. Plant: the old hard-coded
-    exclusion of workers and prefetch only (data.cache_dir then changes the key)."""
-    from spatialssl.config import DEFAULTS, number_free
+    """Each data key the one list of number-free keys (config.NUMBER_FREE) names, or that
+    evaluations do not read (config.EVAL_UNREAD: data.decode), leaves the feature-cache key as
+    it was; every other data key changes it. Plant: the old hard-coded exclusion of workers and
+    prefetch only (data.cache_dir then changes the key)."""
+    from spatialssl.config import DEFAULTS, EVAL_UNREAD, number_free
 
     t = planted_tools
     a = t["labelled_set"](8, 2, 0)
@@ -149,6 +150,6 @@ def test_cache_key_reads_the_number_free_list(planted_tools):
         before = dict(data)
         value = data.get(k, default)
         data[k] = "changed" if isinstance(value, str) else value + 1
-        assert (ctx.cache_key(a.images, False) == key0) == number_free(f"data.{k}"), k
+        assert (ctx.cache_key(a.images, False) == key0) == (number_free(f"data.{k}") or f"data.{k}" in EVAL_UNREAD), k
         data.clear()
         data.update(before)

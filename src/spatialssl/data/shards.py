@@ -22,7 +22,8 @@ with no iterator state to save; each process reads only its slice of each batch.
 WebDataset's tar streams are sequential (resuming mid-epoch means replaying the stream), and
 LitData / MosaicML Streaming add a dependency and their own shuffling whose state would have
 to be checkpointed; JPEG decoding is torchvision's (``torchvision.io.decode_jpeg``, batched,
-on the CPU in DataLoader workers or with nvJPEG on a GPU).
+on the CPU in DataLoader workers or, ``data.decode=gpu``, with nvJPEG on the training GPU:
+``decode_canvases``).
 
 Canvases are made by the folder loaders' rule (``folders.decode_image``: shorter side to
 the canvas, centre crop), then JPEG-encoded at ``quality`` (default 95); a streamed canvas
@@ -385,6 +386,60 @@ def prepare_canvases(data: CanvasSet, out: str | os.PathLike, split: str, shard_
 DECODE_WARN_BYTES = 1 << 30  # decoding more than this into memory at once (``images``, targets) warns
 
 
+def decode_canvases(data: list[torch.Tensor], device: str | torch.device | None = None) -> torch.Tensor:
+    """The one JPEG decode rule of shards: JPEG bytes (uint8 1-D CPU tensors, ``ShardSet.read``)
+    -> uint8 canvases [len(data), 3, S, S], in the order given.
+
+    On the CPU (``device`` None or a CPU device) by libjpeg (batched ``decode_jpeg``); on a CUDA
+    device by batched nvJPEG (``nvjpeg_decode``), stacked on that device and ready for use on
+    its current stream. The two decoders may differ by a few levels per pixel. Only the
+    canvases are JPEG: dense targets keep ``decode_target`` on the CPU.
+    """
+    if device is not None and torch.device(device).type == "cuda":
+        return torch.stack(nvjpeg_decode(data, torch.device(device)))
+    return torch.stack(decode_jpeg(data))
+
+
+_DECODE_STREAMS: dict[torch.device, "torch.cuda.Stream"] = {}
+
+
+def nvjpeg_decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Batched nvJPEG decode (``decode_jpeg(list, device="cuda")``) of JPEG bytes onto CUDA
+    ``device``: uint8 [3, S, S] tensors, safe to use on the stream that was current at the call.
+
+    **Stream ordering (the caveat).** torchvision decodes with its own nvJPEG handle on its own
+    CUDA stream (from the pool), not on the caller's current stream, while its output tensors
+    are allocated from the caching allocator under the *current* stream. Two hazards follow for
+    a caller that uses them as they come: (1) the caching allocator may hand the decoder a block
+    just freed on the current stream whose last readers are still queued there (the previous
+    training step), and the decoder's stream, not ordered after that work, would overwrite it;
+    (2) a kernel on the current stream could read an output before the decoder's stream has
+    written it (torchvision's ``decode_jpegs_cuda.cpp``, as read for this code, makes the then-
+    current stream wait on an event of its decoder stream and synchronises that stream before
+    returning; earlier versions need not). So: the decode runs with a dedicated side stream
+    current (outputs come from that stream's pool, never from memory with work queued on the
+    training stream); the caller's stream then waits for the side stream (``wait_stream``), and
+    each output is marked as used on the caller's stream (``record_stream``: the allocator does
+    not recycle it while that stream's work is queued). A caller reading the outputs on yet
+    another stream must do the same (``wait_stream`` and ``record_stream``, or
+    ``torch.cuda.current_stream().synchronize()`` first).
+    """
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    with torch.cuda.device(device):
+        consumer = torch.cuda.current_stream(device)
+        side = _DECODE_STREAMS.get(device)
+        if side is None:
+            side = _DECODE_STREAMS[device] = torch.cuda.Stream(device)
+        with torch.cuda.stream(side):
+            imgs = decode_jpeg(data, device=device)
+        consumer.wait_stream(side)
+        for im in imgs:
+            im.record_stream(consumer)
+    return imgs
+
+
+
 def has_split(root: str | os.PathLike, split: str) -> bool:
     """Whether the prepared folder ``root`` holds ``split``."""
     try:
@@ -529,9 +584,8 @@ class ShardSet:
         return out
 
     def decode(self, idx: torch.Tensor | list[int], device: str | torch.device = "cpu") -> torch.Tensor:
-        """uint8 [len(idx), 3, S, S] canvases (batched ``decode_jpeg``; nvJPEG when ``device`` is CUDA)."""
-        imgs = decode_jpeg(self.read(idx), device=device)
-        return torch.stack(imgs)
+        """uint8 [len(idx), 3, S, S] canvases (``decode_canvases``: nvJPEG when ``device`` is CUDA)."""
+        return decode_canvases(self.read(idx), device)
 
     def decode_target(self, idx: torch.Tensor | list[int], target: str) -> torch.Tensor:
         """Dense target ``target`` of items ``idx``: int64 (masks) or float32 (depth) [len(idx), S, S]."""
@@ -579,18 +633,23 @@ class ShardSet:
 
 
 class _StepBatches(torch.utils.data.Dataset):
-    def __init__(self, data: ShardSet, index: Callable[[int], torch.Tensor], start: int, end: int) -> None:
-        self.data, self.index, self.start, self.end = data, index, start, end
+    """Step ``k`` -> its decoded canvases, or (``raw``) the list of their JPEG bytes."""
+
+    def __init__(self, data: ShardSet, index: Callable[[int], torch.Tensor], start: int, end: int,
+                 raw: bool = False) -> None:
+        self.data, self.index, self.start, self.end, self.raw = data, index, start, end, raw
 
     def __len__(self) -> int:
         return self.end - self.start
 
-    def __getitem__(self, k: int) -> torch.Tensor:
-        return self.data.decode(self.index(self.start + k))
+    def __getitem__(self, k: int) -> torch.Tensor | list[torch.Tensor]:
+        idx = self.index(self.start + k)
+        return self.data.read(idx) if self.raw else self.data.decode(idx)
 
 
 def stream_batches(data: ShardSet, index: Callable[[int], torch.Tensor], start: int, end: int,
-                   workers: int = 2, prefetch: int = 2, pin_memory: bool = False) -> Iterator[torch.Tensor]:
+                   workers: int = 2, prefetch: int = 2, pin_memory: bool = False,
+                   decode_device: torch.device | None = None) -> Iterator[torch.Tensor]:
     """Decoded batches for steps ``start .. end - 1``, in step order.
 
     ``index(step)`` gives this process's image indices for that step (the trainer's
@@ -599,10 +658,23 @@ def stream_batches(data: ShardSet, index: Callable[[int], torch.Tensor], start: 
     at most ``workers * prefetch`` decoded batches wait in memory, whatever the data set's size.
     ``pin_memory`` (training on CUDA): batches come in page-locked memory (the DataLoader's
     pinning thread), so their upload with ``non_blocking=True`` is asynchronous.
+
+    ``decode_device`` (a CUDA device: ``data.decode=gpu``): the workers only read each batch's
+    JPEG bytes (a list of uint8 tensors; at most ``workers * prefetch`` batches of bytes wait),
+    and this process decodes them with batched nvJPEG onto that device (``decode_canvases``:
+    the same canvases, in the same order and layout, on the device, ordered on its current
+    stream).
     """
-    ds = _StepBatches(data, index, start, end)
+    raw = decode_device is not None
+    ds = _StepBatches(data, index, start, end, raw=raw)
     if workers == 0:
-        return (ds[k].pin_memory() if pin_memory else ds[k] for k in range(len(ds)))
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
-                                         prefetch_factor=prefetch, persistent_workers=False, pin_memory=pin_memory)
-    return iter(loader)
+        batches = (ds[k] for k in range(len(ds)))
+    else:
+        batches = iter(torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                                                   prefetch_factor=prefetch, persistent_workers=False,
+                                                   pin_memory=pin_memory and not raw))
+    if raw:
+        return (decode_canvases(b, decode_device) for b in batches)
+    if workers == 0 and pin_memory:
+        return (b.pin_memory() for b in batches)
+    return batches

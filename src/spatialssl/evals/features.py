@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 
 from ..backbones import Backbone, create_backbone
-from ..config import number_free
+from ..config import eval_data
 from ..data import load_split
 from ..data.canvases import CanvasSet
 from ..data.shards import ShardSet, stream_batches
@@ -318,8 +318,9 @@ class EvalContext:
         """Hash of everything that decides the features of ``images`` (see module docstring):
         of a ShardSet, its manifest digest and rows (``ShardSet.digest``), never its pixels."""
         content = f"shards:{images.digest()}" if isinstance(images, ShardSet) else _digest_cached(images)
-        # data keys that change no number (how batches are decoded: workers, prefetch) stay out
-        data = {k: v for k, v in self.cfg["data"].items() if not number_free(f"data.{k}")}
+        # data keys that change no number (how batches are decoded: workers, prefetch), or that
+        # evaluations do not read (data.decode), stay out
+        data = eval_data(self.cfg["data"])
         material = {"version": FEATURE_VERSION, "weights": self.ckpt_hash, "images": content,
                     "data": data, "img_size": self.img_size, "patch": patch,
                     "settings": settings or {}}

@@ -170,7 +170,7 @@ def _differ(a: dict, b: dict, defaults: dict | None = None) -> list[tuple[str, o
 
 
 def _data_keys(d: dict | None) -> dict:
-    return {k: v for k, v in (d or {}).items() if not config_mod.number_free(f"data.{k}")}
+    return config_mod.eval_data(d or {})
 
 
 def pair_differences(base: Run, sp: Run) -> list[str]:
