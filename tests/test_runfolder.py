@@ -143,3 +143,18 @@ def test_resume_reads_checkpoints_only_the_newest_readable_first(tmp_path):
     (run / runfolder.CHECKPOINT).write_bytes(b"\0" * 100)
     state, path, problems = runfolder.latest_checkpoint(run)
     assert path.name == runfolder.PREVIOUS and state["step"] == 2 and "checkpoint.pt is unreadable" in problems[0]
+
+
+def test_read_config_reads_the_config_systems_yaml(tmp_path):
+    """config.yaml is read by the config system's rules everywhere (report, release, eval):
+    ``1e-5`` is a float, as ``spatialssl pretrain`` read it (plain yaml.safe_load, YAML 1.1,
+    reads it as the string '1e-5'; planted: the report's old safe_load reader fails here)."""
+    assert runfolder.read_config(tmp_path) is None
+    (tmp_path / runfolder.CONFIG).write_text("train:\n  lr: 1e-5\n")
+    assert runfolder.read_config(tmp_path)["train"]["lr"] == 1e-5
+    from spatialssl.report.runs import read_run
+
+    assert read_run(tmp_path).config["train"]["lr"] == 1e-5
+    (tmp_path / runfolder.CONFIG).write_text("- a list\n")
+    with pytest.raises(config.ConfigError, match="must hold a mapping"):
+        runfolder.read_config(tmp_path)

@@ -90,7 +90,7 @@ def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str], 
     runs). ``frameworks``: only the pairs of these frameworks (default: all released)."""
     dirs = []
     for src in sorted(RELEASED.glob(f"*/{runfolder.BACKBONE}")):
-        cfg = yaml.safe_load((src.parent / runfolder.CONFIG).read_text())
+        cfg = runfolder.read_config(src.parent)
         if frameworks is not None and cfg["framework"]["name"] not in frameworks:
             continue
         dst = out / f"released_{src.parent.name}"

@@ -160,6 +160,24 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def read_config(run_dir: str | Path) -> dict | None:
+    """The run's ``config.yaml`` (the resolved config it trained with), read by the config
+    system's YAML rules (``config.load_yaml``); None when the folder has none.
+
+    Raises:
+        ConfigError: not valid YAML, or not a mapping.
+    """
+    from . import config as config_mod
+
+    path = Path(run_dir) / CONFIG
+    if not path.exists():
+        return None
+    cfg = config_mod.load_yaml(path.read_text(), f"config file {path}")
+    if not isinstance(cfg, dict):
+        raise config_mod.ConfigError(f"config file {path} must hold a mapping, got {type(cfg).__name__}")
+    return cfg
+
+
 def read_backbone(path: str | Path) -> dict:
     """``backbone.safetensors`` (a finished run's exported weights) with the run's
     ``config.yaml`` beside it, in the shape of a training checkpoint: ``config``,
@@ -173,15 +191,12 @@ def read_backbone(path: str | Path) -> dict:
     """
     from safetensors.torch import load_file
 
-    from . import config as config_mod
-
     path = Path(path)
     if not path.exists():
         raise NoCheckpoint(f"no checkpoint at {path}")
-    cfg_path = path.parent / CONFIG
-    if not cfg_path.exists():
-        raise NoCheckpoint(f"{path} needs the run's {CONFIG} beside it (expected {cfg_path})")
-    cfg = config_mod.load_yaml(cfg_path.read_text(), f"config file {cfg_path}")
+    cfg = read_config(path.parent)
+    if cfg is None:
+        raise NoCheckpoint(f"{path} needs the run's {CONFIG} beside it (expected {path.parent / CONFIG})")
     try:
         weights = load_file(str(path))
     except Exception as e:

@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from .. import config as config_mod
 from ..errors import NotFound, UserError
-from ..runfolder import CONFIG, EVALS, read_curve
+from ..runfolder import EVALS, read_config, read_curve
 
 
 def _finite(v) -> float | None:
@@ -116,14 +115,7 @@ def read_run(path: str | Path) -> Run:
     if not path.is_dir():
         raise NotFound(f"run folder '{path}' does not exist" if not path.exists()
                                 else f"run folder '{path}' is not a directory")
-    cfg: dict = {}
-    if (path / CONFIG).exists():
-        try:
-            cfg = yaml.safe_load((path / CONFIG).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{path / CONFIG} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(cfg, dict):
-            raise UserError(f"{path / CONFIG} must hold a mapping")
+    cfg = read_config(path) or {}
     curve = read_curve(path)
     metrics = {}
     for p in sorted((path / EVALS).glob("*.json")) if (path / EVALS).is_dir() else []:
