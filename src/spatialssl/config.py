@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
         "n_train": 20000,  # partsworld only
         "n_eval": 2000,  # partsworld only: val/test/ood size
         "seed": 0,  # partsworld only: the data set's seed (independent of the run's seed)
+        "distractors": 2,  # partsworld only: at most this many distractor primitives per image (0: none)
         "cache_dir": "",  # "" = $SPATIALSSL_CACHE or ~/.cache/spatialssl
         "on_error": "skip",  # skip | raise  (unreadable files in folder data)
         "max_pixels": 64_000_000,  # folder data: larger images (w x h) are refused before decoding; 0 = no limit
@@ -466,7 +467,7 @@ def upsampling_warnings(cfg: dict) -> list[str]:
 _LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
     "seed": (0, False),
     "data.canvas_size": (1, False), "data.max_pixels": (0, False),
-    "data.n_train": (1, False), "data.n_eval": (1, False),
+    "data.n_train": (1, False), "data.n_eval": (1, False), "data.distractors": (0, False),
     "views.global_size": (1, False), "views.local_size": (1, False),
     "views.n_global": (1, False), "views.n_local": (0, False),
     "sp.weight": (0.0, False), "sp.pair_candidates": (1, False), "sp.extra_local_views": (0, False),

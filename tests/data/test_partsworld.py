@@ -230,3 +230,18 @@ def test_cache_key_follows_the_generator_source(monkeypatch):
     before = cfg.key()
     monkeypatch.setattr(pw.spec, "GENERATOR_VERSION", "partsworld-3+edited")
     assert cfg.key() != before
+
+
+def test_data_distractors_reaches_the_generator():
+    """``data.distractors`` (config) sets PartsWorld's distractor count, and so its cache key;
+    the default keeps the key of the data sets rendered before the key existed."""
+    from spatialssl import config
+    from spatialssl.data import partsworld_config
+
+    default = partsworld_config(config.resolve(["demo"], [])["data"])
+    none = partsworld_config(config.resolve(["demo"], ["data.distractors=0"])["data"])
+    assert default.distractors == 2 and none.distractors == 0
+    assert default.key() == pw.PartsWorldConfig(size=64, n_train=6000, n_val=1000, n_test=1000, n_ood=1000).key()
+    assert none.key() != default.key()
+    with pytest.raises(config.ConfigError, match="data.distractors"):
+        config.resolve(["demo"], ["data.distractors=-1"])

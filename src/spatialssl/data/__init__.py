@@ -25,7 +25,7 @@ def partsworld_config(data_cfg: dict):
 
     n = data_cfg["n_eval"]
     return PartsWorldConfig(size=data_cfg["canvas_size"], n_train=data_cfg["n_train"], n_val=n, n_test=n,
-                            n_ood=n, seed=data_cfg["seed"])
+                            n_ood=n, seed=data_cfg["seed"], distractors=data_cfg["distractors"])
 
 
 def train_folder(root: Path) -> tuple[Path, tuple[str, ...]]:
