@@ -1,8 +1,9 @@
 """``train.compile``: the step's whole forward (backbones, heads, losses, SP) is one graph.
 
 For every framework with and without SP, 3 training steps under ``torch.compile`` (backend
-``eager``: dynamo traces the forward, no code is generated; fast on a CPU) with dynamo's
-counters: no graph break, one graph, compiled at the first step and not again at the next
+``aot_eager``: dynamo and AOTAutograd trace forward and backward as for inductor, no code is
+generated; backend ``eager``, dynamo alone, missed a 0-d tensor index read on the host)
+with dynamo's counters: no graph break, one graph, compiled at the first step and not again at the next
 two (``error_on_recompile``), although the step, the teacher temperature, the views and
 iBOT's masks (their number of masked tokens too) change every step. The compiled steps'
 losses equal the eager ones'. Here (``tests/frameworks``) the ViTs have 2 blocks.
@@ -37,7 +38,7 @@ def test_whole_forward_is_one_graph_compiled_once(name, sp, tiny_overrides, rand
     torch._dynamo.reset()
     counters.clear()
     try:
-        cfg = config.resolve([], [*overrides, "train.compile=true", "train.compile_backend=eager"])
+        cfg = config.resolve([], [*overrides, "train.compile=true", "train.compile_backend=aot_eager"])
         run = trainer.build(cfg, tuple(canvases.shape[-2:]), torch.device("cpu"))
         compiled = [trainer.train_step(run, canvases, 0)]
         assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])  # the reasons

@@ -12,8 +12,8 @@ alone does backward, clipping and the optimiser step; ``after_backward`` and
 updates), ``draw`` the hook before it (the framework's own random draws).
 
 Under ``train.compile`` the whole forward (and SP, and the losses) is one compiled
-graph: a forward reads per-step values as tensors (``self.sched[step]``, a schedule kept
-as a buffer by ``schedule_buffer``), never ``float()`` / ``.item()`` / ``int(step)``
+graph: a forward reads per-step values as tensors (``at_step(self.sched, step)``, a
+schedule kept as a buffer by ``schedule_buffer``), never ``float()`` / ``.item()`` / ``int(step)``
 (each a graph break), and makes no random draw (``draw`` makes them, outside the graph).
 """
 
@@ -107,6 +107,15 @@ class Framework(nn.Module):
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         """Called after the optimiser step (momentum updates)."""
+
+
+def at_step(schedule: torch.Tensor, step: torch.Tensor | int) -> torch.Tensor:
+    """``schedule[step]`` (0-d) for an int step or a 0-d tensor one. The tensor indexes as a
+    one-element index: ``schedule[t]`` with a 0-d tensor ``t`` reads t's value on the host
+    (``.item()``), which a compiled graph cannot (AOTAutograd fails on it)."""
+    if not torch.is_tensor(step):
+        return schedule[step]
+    return schedule.index_select(0, step.reshape(1)).reshape(())
 
 
 def frozen_copy(make: Callable[[], nn.Module], source: nn.Module) -> nn.Module:

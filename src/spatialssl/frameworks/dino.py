@@ -26,7 +26,7 @@ from lightly.models.utils import update_momentum
 from .. import config, schedules
 from ..views import Views
 from . import register
-from .base import Framework, dino_loss, encode, fp32, frozen_copy, teacher_collapse_warnings, teacher_entropies
+from .base import Framework, at_step, dino_loss, encode, fp32, frozen_copy, teacher_collapse_warnings, teacher_entropies
 
 
 def make_dino_heads(in_dim: int, f: dict, freeze_last_layer: int = 0) -> tuple[DINOProjectionHead, DINOProjectionHead]:
@@ -75,7 +75,7 @@ class DINO(Framework):
             s_emb.append(s_loc)
         s_all = torch.cat(s_emb)  # [G + L, B, D]
         s_out = self.head(s_all.flatten(0, 1)).view(g + l, s_all.shape[1], -1)  # [G + L, B, K]
-        temp = self.teacher_temp[step].float()  # 0-d, on the device (fp32, as lightly's loss had it)
+        temp = at_step(self.teacher_temp, step).float()  # 0-d, on the device (fp32, as lightly's loss had it)
         out = {"emb": s_glob[0].detach(), "teacher_temp": temp}
         if self.collect_logs:  # collapse indicators, before the loss updates the centre
             out.update(teacher_entropies(t_out, self.criterion.center, temp))

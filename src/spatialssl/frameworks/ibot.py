@@ -42,7 +42,7 @@ from ..backbones import Backbone
 from .. import config, schedules
 from ..views import BatchPart, Views
 from . import register
-from .base import Framework, dino_loss, encode, teacher_collapse_warnings, teacher_entropies
+from .base import Framework, at_step, dino_loss, encode, teacher_collapse_warnings, teacher_entropies
 from .dino import DINO, make_dino_heads
 from ..config import ConfigError
 
@@ -253,7 +253,7 @@ class IBOT(Framework):
         if f["patch_loss_weight"] > 0 and "masks" not in views.draws:  # called without the trainer's draw
             views = self.draw(views, int(step))
         masks, idx, weight = (views.draws.get(k) for k in ("masks", "mask_idx", "mask_weight"))
-        temp = self.teacher_temp[step].float()  # 0-d, on the device (fp32, as lightly's loss had it)
+        temp = at_step(self.teacher_temp, step).float()  # 0-d, on the device (fp32, as lightly's loss had it)
         head, t_head = self._patch_heads()
 
         with torch.no_grad():
