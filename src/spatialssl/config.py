@@ -145,7 +145,8 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay_end": 0.4,
         "clip_grad": 3.0,  # 0 = off
         "precision": "auto",  # auto | fp32 | bf16  (auto: bf16 on CUDA, fp32 on CPU)
-        "compile": False,
+        "compile": False,  # torch.compile the step's whole forward (backbones, heads, losses, SP)
+        "compile_backend": "inductor",  # torch.compile's backend (aot_eager, eager: no code generated; for tests)
         # NHWC activations for CNN backbones (faster convolutions on CPU with oneDNN, and on
         # GPU tensor cores); benchmarks/cpu_step.py measures it. No effect on ViTs
         "channels_last": False,
@@ -215,6 +216,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sp.offsets": ("canvas", "reference"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.data_parallel": ("ddp", "allreduce"),
+    "train.compile_backend": ("inductor", "aot_eager", "eager"),
 }
 
 
@@ -566,8 +568,8 @@ def describe_schedule(cfg: dict, framework_keys: Iterable[str] | None = None) ->
 
 # The one list of keys that change no number: where and how a run is logged and its data
 # decoded (``data.workers``, ``data.prefetch``: DataLoader processes), or floating-point
-# rounding only (``device``, ``train.num_threads``, ``train.compile``, ``train.channels_last``,
-# ``train.data_parallel``); ``eval.*`` is never read by training (each evaluation records the
+# rounding only (``device``, ``train.num_threads``, ``train.compile``, ``train.compile_backend``,
+# ``train.channels_last``, ``train.data_parallel``); ``eval.*`` is never read by training (each evaluation records the
 # settings it ran with in ``metrics/<task>.json``, and the report compares those). Read by the
 # resume check (``resume_changes``: these may change on resume), the report (a baseline / + SP
 # pair may differ in these and ``sp.*``, nothing else) and the feature cache (``data.*`` keys
@@ -575,7 +577,7 @@ def describe_schedule(cfg: dict, framework_keys: Iterable[str] | None = None) ->
 NUMBER_FREE: tuple[str, ...] = (
     "name", "out_dir", "device", "data.cache_dir", "data.workers", "data.prefetch", "train.progress",
     "train.log_every", "train.checkpoint_every", "train.collapse_every", "train.num_threads", "train.compile",
-    "train.channels_last", "train.data_parallel", "eval.",
+    "train.compile_backend", "train.channels_last", "train.data_parallel", "eval.",
 )
 
 

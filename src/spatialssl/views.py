@@ -57,6 +57,8 @@ class Views:
         sp_valid_total: valid SP pairs (0-dim long) in the whole global batch, all
             processes' rows (known without communication: the pairs are drawn for the global
             batch); ``sp_valid.sum()`` for a whole batch; None when views are made elsewhere.
+        draws: the framework's own random draws for this batch (``Framework.draw``, made
+            outside a compiled forward; iBOT's block masks), by name; empty by default.
     """
 
     globals: torch.Tensor
@@ -70,6 +72,7 @@ class Views:
     local_flipped: torch.Tensor | None = field(default=None)
     part: BatchPart | None = None
     sp_valid_total: torch.Tensor | None = None
+    draws: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _aa_weights(lo: torch.Tensor, hi: torch.Tensor, size: int, length: int) -> torch.Tensor:

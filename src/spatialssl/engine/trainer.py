@@ -178,7 +178,7 @@ class StepForward(torch.nn.Module):
         super().__init__()
         self.framework, self.sp, self.sp_weight, self.world = framework, sp, sp_weight, world
 
-    def forward(self, views: Views, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+    def forward(self, views: Views, step: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         out = self.framework(views, step)
         total, terms = out["loss"], {"loss_fw": out["loss"]}
         if self.sp is not None:
@@ -213,6 +213,11 @@ class Run:
         self.model = distributed.wrap(StepForward(framework, sp, self.sp_weight, world), device, world,
                                       cfg["train"]["data_parallel"])
         self.ddp = isinstance(self.model, DistributedDataParallel)
+        if cfg["train"]["compile"]:
+            # the whole forward (backbones, heads, losses, SP) as one graph: the step comes as a
+            # tensor, the random draws (views, iBOT's masks) are made before it; a framework's
+            # Python flag (``collect_logs``) gives one graph per value it takes
+            self.model.compile(backend=cfg["train"]["compile_backend"])
 
     def autocast(self):
         if not self.bf16:
@@ -276,13 +281,6 @@ def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device, rank: int
             m.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         fast_fp32_matmul()
-    if t["compile"]:
-        # backbones only (student and teacher): heads, losses and SP stay eager. Static
-        # shapes: each view size (global, local) gets its own graph instead of one
-        # dynamic-shape graph after the second size is seen
-        for m in framework.modules():
-            if m.__class__.__name__ == "Backbone":
-                m.compile(dynamic=False)
     return Run(cfg, device, framework, sp, multicrop, optimizer, lr, wd, rank, world)
 
 
@@ -304,8 +302,9 @@ def train_step(run: Run, canvases: torch.Tensor | None, step: int, views: Views 
         b = canvases.shape[0]
         part = BatchPart(run.rank * b, b, run.world * b) if run.world > 1 else None
         views = run.multicrop(canvases, step_generator(cfg["seed"], step, run.device), part)
-    with run.autocast():
-        total, terms, out = run.model(views, step)
+    views = fw.draw(views, step)  # the framework's own random draws, outside a compiled forward
+    with run.autocast():  # the step as a 0-d tensor: a compiled forward is not recompiled each step
+        total, terms, out = run.model(views, torch.full((), step, dtype=torch.long, device=run.device))
 
     run.optimizer.zero_grad(set_to_none=True)
     total.backward()  # in DDP: gradients averaged over processes during backward

@@ -2,13 +2,19 @@
 
 A framework is a small ``nn.Module`` built on a backbone (``self.backbone``, the
 student/online network) and lightly's losses and heads. Its ``forward(views, step)``
-returns a dict of named terms: ``loss`` (the framework's total, the trainer adds SP to
+(``step``: the trainer passes a 0-d long tensor on the device, so that a compiled forward
+is not recompiled each step; an int works too) returns a dict of named terms: ``loss`` (the framework's total, the trainer adds SP to
 it) and any scalars to log; optionally ``local_emb`` [L, B, D], the student backbone's
 pooled embeddings of ``views.locals`` (SP reuses them instead of encoding the views
 again), and ``emb`` [N, D], pooled embeddings for the collapse indicators. The trainer
 alone does backward, clipping and the optimiser step; ``after_backward`` and
 ``after_step`` are the framework's hooks around the step (last-layer freezing, momentum
-updates).
+updates), ``draw`` the hook before it (the framework's own random draws).
+
+Under ``train.compile`` the whole forward (and SP, and the losses) is one compiled
+graph: a forward reads per-step values as tensors (``at_step(self.sched, step)``, a
+schedule kept as a buffer by ``schedule_buffer``), never ``float()`` / ``.item()`` / ``int(step)``
+(each a graph break), and makes no random draw (``draw`` makes them, outside the graph).
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from lightly.loss import DINOLoss
+from lightly.models.modules.center import center_mean, center_momentum
 from lightly.models.utils import deactivate_requires_grad
 
 from ..backbones import Backbone, create_backbone
@@ -78,7 +87,18 @@ class Framework(nn.Module):
         """The backbone to evaluate and export (the teacher for DINO-like methods)."""
         return self.backbone
 
-    def forward(self, views: Views, step: int) -> dict[str, torch.Tensor]:  # pragma: no cover
+    def schedule_buffer(self, name: str, values: torch.Tensor) -> None:
+        """Keep a per-step schedule as a buffer (on the module's device, not in its
+        state dict), so that ``forward`` indexes it with the step tensor on the device."""
+        self.register_buffer(name, values, persistent=False)
+
+    def draw(self, views: Views, step: int) -> Views:
+        """The framework's own random draws for ``step``, made before the forward (outside
+        the compiled graph) and attached to the views it returns (``Views.draws``). None by
+        default; iBOT draws its block masks."""
+        return views
+
+    def forward(self, views: Views, step: torch.Tensor | int) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
     def after_backward(self, step: int) -> None:
@@ -87,6 +107,15 @@ class Framework(nn.Module):
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         """Called after the optimiser step (momentum updates)."""
+
+
+def at_step(schedule: torch.Tensor, step: torch.Tensor | int) -> torch.Tensor:
+    """``schedule[step]`` (0-d) for an int step or a 0-d tensor one. The tensor indexes as a
+    one-element index: ``schedule[t]`` with a 0-d tensor ``t`` reads t's value on the host
+    (``.item()``), which a compiled graph cannot (AOTAutograd fails on it)."""
+    if not torch.is_tensor(step):
+        return schedule[step]
+    return schedule.index_select(0, step.reshape(1)).reshape(())
 
 
 def frozen_copy(make: Callable[[], nn.Module], source: nn.Module) -> nn.Module:
@@ -121,8 +150,29 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p.clamp(min=1e-12))).sum(-1)
 
 
+def dino_loss(criterion: DINOLoss, teacher_out: torch.Tensor, student_out: torch.Tensor,
+              teacher_temp: torch.Tensor) -> torch.Tensor:
+    """lightly's ``DINOLoss.forward`` on stacked outputs [T, B, K], [S, B, K] with the
+    teacher temperature a tensor (lightly's wraps a float in ``torch.tensor``: a graph
+    break or a recompile per step under ``torch.compile``); the same operations, so the
+    same bits. Updates the criterion's centre in place, as lightly's does."""
+    t_out = F.softmax((teacher_out - criterion.center) / teacher_temp, dim=-1)
+    s_out = F.log_softmax(student_out / criterion.student_temp, dim=-1)
+    loss = -torch.einsum("tbd,sbd->ts", t_out, s_out)
+    loss.fill_diagonal_(0)
+    n_terms = loss.numel() - loss.diagonal().numel()
+    if n_terms == 0:
+        raise ValueError(f"DINOLoss needs two views in all (the pairs of one view index are skipped), got "
+                         f"{teacher_out.shape[0]} teacher and {student_out.shape[0]} student view(s)")
+    loss = loss.sum() / (n_terms * teacher_out.shape[1])
+    with torch.no_grad():
+        criterion.center.copy_(center_momentum(criterion.center, center_mean(teacher_out, dim=(0, 1)),
+                                               criterion.center_momentum))
+    return loss
+
+
 @torch.no_grad()
-def teacher_entropies(t_out: torch.Tensor, center: torch.Tensor, temp: float) -> dict[str, torch.Tensor]:
+def teacher_entropies(t_out: torch.Tensor, center: torch.Tensor, temp: torch.Tensor | float) -> dict[str, torch.Tensor]:
     """DINO-style collapse indicators of teacher outputs [G, B, K] (centred, sharpened as the
     loss does; call before the loss updates the centre): ``teacher_entropy``, the mean
     per-image entropy (log K: uniform collapse), and ``teacher_mean_entropy``, the entropy

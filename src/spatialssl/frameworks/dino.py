@@ -26,7 +26,7 @@ from lightly.models.utils import update_momentum
 from .. import config, schedules
 from ..views import Views
 from . import register
-from .base import Framework, encode, fp32, frozen_copy, teacher_collapse_warnings, teacher_entropies
+from .base import Framework, at_step, dino_loss, encode, fp32, frozen_copy, teacher_collapse_warnings, teacher_entropies
 
 
 def make_dino_heads(in_dim: int, f: dict, freeze_last_layer: int = 0) -> tuple[DINOProjectionHead, DINOProjectionHead]:
@@ -58,10 +58,11 @@ class DINO(Framework):
         self.criterion = DINOLoss(output_dim=f["out_dim"], teacher_temp=f["teacher_temp"],
                                   student_temp=f["student_temp"], center_momentum=f["center_momentum"])
         warm = lengths[config.TEACHER_TEMP_WARMUP]
-        self.teacher_temp = schedules.linear_then_constant(f["warmup_teacher_temp"], f["teacher_temp"], warm, total_steps)
+        self.schedule_buffer("teacher_temp", schedules.linear_then_constant(f["warmup_teacher_temp"], f["teacher_temp"],
+                                                                            warm, total_steps))
         self.momentum = schedules.cosine(f["momentum"], f["momentum_end"], total_steps)
 
-    def forward(self, views: Views, step: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: torch.Tensor | int) -> dict[str, torch.Tensor]:
         g, l = views.globals.shape[0], views.locals.shape[0]
         with torch.no_grad():
             t_emb = encode(self.teacher_backbone, views.globals)
@@ -74,14 +75,13 @@ class DINO(Framework):
             s_emb.append(s_loc)
         s_all = torch.cat(s_emb)  # [G + L, B, D]
         s_out = self.head(s_all.flatten(0, 1)).view(g + l, s_all.shape[1], -1)  # [G + L, B, K]
-        temp = float(self.teacher_temp[step])
-        out = {"emb": s_glob[0].detach(), "teacher_temp": torch.tensor(temp)}
+        temp = at_step(self.teacher_temp, step).float()  # 0-d, on the device (fp32, as lightly's loss had it)
+        out = {"emb": s_glob[0].detach(), "teacher_temp": temp}
         if self.collect_logs:  # collapse indicators, before the loss updates the centre
             out.update(teacher_entropies(t_out, self.criterion.center, temp))
         # the loss in fp32 (under bf16 autocast the heads' outputs are bf16, and the loss's einsum would be)
         with fp32(s_out):
-            out["loss"] = self.criterion(list(t_out.float().unbind(0)), list(s_out.float().unbind(0)),
-                                         teacher_temp=temp)
+            out["loss"] = dino_loss(self.criterion, t_out.float(), s_out.float(), temp)
         if s_loc is not None:
             out["local_emb"] = s_loc
         return out

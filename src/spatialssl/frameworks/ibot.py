@@ -28,12 +28,13 @@ Shapes: views.globals [G, B, 3, S, S], views.locals [L, B, 3, s, s]; masks [G*B,
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import torch
 import torch.nn as nn
 from lightly.loss import DINOLoss, IBOTPatchLoss
-from lightly.models.modules.center import center_momentum
+from lightly.models.modules.center import center_mean, center_momentum
 from lightly.models.utils import random_block_mask, update_momentum
 from lightly.utils import dist
 
@@ -41,7 +42,7 @@ from ..backbones import Backbone
 from .. import config, schedules
 from ..views import BatchPart, Views
 from . import register
-from .base import Framework, encode, teacher_collapse_warnings, teacher_entropies
+from .base import Framework, at_step, dino_loss, encode, teacher_collapse_warnings, teacher_entropies
 from .dino import DINO, make_dino_heads
 from ..config import ConfigError
 
@@ -137,15 +138,16 @@ def update_patch_center(criterion: IBOTPatchLoss, t_out: torch.Tensor) -> None:
     lightly's ``Center.update`` averages the processes' means, which weighs a token by
     1 / (its process's M): unequal when the processes mask different numbers of tokens (a
     process may mask none). Distributed, this sums tokens and counts them in one
-    all-reduce instead; with one process it is lightly's update, unchanged."""
+    all-reduce instead; with one process it is lightly's update, unchanged (written into
+    the centre buffer in place, which ``torch.compile`` traces)."""
+    c = criterion.center
     if dist.world_size() == 1:
-        criterion.center.update(t_out)
+        c.center.copy_(center_momentum(center=c.center, batch_center=center_mean(t_out, c.dim), momentum=c.momentum))
         return
     k = t_out.shape[-1]
     buf = torch.cat([t_out.float().sum(0), t_out.new_full((1,), t_out.shape[0], dtype=torch.float32)])
     torch.distributed.all_reduce(buf)
     batch_center = (buf[:k] / buf[k].clamp(min=1)).view(1, k)
-    c = criterion.center
     c.center = center_momentum(center=c.center, batch_center=batch_center, momentum=c.momentum)
 
 
@@ -169,7 +171,7 @@ def masked_positions(masks: torch.Tensor, device: torch.device) -> tuple[torch.T
 
 
 def patch_loss(criterion: IBOTPatchLoss, t_out: torch.Tensor, s_out: torch.Tensor, weight: torch.Tensor,
-               n_images: int, teacher_temp: float) -> torch.Tensor:
+               n_images: int, teacher_temp: torch.Tensor | float) -> torch.Tensor:
     """lightly's ``IBOTPatchLoss.forward`` with the per-token weights given (see
     ``masked_positions``) instead of derived from a device mask: per image, the mean over
     its masked tokens of the cross-entropy between the centred, sharpened teacher and the
@@ -213,7 +215,8 @@ class IBOT(Framework):
         self.patch_criterion = IBOTPatchLoss(output_dim=patch_dim, teacher_temp=f["teacher_temp"],
                                              student_temp=f["student_temp"], center_momentum=f["center_momentum"])
         warm = lengths[config.TEACHER_TEMP_WARMUP]
-        self.teacher_temp = schedules.linear_then_constant(f["warmup_teacher_temp"], f["teacher_temp"], warm, total_steps)
+        self.schedule_buffer("teacher_temp", schedules.linear_then_constant(f["warmup_teacher_temp"], f["teacher_temp"],
+                                                                            warm, total_steps))
         self.momentum = schedules.cosine(f["momentum"], f["momentum_end"], total_steps)
 
     def _patch_heads(self) -> tuple[nn.Module, nn.Module]:
@@ -221,22 +224,36 @@ class IBOT(Framework):
             return self.head, self.teacher_head
         return self.patch_head, self.teacher_patch_head
 
-    def forward(self, views: Views, step: int) -> dict[str, torch.Tensor]:
+    def draw(self, views: Views, step: int) -> Views:
+        """The step's block masks (drawn on the host, keyed by the step and the sample), their
+        masked positions and weights (``masked_positions``), on the device, as ``views.draws``
+        (``masks``, ``mask_idx``, ``mask_weight``); none when the patch loss is off. Their
+        number of masked tokens changes from step to step: under ``torch.compile`` it is a
+        dynamic size (``torch._dynamo.maybe_mark_dynamic``), one graph for every step."""
+        f = self.fcfg
+        if f["patch_loss_weight"] <= 0:
+            return views
+        g, b = views.globals.shape[:2]
+        p = self.backbone.model.patch_embed.patch_size
+        grid = (views.globals.shape[-2] // p[0], views.globals.shape[-1] // p[1])
+        device = views.globals.device
+        host_masks = step_masks(g, b, views.part, grid, f["mask_prob"], tuple(f["mask_ratio"]),
+                                mask_seed(self.cfg["seed"], step))
+        idx, weight = masked_positions(host_masks, device)
+        masks = (host_masks.pin_memory() if device.type == "cuda" else host_masks).to(device, non_blocking=True)
+        torch._dynamo.maybe_mark_dynamic(idx, 0)
+        torch._dynamo.maybe_mark_dynamic(weight, 0)
+        return dataclasses.replace(views, draws={**views.draws, "masks": masks, "mask_idx": idx, "mask_weight": weight})
+
+    def forward(self, views: Views, step: torch.Tensor | int) -> dict[str, torch.Tensor]:
         f = self.fcfg
         g, b = views.globals.shape[:2]
         l = views.locals.shape[0]
         x = views.globals.flatten(0, 1)  # [G*B, 3, S, S]
-        p = self.backbone.model.patch_embed.patch_size
-        grid = (x.shape[-2] // p[0], x.shape[-1] // p[1])
-        patch_on = f["patch_loss_weight"] > 0
-        masks = idx = None
-        if patch_on:
-            host_masks = step_masks(g, b, views.part, grid, f["mask_prob"], tuple(f["mask_ratio"]),
-                                    mask_seed(self.cfg["seed"], step))
-            idx, weight = masked_positions(host_masks, x.device)
-            masks = host_masks.pin_memory() if x.device.type == "cuda" else host_masks
-            masks = masks.to(x.device, non_blocking=True)
-        temp = float(self.teacher_temp[step])
+        if f["patch_loss_weight"] > 0 and "masks" not in views.draws:  # called without the trainer's draw
+            views = self.draw(views, int(step))
+        masks, idx, weight = (views.draws.get(k) for k in ("masks", "mask_idx", "mask_weight"))
+        temp = at_step(self.teacher_temp, step).float()  # 0-d, on the device (fp32, as lightly's loss had it)
         head, t_head = self._patch_heads()
 
         with torch.no_grad():
@@ -251,10 +268,10 @@ class IBOT(Framework):
             s_emb.append(s_loc)
         s_out = self.head(torch.cat(s_emb))  # [G + L, B, K]
 
-        out = {"emb": s_glob[0].detach(), "teacher_temp": torch.tensor(temp)}
+        out = {"emb": s_glob[0].detach(), "teacher_temp": temp}
         if self.collect_logs:  # collapse indicators, before the loss updates the centre
             out.update(teacher_entropies(t_out, self.criterion.center, temp))
-        cls_loss = self.criterion(list(t_out.unbind(0)), list(s_out.unbind(0)), teacher_temp=temp)
+        cls_loss = dino_loss(self.criterion, t_out, s_out, temp)
         out["cls_loss"] = cls_loss.detach()
         loss = cls_loss
         if masks is not None:
