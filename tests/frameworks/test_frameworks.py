@@ -7,6 +7,7 @@ of 16 px, small heads.
 
 from __future__ import annotations
 
+import importlib
 import random
 
 import pytest
@@ -193,7 +194,8 @@ def test_bf16_autocast(name):
     assert any(p.grad is not None for p in fw.backbone.parameters())
 
 
-FP32_LOSSES = {"dino": "criterion", "simclr": "criterion", "byol": "criterion", "mocov3": "contrastive_loss"}
+# the loss each framework computes: its criterion, or a function of its module
+FP32_LOSSES = {"dino": "dino_loss", "simclr": "nt_xent", "byol": "criterion", "mocov3": "contrastive_loss"}
 
 
 @pytest.mark.parametrize("name", sorted(FP32_LOSSES))
@@ -227,8 +229,8 @@ def test_losses_documented_fp32_run_in_fp32_under_autocast(name, monkeypatch):
     if FP32_LOSSES[name] == "criterion":
         monkeypatch.setattr(fw.criterion, "forward", watched(fw.criterion.forward))
     else:
-        import spatialssl.frameworks.mocov3 as mocov3
-        monkeypatch.setattr(mocov3, "contrastive_loss", watched(mocov3.contrastive_loss))
+        module = importlib.import_module(f"spatialssl.frameworks.{name}")
+        monkeypatch.setattr(module, FP32_LOSSES[name], watched(getattr(module, FP32_LOSSES[name])))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = fw(tiny_views(cfg), 0)
     assert spy.seen, "the loss was not watched"
