@@ -6,6 +6,12 @@ mean and std (what the linear probe sees), beside the random-init floor.
 A diagnostic, not a protocol: the study reports the raw kNN. If standardised kNN is far above
 raw kNN, the features hold class information that a few large units hide from the cosine.
 
+What the neighbourhoods group instead: for each test image, its nearest probe-train neighbour
+(cosine); the table gives how far apart the two are in the mean colour of their sky (depth at
+the far plane), their ground (the rest of the background) and their object, and in the
+object's area, as a fraction of the same distance between random pairs (1.0: the features
+ignore it; near 0: neighbours share it).
+
 Usage (CPU, about a minute per checkpoint):
     python benchmarks/knn_features.py [--runs checkpoints/byol-cnn-s0 ...]
 """
@@ -26,6 +32,31 @@ from spatialssl.evals.features import EvalContext, context_from_checkpoint  # no
 from spatialssl.evals.probes import knn_predict  # noqa: E402
 
 
+def attributes(split) -> dict[str, torch.Tensor]:
+    """Per-image nuisance and object attributes of a PartsWorld split: mean RGB of the sky,
+    the ground and the object, the object's area share, and the class."""
+    x = split.images.float() / 255
+    sky = split.depth >= split.depth.max() - 1e-3
+    obj = split.semantic > 0
+    ground = ~obj & ~sky
+
+    def mean_rgb(mask: torch.Tensor) -> torch.Tensor:
+        m = mask[:, None].float()
+        return (x * m).sum((2, 3)) / m.sum((2, 3)).clamp_min(1)
+
+    return {"sky": mean_rgb(sky), "ground": mean_rgb(ground), "object": mean_rgb(obj),
+            "area": obj.float().mean((1, 2))[:, None]}
+
+
+def neighbours(ctx: EvalContext, f_tr: torch.Tensor, f_te: torch.Tensor) -> dict[str, float]:
+    e = ctx.ecfg
+    a_tr, a_te = attributes(ctx.split(e["split_train"])), attributes(ctx.split(e["split_test"]))
+    nn = (torch.nn.functional.normalize(f_te.float(), dim=1) @ torch.nn.functional.normalize(f_tr.float(), dim=1).T).argmax(1)
+    rand = torch.randint(0, len(f_tr), (len(f_te),), generator=torch.Generator().manual_seed(0))
+    return {f"nn_{k}": float((a_te[k] - a_tr[k][nn]).abs().sum(1).mean() / (a_te[k] - a_tr[k][rand]).abs().sum(1).mean())
+            for k in a_te}
+
+
 def scores(ctx: EvalContext) -> dict[str, float]:
     e = ctx.ecfg
     tr, te = ctx.split(e["split_train"]), ctx.split(e["split_test"])
@@ -42,7 +73,7 @@ def scores(ctx: EvalContext) -> dict[str, float]:
     var = f_tr.var(0).sort(descending=True).values
     out["top5pct_var"] = float(var[: max(1, len(var) // 20)].sum() / var.sum())
     out["mean_over_std"] = float((f_tr.mean(0).norm() / f_tr.std(0).norm()))
-    return out
+    return {**out, **neighbours(ctx, f_tr, f_te)}
 
 
 def main() -> None:
@@ -63,6 +94,11 @@ def main() -> None:
     for name, s in rows:
         print(f"| {name} | {s['raw']:.3f} | {s['centred']:.3f} | {s['standardised']:.3f} | {s['top5pct_var']:.2f} | "
               f"{s['mean_over_std']:.2f} |")
+    print("\nNearest neighbour's distance / a random pair's distance (1.0: not shared; near 0: shared):\n")
+    print("| run | sky colour | ground colour | object colour | object area |")
+    print("|---|---:|---:|---:|---:|")
+    for name, s in rows:
+        print(f"| {name} | {s['nn_sky']:.2f} | {s['nn_ground']:.2f} | {s['nn_object']:.2f} | {s['nn_area']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ DEFAULTS: dict[str, Any] = {
         "n_eval": 2000,  # partsworld only: val/test/ood size
         "seed": 0,  # partsworld only: the data set's seed (independent of the run's seed)
         "distractors": 2,  # partsworld only: at most this many distractor primitives per image (0: none)
+        "fill": [0.65, 0.95],  # partsworld only: the object's bounding sphere spans this fraction of the frame
+        "elevation": [8.0, 40.0],  # partsworld only: camera elevation range in degrees (the view shows sky below ~20)
         "cache_dir": "",  # "" = $SPATIALSSL_CACHE or ~/.cache/spatialssl
         "on_error": "skip",  # skip | raise  (unreadable files in folder data)
         "max_pixels": 64_000_000,  # folder data: larger images (w x h) are refused before decoding; 0 = no limit
@@ -256,6 +258,23 @@ def load_yaml(text_or_file: Any, where: str = "") -> Any:
         raise ConfigError(f"{where or 'YAML'} is not valid YAML{at}: {problem}") from None
 
 
+def with_defaults(saved: dict) -> dict:
+    """A saved run's config with the keys added since it was written filled in at their
+    defaults (the rule ``resume_changes`` applies: a key the saved config lacks counts as its
+    default); every saved value, and any key no longer known, is kept as it is."""
+    out = copy.deepcopy(saved)
+
+    def fill(dst: dict, src: dict) -> None:
+        for key, value in src.items():
+            if key not in dst:
+                dst[key] = copy.deepcopy(value)
+            elif isinstance(value, dict) and isinstance(dst[key], dict):
+                fill(dst[key], value)
+
+    fill(out, DEFAULTS)
+    return out
+
+
 def _merge(base: dict, delta: dict, where: str = "") -> None:
     for key, value in delta.items():
         path = f"{where}{key}"
@@ -388,6 +407,13 @@ def derive(cfg: dict, warn: bool = True) -> dict:
     v, sp = cfg["views"], cfg["sp"]
     if v["local_flip"] == "auto":
         v["local_flip"] = "per_image" if sp["enabled"] else "per_view"
+    lo, hi = cfg["data"]["fill"]
+    if not 0 < lo <= hi <= 3:
+        raise ConfigError(f"config key 'data.fill' must satisfy 0 < low <= high <= 3, got {cfg['data']['fill']}")
+    lo, hi = cfg["data"]["elevation"]
+    if not 0 <= lo <= hi <= 85:
+        raise ConfigError(f"config key 'data.elevation' must satisfy 0 <= low <= high <= 85 (degrees), "
+                          f"got {cfg['data']['elevation']}")
     for key in ("global_scale", "local_scale", "ratio"):
         lo, hi = v[key]
         if not 0 < lo <= hi:

@@ -232,16 +232,29 @@ def test_cache_key_follows_the_generator_source(monkeypatch):
     assert cfg.key() != before
 
 
-def test_data_distractors_reaches_the_generator():
-    """``data.distractors`` (config) sets PartsWorld's distractor count, and so its cache key;
-    the default keeps the key of the data sets rendered before the key existed."""
+def test_data_distractors_and_fill_reach_the_generator():
+    """``data.distractors`` and ``data.fill`` (config) set PartsWorld's distractor count and the
+    object's share of the frame, and so its cache key; the defaults keep the key of the data sets
+    rendered before the keys existed."""
     from spatialssl import config
     from spatialssl.data import partsworld_config
 
     default = partsworld_config(config.resolve(["demo"], [])["data"])
     none = partsworld_config(config.resolve(["demo"], ["data.distractors=0"])["data"])
+    big = partsworld_config(config.resolve(["demo"], ["data.fill=[1.0,1.4]"])["data"])
     assert default.distractors == 2 and none.distractors == 0
+    assert (big.fill_min, big.fill_max) == (1.0, 1.4) and big.distractors == 2
     assert default.key() == pw.PartsWorldConfig(size=64, n_train=6000, n_val=1000, n_test=1000, n_ood=1000).key()
-    assert none.key() != default.key()
+    assert none.key() != default.key() and big.key() != default.key()
     with pytest.raises(config.ConfigError, match="data.distractors"):
         config.resolve(["demo"], ["data.distractors=-1"])
+    for bad in ("[0.0,1.0]", "[1.2,1.0]", "[1.0,5.0]"):
+        with pytest.raises(config.ConfigError, match="data.fill"):
+            config.resolve(["demo"], [f"data.fill={bad}"])
+
+
+def test_a_larger_fill_renders_a_larger_object():
+    """``fill`` brings the camera closer: the object covers more of the image."""
+    small = pw.render(pw.PartsWorldConfig(size=32, n_train=8, distractors=0), "train", 0, 8)
+    big = pw.render(pw.PartsWorldConfig(size=32, n_train=8, distractors=0, fill_min=1.2, fill_max=1.4), "train", 0, 8)
+    assert (big.semantic > 0).float().mean() > 1.5 * (small.semantic > 0).float().mean()

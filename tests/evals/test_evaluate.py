@@ -2,11 +2,12 @@
 floors for every metric, the supervised reference, the feature cache per checkpoint."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from spatialssl import config
+from spatialssl import config, runfolder
 from spatialssl.engine.trainer import pretrain
 from spatialssl.evals import evaluate, metric_keys, parse_tasks
 
@@ -141,3 +142,20 @@ def test_floor_runs_once_for_runs_of_one_architecture(tiny_run, tmp_path, monkey
     # another eval setting is another floor
     evaluate(other, "knn", out_dir=tmp_path / "c", overrides={"eval": {**ov["eval"], "knn_k": 3}}, progress=False)
     assert calls.count("random") == 2
+
+
+def test_a_run_saved_before_a_config_key_existed_evaluates(tmp_path):
+    """The released checkpoints' configs predate ``data.distractors`` and ``data.fill``: the
+    evaluation context reads those keys at their defaults (as a resume does), so the demo's
+    and anyone's evaluation of them builds its data, instead of a KeyError."""
+    from spatialssl.data import partsworld_config
+    from spatialssl.evals.features import context_from_checkpoint
+
+    run = Path(__file__).resolve().parents[2] / "checkpoints" / "byol-cnn-s0"
+    saved = runfolder.read_config(run)
+    assert "distractors" not in saved["data"] and "fill" not in saved["data"]
+    ctx = context_from_checkpoint(run, device="cpu", progress=False, cache_dir=tmp_path)
+    pw = partsworld_config(ctx.cfg["data"])
+    assert (pw.distractors, pw.fill_min, pw.fill_max) == (2, 0.65, 0.95)
+    assert ctx.cfg["data"]["canvas_size"] == saved["data"]["canvas_size"]  # saved values kept
+    assert config.with_defaults({"data": {"n_train": 7}, "gone": 1})["data"]["n_train"] == 7

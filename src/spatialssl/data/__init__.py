@@ -25,7 +25,9 @@ def partsworld_config(data_cfg: dict):
 
     n = data_cfg["n_eval"]
     return PartsWorldConfig(size=data_cfg["canvas_size"], n_train=data_cfg["n_train"], n_val=n, n_test=n,
-                            n_ood=n, seed=data_cfg["seed"], distractors=data_cfg["distractors"])
+                            n_ood=n, seed=data_cfg["seed"], distractors=data_cfg["distractors"],
+                            fill_min=float(data_cfg["fill"][0]), fill_max=float(data_cfg["fill"][1]),
+                            elev_min_deg=float(data_cfg["elevation"][0]), elev_max_deg=float(data_cfg["elevation"][1]))
 
 
 def train_folder(root: Path) -> tuple[Path, tuple[str, ...]]:

@@ -27,7 +27,6 @@ images" would hold a few classes only.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -46,6 +45,7 @@ from ..data.canvases import CanvasSet
 from ..data.shards import ShardSet, stream_batches
 from ..progress import bar as progress_bar
 from ..views import to_input
+from .. import config
 from ..config import ConfigError
 from .. import runfolder
 
@@ -433,7 +433,7 @@ def context_from_checkpoint(path: str | Path, overrides: dict | None = None, dev
     ``auto`` (the GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
     device = eval_device(device)
     state = load_checkpoint(path)
-    cfg = copy.deepcopy(state["config"])
+    cfg = config.with_defaults(state["config"])  # a run saved before a key existed reads its default
     cfg.pop("resumed_with_changes", None)
     for section, values in (overrides or {}).items():
         if isinstance(values, dict):
