@@ -243,7 +243,9 @@ def test_data_distractors_and_fill_reach_the_generator():
     none = partsworld_config(config.resolve(["demo"], ["data.distractors=0"])["data"])
     big = partsworld_config(config.resolve(["demo"], ["data.fill=[1.0,1.4]"])["data"])
     assert default.distractors == 2 and none.distractors == 0
+    high = partsworld_config(config.resolve(["demo"], ["data.elevation=[25,60]"])["data"])
     assert (big.fill_min, big.fill_max) == (1.0, 1.4) and big.distractors == 2
+    assert (high.elev_min_deg, high.elev_max_deg) == (25.0, 60.0) and high.key() != default.key()
     assert default.key() == pw.PartsWorldConfig(size=64, n_train=6000, n_val=1000, n_test=1000, n_ood=1000).key()
     assert none.key() != default.key() and big.key() != default.key()
     with pytest.raises(config.ConfigError, match="data.distractors"):
@@ -251,6 +253,9 @@ def test_data_distractors_and_fill_reach_the_generator():
     for bad in ("[0.0,1.0]", "[1.2,1.0]", "[1.0,5.0]"):
         with pytest.raises(config.ConfigError, match="data.fill"):
             config.resolve(["demo"], [f"data.fill={bad}"])
+    for bad in ("[-1,10]", "[40,20]", "[10,90]"):
+        with pytest.raises(config.ConfigError, match="data.elevation"):
+            config.resolve(["demo"], [f"data.elevation={bad}"])
 
 
 def test_a_larger_fill_renders_a_larger_object():
