@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
         "seed": 0,  # partsworld only: the data set's seed (independent of the run's seed)
         "distractors": 2,  # partsworld only: at most this many distractor primitives per image (0: none)
         "fill": [0.65, 0.95],  # partsworld only: the object's bounding sphere spans this fraction of the frame
+        "background": "scene",  # partsworld only: scene (sky, ground, distractors) | grey (every non-object pixel mid grey)
         "elevation": [8.0, 40.0],  # partsworld only: camera elevation range in degrees (the view shows sky below ~20)
         "cache_dir": "",  # "" = $SPATIALSSL_CACHE or ~/.cache/spatialssl
         "on_error": "skip",  # skip | raise  (unreadable files in folder data)
@@ -213,6 +214,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("partsworld", "folder", "shards"),
     "data.on_error": ("skip", "raise"),
     "data.decode": ("cpu", "gpu"),
+    "data.background": ("scene", "grey"),
     "backbone.name": ("vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50", "resnet_mini"),
     "views.local_flip": ("auto", "per_image", "per_view", "none"),
     "sp.offsets": ("canvas", "reference"),

@@ -263,3 +263,20 @@ def test_a_larger_fill_renders_a_larger_object():
     small = pw.render(pw.PartsWorldConfig(size=32, n_train=8, distractors=0), "train", 0, 8)
     big = pw.render(pw.PartsWorldConfig(size=32, n_train=8, distractors=0, fill_min=1.2, fill_max=1.4), "train", 0, 8)
     assert (big.semantic > 0).float().mean() > 1.5 * (small.semantic > 0).float().mean()
+
+
+def test_grey_background_keeps_only_the_object(tmp_path):
+    """``data.background=grey``: every pixel off the object is mid grey, the object's pixels,
+    masks, depth and labels are the rendered scene's."""
+    from spatialssl import config
+    from spatialssl.data import load_split
+
+    over = ["data.canvas_size=16", "data.n_train=8", "data.n_eval=8", f"data.cache_dir={tmp_path}"]
+    scene = load_split(config.resolve(["demo"], over)["data"], "val")
+    grey = load_split(config.resolve(["demo"], [*over, "data.background=grey"])["data"], "val")
+    obj = (scene.semantic > 0)[:, None].expand_as(scene.images)
+    assert (grey.images[~obj] == 128).all() and (grey.images[obj] == scene.images[obj]).all()
+    assert (scene.images[~obj] != 128).float().mean() > 0.5  # the scene's background is not grey
+    assert torch.equal(grey.depth, scene.depth) and torch.equal(grey.labels, scene.labels)
+    with pytest.raises(config.ConfigError, match="data.background"):
+        config.resolve(["demo"], ["data.background=black"])

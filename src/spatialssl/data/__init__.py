@@ -30,6 +30,18 @@ def partsworld_config(data_cfg: dict):
                             elev_min_deg=float(data_cfg["elevation"][0]), elev_max_deg=float(data_cfg["elevation"][1]))
 
 
+def grey_background(ds: CanvasSet) -> CanvasSet:
+    """``ds`` with every pixel off the object (sky, ground, shadows, distractors: semantic 0)
+    set to mid grey (128): the background then carries no instance cue. Masks and depth are
+    kept as rendered."""
+    import dataclasses
+
+    import torch
+
+    images = torch.where(ds.semantic[:, None] > 0, ds.images, torch.full_like(ds.images[:1], 128))
+    return dataclasses.replace(ds, images=images, meta={**ds.meta, "background": "grey"})
+
+
 def train_folder(root: Path) -> tuple[Path, tuple[str, ...]]:
     """The train split's folder of a folder data set, and the sub-folder names there that
     are not classes: ``<root>/train``, or ``<root>`` itself when it has no ``train`` folder
@@ -64,8 +76,9 @@ def load_split(data_cfg: dict, split: str, progress: bool = True):
 
         if split not in SPLITS:
             raise ConfigError(f"unknown PartsWorld split '{split}' (known: {', '.join(SPLITS)})")
-        return partsworld.load(split, partsworld_config(data_cfg), cache_dir=data_cfg["cache_dir"] or None,
-                               progress=progress)
+        ds = partsworld.load(split, partsworld_config(data_cfg), cache_dir=data_cfg["cache_dir"] or None,
+                             progress=progress)
+        return grey_background(ds) if data_cfg["background"] == "grey" else ds
     if name == "folder":
         from . import folders
 
