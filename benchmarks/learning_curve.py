@@ -25,6 +25,9 @@ Writes ``results/curve/curve.json`` (every point, with times), the table as Mark
 Usage:
     python benchmarks/learning_curve.py [--frameworks byol,simclr,mocov3,dino]
         [--budgets 400,1000,2000,3000] [--max-steps 3000] [--runs runs/study/cpu]
+    # a changed recipe (its runs are never the study's cells; its own results and figure):
+    python benchmarks/learning_curve.py --set data.background=grey --runs runs/curve_grey \
+        --results results/curve_grey --figure docs/figures/learning_curve_grey.png
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ def main() -> None:
     p.add_argument("--runs", default="runs/study/cpu", help="the cpu study's scratch folder")
     p.add_argument("--results", default="results/curve")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override on every run and reference (a changed recipe: use its own --runs, --results)")
+    p.add_argument("--figure", default=str(REPO / "docs" / "figures" / "learning_curve.png"))
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     import torch
@@ -103,15 +109,16 @@ def main() -> None:
     rec = json.loads(rec_path.read_text()) if rec_path.exists() else {"points": {}}
     rec.update({"max_steps": args.max_steps, "budgets": budgets, "rule": f"kNN top-1 >= random-init floor + {MARGIN}",
                 "machine": f"{study.card_name()}, {torch.get_num_threads()} threads",
-                "command": "python " + " ".join(sys.argv)})
+                "command": "python " + " ".join(sys.argv), "overrides": args.set})
     for fw in args.frameworks.split(","):
         if args.report_only:
             break
         cell = study.Cell(fw, False, "cnn", 0)
         # the study's own cell (its run folder and config): at --max-steps == the cpu budget's steps the
         # curve's run is the study's seed-0 baseline cell, which the study then only evaluates
-        extra = [] if args.max_steps == study.CPU_STEPS else [f"train.steps={args.max_steps}",
-                                                             f"out_dir={runs / 'curve' / cell.name}"]
+        extra = [] if args.max_steps == study.CPU_STEPS and not args.set else [
+            f"train.steps={args.max_steps}", f"out_dir={runs / 'curve' / cell.name}"]
+        extra += args.set
         cfg = study.cell_config(cell, budget, runs, study.ALL_TASKS, extra)
         run_dir = Path(cfg["out_dir"])
         for n in budgets:
@@ -146,10 +153,10 @@ def main() -> None:
             print(f"{key}: kNN {rec['points'][key]['values']['knn'].get('top1', float('nan')):.3f} "
                   f"(floor {rec['points'][key]['values']['knn'].get('random_top1', float('nan')):.3f}), "
                   f"train {train_s or 0:.0f} s, eval {out['eval_s']:.0f} s", flush=True)
-    write_outputs(rec, results)
+    write_outputs(rec, results, Path(args.figure))
 
 
-def write_outputs(rec: dict, results: Path) -> None:
+def write_outputs(rec: dict, results: Path, png: Path) -> None:
     """The table (Markdown) and the plot from the recorded points."""
     import matplotlib
     matplotlib.use("Agg")
@@ -201,9 +208,9 @@ def write_outputs(rec: dict, results: Path) -> None:
         ax.set_title(label)
         ax.set_xlabel("pretraining steps (batch 64)")
     axes[0].legend(fontsize=8)
-    fig.suptitle("PartsWorld, demo CNN, 2-core CPU: baselines (no SP) by budget", fontsize=10)
+    extra = f" ({', '.join(rec['overrides'])})" if rec.get("overrides") else ""
+    fig.suptitle(f"PartsWorld{extra}, demo CNN, 2-core CPU: baselines (no SP) by budget", fontsize=10)
     fig.tight_layout()
-    png = REPO / "docs" / "figures" / "learning_curve.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=100)
     rec["chosen_budget"] = chosen
