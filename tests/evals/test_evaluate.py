@@ -145,17 +145,28 @@ def test_floor_runs_once_for_runs_of_one_architecture(tiny_run, tmp_path, monkey
 
 
 def test_a_run_saved_before_a_config_key_existed_evaluates(tmp_path):
-    """The released checkpoints' configs predate ``data.distractors`` and ``data.fill``: the
-    evaluation context reads those keys at their defaults (as a resume does), so the demo's
-    and anyone's evaluation of them builds its data, instead of a KeyError."""
+    """A run folder whose config predates ``data.distractors``, ``data.fill``,
+    ``data.elevation`` and ``data.background`` (as the first released checkpoints did): the
+    evaluation context reads those keys at their defaults (as a resume does), so its data can
+    be built, instead of a KeyError; its saved values are kept."""
+    import shutil
+
+    import yaml
+
     from spatialssl.data import partsworld_config
     from spatialssl.evals.features import context_from_checkpoint
 
-    run = Path(__file__).resolve().parents[2] / "checkpoints" / "byol-cnn-s0"
-    saved = runfolder.read_config(run)
-    assert "distractors" not in saved["data"] and "fill" not in saved["data"]
-    ctx = context_from_checkpoint(run, device="cpu", progress=False, cache_dir=tmp_path)
+    released = Path(__file__).resolve().parents[2] / "checkpoints" / "byol-cnn-s0"
+    run = tmp_path / "old_run"
+    run.mkdir()
+    shutil.copy(released / runfolder.BACKBONE, run / runfolder.BACKBONE)
+    saved = runfolder.read_config(released)
+    for key in ("distractors", "fill", "elevation", "background"):
+        saved["data"].pop(key, None)
+    saved["data"]["n_eval"] = 77
+    (run / runfolder.CONFIG).write_text(yaml.safe_dump(saved))
+    ctx = context_from_checkpoint(run, device="cpu", progress=False, cache_dir=tmp_path / "features")
     pw = partsworld_config(ctx.cfg["data"])
-    assert (pw.distractors, pw.fill_min, pw.fill_max) == (2, 0.65, 0.95)
-    assert ctx.cfg["data"]["canvas_size"] == saved["data"]["canvas_size"]  # saved values kept
+    assert (pw.distractors, pw.fill_min, pw.fill_max, pw.elev_min_deg) == (2, 0.65, 0.95, 8.0)
+    assert ctx.cfg["data"]["background"] == "scene" and pw.n_val == 77  # saved values kept
     assert config.with_defaults({"data": {"n_train": 7}, "gone": 1})["data"]["n_train"] == 7
