@@ -60,7 +60,8 @@ def test_released_pairs_load_from_safetensors_and_pair_by_sp_alone(monkeypatch, 
     """``released_runs`` reads checkpoints/<cell>/ as benchmarks/release.py writes it
     (backbone.safetensors + config.yaml + status.json), evaluates each copy, and the two arms
     of a released pair are comparable in the report (they differ by SP alone). Plant: the
-    old loader (``*/checkpoint.pt``) finds nothing -> fails."""
+    old loader (``*/checkpoint.pt``) finds nothing -> fails; the demo's data section replacing
+    the run's ``data.background`` -> fails."""
     import json
 
     import yaml
@@ -75,7 +76,8 @@ def test_released_pairs_load_from_safetensors_and_pair_by_sp_alone(monkeypatch, 
     for sp in (False, True):
         cell = f"simclr{'_sp' if sp else ''}-cnn-s0"
         cfg = config.resolve(experiments.framework_presets("simclr"),
-                             [*base, f"sp.enabled={str(sp).lower()}", f"name={cell}", f"out_dir=runs/study/cpu/{cell}"])
+                             [*base, f"sp.enabled={str(sp).lower()}", f"name={cell}", f"out_dir=runs/study/cpu/{cell}",
+                              "data.background=grey"])
         d = released / cell
         d.mkdir(parents=True)
         export_timm_state_dict(create_backbone(cfg["backbone"]), str(d / "backbone.safetensors"))
@@ -87,7 +89,9 @@ def test_released_pairs_load_from_safetensors_and_pair_by_sp_alone(monkeypatch, 
     assert [d.name for d in dirs] == ["released_simclr-cnn-s0", "released_simclr_sp-cnn-s0"]
     for d in dirs:
         assert (d / "metrics" / "knn.json").exists()
-        assert "released, CPU study 4 steps, seed 0" in yaml.safe_load((d / "config.yaml").read_text())["name"]
+        assert "released, CPU study 4 steps, grey background, seed 0" in yaml.safe_load((d / "config.yaml").read_text())["name"]
+        # probed on images drawn as the run was trained on (grey), not the demo's scene
+        assert json.loads((d / "metrics" / "knn.json").read_text())["data_config"]["background"] == "grey"
     runs = report.read_runs(dirs)
     cols = report.columns(runs)
     assert len(cols) == 1 and cols[0][1] is not None
