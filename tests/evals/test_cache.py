@@ -149,7 +149,8 @@ def test_cache_key_reads_the_number_free_list(planted_tools):
     for k, default in DEFAULTS["data"].items():
         before = dict(data)
         value = data.get(k, default)
-        data[k] = "changed" if isinstance(value, str) else value + 1
+        data[k] = ("changed" if isinstance(value, str) else [v + 1 for v in value] if isinstance(value, list)
+                   else value + 1)
         assert (ctx.cache_key(a.images, False) == key0) == (number_free(f"data.{k}") or f"data.{k}" in EVAL_UNREAD), k
         data.clear()
         data.update(before)
