@@ -42,6 +42,17 @@ def test_grid_order(study):
     assert all(study.parse_cell(n).name == n for n in names)
 
 
+def test_cpu_grey_is_the_cpu_recipe_on_a_grey_background(study, tmp_path):
+    """The cpu_grey budget's cells are the cpu budget's, with a grey background and the
+    learning curve's 2,000 steps, and nothing else changed (the learning curve's runs and the
+    released checkpoints say so)."""
+    for cell in (study.Cell("byol", False, "cnn", 0), study.Cell("dino", True, "cnn", 1)):
+        a = _flat(study.cell_config(cell, study.BUDGETS["cpu"], tmp_path, study.ALL_TASKS))
+        g = _flat(study.cell_config(cell, study.BUDGETS["cpu_grey"], tmp_path, study.ALL_TASKS))
+        assert {k for k in a if a[k] != g[k]} == {"data.background", "train.steps"}
+        assert (g["data.background"], g["train.steps"], a["data.background"]) == ("grey", 2000, "scene")
+
+
 @pytest.mark.parametrize("budget", ["tiny", "gpu"])
 def test_pairs_differ_only_in_sp(study, budget, tmp_path):
     """Both arms of every pair resolve, pin the same local flip policy, and differ in sp.enabled only."""
