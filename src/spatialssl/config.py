@@ -409,13 +409,11 @@ def derive(cfg: dict, warn: bool = True) -> dict:
     v, sp = cfg["views"], cfg["sp"]
     if v["local_flip"] == "auto":
         v["local_flip"] = "per_image" if sp["enabled"] else "per_view"
-    lo, hi = cfg["data"]["fill"]
-    if not 0 < lo <= hi <= 3:
-        raise ConfigError(f"config key 'data.fill' must satisfy 0 < low <= high <= 3, got {cfg['data']['fill']}")
-    lo, hi = cfg["data"]["elevation"]
-    if not 0 <= lo <= hi <= 85:
-        raise ConfigError(f"config key 'data.elevation' must satisfy 0 <= low <= high <= 85 (degrees), "
-                          f"got {cfg['data']['elevation']}")
+    for key, least, most in (("fill", 1e-6, 3), ("elevation", 0, 85)):  # PartsWorld's camera ranges
+        lo, hi = cfg["data"][key]
+        if not least <= lo <= hi <= most:
+            raise ConfigError(f"config key 'data.{key}' must satisfy {least} <= low <= high <= {most}, "
+                              f"got {cfg['data'][key]}")
     for key in ("global_scale", "local_scale", "ratio"):
         lo, hi = v[key]
         if not 0 < lo <= hi:
