@@ -260,10 +260,12 @@ def load_yaml(text_or_file: Any, where: str = "") -> Any:
         raise ConfigError(f"{where or 'YAML'} is not valid YAML{at}: {problem}") from None
 
 
-def with_defaults(saved: dict) -> dict:
+def with_defaults(saved: dict, defaults: dict | None = None) -> dict:
     """A saved run's config with the keys added since it was written filled in at their
-    defaults (the rule ``resume_changes`` applies: a key the saved config lacks counts as its
-    default); every saved value, and any key no longer known, is kept as it is."""
+    defaults (``defaults``, default ``DEFAULTS``); every saved value, and any key no longer
+    known, is kept as it is. The one place of the rule "a key a saved config lacks counts as
+    its default": evaluation (``evals.features``) and the resume check (``resume_changes``)
+    both read old runs through it."""
     out = copy.deepcopy(saved)
 
     def fill(dst: dict, src: dict) -> None:
@@ -273,7 +275,7 @@ def with_defaults(saved: dict) -> dict:
             elif isinstance(value, dict) and isinstance(dst[key], dict):
                 fill(dst[key], value)
 
-    fill(out, DEFAULTS)
+    fill(out, DEFAULTS if defaults is None else defaults)
     return out
 
 
@@ -643,18 +645,17 @@ def resume_changes(saved: dict, new: dict) -> tuple[dict[str, tuple], dict[str, 
     ``(unsafe, safe)`` dicts of ``key -> (saved value, new value)``; ``safe`` keys are
     those in ``NUMBER_FREE``. A key the saved config lacks (added since) counts as its
     default."""
-    old = flatten({k: v for k, v in saved.items() if k != RESUME_HISTORY})
-    defaults = flatten(derive(copy.deepcopy(DEFAULTS), warn=False))  # no warnings about views nobody trains on
+    defaults = derive(copy.deepcopy(DEFAULTS), warn=False)  # no warnings about views nobody trains on
+    old = flatten(with_defaults({k: v for k, v in saved.items() if k != RESUME_HISTORY}, defaults))
     new_flat = flatten({k: v for k, v in new.items() if k != RESUME_HISTORY})
     # schedule lengths compare in steps: 100 steps and 0.1 of a 1000-step run are the same schedule
-    old_steps = old.get("train.steps", defaults["train.steps"])
-    for flat, steps in ((old, old_steps), (defaults, old_steps), (new_flat, new_flat["train.steps"])):
+    for flat in (old, new_flat):
         for key, least in SCHEDULE_KEYS.items():
             if key in flat:
-                flat[key] = fraction_steps(flat[key], steps, least)
+                flat[key] = fraction_steps(flat[key], flat["train.steps"], least)
     unsafe, safe = {}, {}
     for key, value in new_flat.items():
-        before = old.get(key, defaults.get(key, value))
+        before = old.get(key, value)
         if same(before, value):
             continue
         (safe if number_free(key) else unsafe)[key] = (before, value)
