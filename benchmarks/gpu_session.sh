@@ -53,11 +53,10 @@ pack() {  # whatever exists, into $OUT: small files and slim checkpoints in one 
   for d in "$STUDY_RUNS"/*/; do
     c=$(basename "$d")
     # ViT-S/16 backbones (~86 MB) would pass the 16 MB per file that comes back: left out
-    [ -f "$d/checkpoint.pt" ] && [[ $c != *vits16* ]] || continue
-    mkdir -p "$RUNS/study_partial/$c" && cp "$d"/{config.yaml,metrics.jsonl,train.log,status.json} "$RUNS/study_partial/$c/" 2>/dev/null
-    timeout 20 "$PY" -c "import sys, torch; s = torch.load(sys.argv[1], map_location='cpu', weights_only=False); \
-torch.save({k: s[k] for k in ('config', 'backbone', 'step')}, sys.argv[2])" \
-      "$d/checkpoint.pt" "$RUNS/study_partial/$c/checkpoint.pt" && parts+=("study_partial/$c")
+    [[ $c != *vits16* ]] || continue
+    # the run folder's small files and a slim checkpoint; nothing when it has no checkpoint
+    timeout 20 "$PY" -c "import sys; from spatialssl.runfolder import slim_copy; sys.exit(not slim_copy(*sys.argv[1:]))" \
+      "$d" "$RUNS/study_partial/$c" && parts+=("study_partial/$c")
   done
   tar czf "$OUT/study.tar.gz" --transform 's,^session_results,results/study,' \
     --transform 's,^study_partial,runs/study_partial,' -C "$RUNS" session_results "${parts[@]}"

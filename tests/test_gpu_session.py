@@ -12,12 +12,20 @@ import tarfile
 import time
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_session_dry_run_end_to_end(tmp_path):
     """Plant: the EXIT trap that packs removed -> study.tar.gz missing, fails."""
     out, runs = tmp_path / "out", tmp_path / "runs"
+    # an unfinished run left in the study's scratch folder (by an earlier call): packed slim
+    unfinished = runs / "study" / "x-cnn-s9"
+    unfinished.mkdir(parents=True)
+    torch.save({"step": 3, "config": {"train": {"steps": 8}}, "backbone": {"w": torch.ones(2)},
+                "optimizer": {"m": torch.zeros(2)}}, unfinished / "checkpoint.pt")
+    (unfinished / "metrics.jsonl").write_text('{"step": 3}\n')
     peer = tmp_path / "peer.py"
     peer.write_text("print(('model bf16', '   250.0 img/s', '1 ms/step'), flush=True)\n"
                     "print('model bf16 |    250.0 img/s | 1 ms/step')\n")
@@ -44,6 +52,8 @@ def test_gpu_session_dry_run_end_to_end(tmp_path):
         assert len(doc["rows"]) == 4 and doc["peer"]["rates"] == {"bf16": 250.0}
     with tarfile.open(out / "study.tar.gz") as tar:
         members = tar.getnames()
+        slim = torch.load(tar.extractfile("runs/study_partial/x-cnn-s9/checkpoint.pt"), weights_only=False)
+    assert set(slim) == {"config", "backbone", "step"} and "runs/study_partial/x-cnn-s9/metrics.jsonl" in members
     assert "results/study" in members and all(m.startswith(("results/study", "runs/study_partial")) for m in members)
     # the gpu budget's cells need minutes each: none fits what a dry run leaves, none starts
     assert "study: started" not in log

@@ -158,3 +158,28 @@ def test_read_config_reads_the_config_systems_yaml(tmp_path):
     (tmp_path / runfolder.CONFIG).write_text("- a list\n")
     with pytest.raises(config.ConfigError, match="must hold a mapping"):
         runfolder.read_config(tmp_path)
+
+
+def test_slim_copy_keeps_the_small_files_and_the_backbone_of_the_newest_readable_checkpoint(tmp_path):
+    """What a device call brings back of an unfinished run (benchmarks/gpu_session.sh).
+    Plant: slim_copy reading checkpoint.pt alone (no fallback) -> the damaged case fails."""
+    run = _run(tmp_path, checkpoint_seed=2, previous_seed=3)
+    state = torch.load(run / runfolder.CHECKPOINT, weights_only=False)
+    torch.save({**state, "optimizer": {"big": torch.zeros(1000)}}, run / runfolder.CHECKPOINT)
+    (run / runfolder.CURVE).write_text('{"step": 4, "loss": 1.0}\n')
+    dest = tmp_path / "slim" / "run"
+    assert runfolder.slim_copy(run, dest)
+    assert sorted(p.name for p in dest.iterdir()) == sorted([runfolder.CONFIG, runfolder.CURVE, runfolder.STATUS,
+                                                             runfolder.CHECKPOINT])
+    saved = torch.load(dest / runfolder.CHECKPOINT, weights_only=False)
+    assert set(saved) == {"config", "backbone", "step"} and saved["step"] == 4
+    back = runfolder.load_weights(dest)
+    assert _same(back["backbone"], 2) and back["config"] == CFG and runfolder.read_curve(dest)[0]["step"] == 4
+    # a damaged newest checkpoint: the previous one is copied
+    (run / runfolder.CHECKPOINT).write_bytes(b"\0" * 100)
+    assert runfolder.slim_copy(run, tmp_path / "slim2")
+    assert _same(runfolder.load_weights(tmp_path / "slim2")["backbone"], 3)
+    # no checkpoint (a finished run's safetensors alone is not what this copies): nothing written
+    (tmp_path / "b").mkdir()
+    bare = _run(tmp_path / "b", safetensors_seed=1)
+    assert not runfolder.slim_copy(bare, tmp_path / "slim3") and not (tmp_path / "slim3").exists()

@@ -246,6 +246,35 @@ def load_weights(path: str | Path) -> dict:
     return _with_progress(state, used)
 
 
+SMALL_FILES = (CONFIG, CURVE, LOG, STATUS)  # what a run folder says about itself, without weights
+
+
+def slim_copy(run_dir: str | Path, dest: str | Path) -> bool:
+    """A run that has a training checkpoint, copied small into ``dest``: its ``SMALL_FILES``
+    (those it has) and its newest readable checkpoint cut to ``{config, backbone, step}``
+    (no optimizer, teacher or head state: ``load_weights`` reads it, resuming cannot).
+    What a device call brings back of runs it could not finish (``benchmarks/gpu_session.sh``).
+    False, and nothing written, when the folder has no readable checkpoint."""
+    import shutil
+
+    import torch
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    try:
+        found = latest_checkpoint(run_dir)
+    except CheckpointError:
+        return False
+    if found is None:
+        return False
+    state = found[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SMALL_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, dest / name)
+    torch.save({k: state[k] for k in ("config", "backbone", "step")}, dest / CHECKPOINT)
+    return True
+
+
 def _read_weights(path: Path) -> dict:
     return read_backbone(path) if path.suffix == ".safetensors" else read_checkpoint(path)
 
