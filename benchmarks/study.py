@@ -53,6 +53,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import shlex
 import shutil
 import signal
@@ -321,9 +322,26 @@ def commit_id() -> str:
 
 
 def card_name() -> str:
+    """The device a cell ran on: the GPU's name, else ``cpu: <model> (<bf16 instructions>)``.
+    The CPU's model is recorded because bf16 kernels differ between CPUs (AMX on a Xeon,
+    AVX512-BF16 alone on an EPYC), and with them the last digits of a bf16 run."""
     import torch
 
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    model, flags = platform.processor() or "unknown model", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux: the model platform gives
+        pass
+    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return f"cpu: {model}" + (f" ({', '.join(bf16)})" if bf16 else "")
 
 
 class Interrupted(Exception):
