@@ -641,12 +641,90 @@ CURVE_ROWS = [("teacher_entropy", "teacher entropy, per sample (end of training)
               ("rankme", "RankMe of the embeddings (end of training)", 1)]
 
 
+def complete_pairs(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]
+                   ) -> dict[str, dict[str, list[tuple[int, object, object]]]]:
+    """backbone -> framework -> [(seed, baseline run, SP run)] (``report.Run``), the pairs whose
+    two arms are both done, in grid order; backbones without any are left out."""
+    from spatialssl.report import read_run
+
+    done = {c.name for c in cells if cell_status(c, results, Path("/nonexistent"), budget, tasks) == "done"}
+    out: dict[str, dict[str, list[tuple[int, object, object]]]] = {}
+    for backbone in BACKBONES:
+        for c in cells:
+            mate = Cell(c.framework, True, c.backbone, c.seed)
+            if c.backbone == backbone and not c.sp and c.name in done and mate.name in done:
+                out.setdefault(backbone, {}).setdefault(c.framework, []).append(
+                    (c.seed, read_run(results / c.name), read_run(results / mate.name)))
+    return out
+
+
+FIGURE_METRICS = ["kNN top-1", "linear top-1", "patch-pair R² dx", "patch-pair R² ds", "segmentation mIoU",
+                  "depth RMSE", "mean corruption acc. (mCA)", "jigsaw tile acc."]
+
+
+def figure(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) -> list[str]:
+    """``summary.png``: per backbone, one panel per metric of ``FIGURE_METRICS`` (those the
+    results hold): for each framework, every pretraining seed's baseline and SP values joined
+    by a line (the paired difference the summary tests), the means as larger markers, and the
+    mean random-init floor dashed. Returns the panels drawn, ``backbone: metric``."""
+    from spatialssl.report import KEY_METRICS
+
+    pairs = complete_pairs(cells, results, budget, tasks)
+    metrics = {label: (task, key, sign) for task, key, label, sign in KEY_METRICS if label in FIGURE_METRICS}
+    panels = []
+    for backbone, by_pair in pairs.items():
+        for label in FIGURE_METRICS:
+            if label in metrics:
+                task, key, sign = metrics[label]
+                if any(a.value(task, key)[0] is not None for v in by_pair.values() for _, a, _ in v):
+                    panels.append((backbone, label, task, key, sign))
+    if not panels:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncol = 4
+    nrow = math.ceil(len(panels) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.9 * nrow), squeeze=False)
+    for ax, (backbone, label, task, key, sign) in zip(axes.flat, panels):
+        fws = list(pairs[backbone])
+        floors = []
+        for i, fw in enumerate(fws):
+            rows = [(a.value(task, key)[0], b.value(task, key)[0]) for _, a, b in pairs[backbone][fw]]
+            rows = [(x, y) for x, y in rows if x is not None and y is not None]
+            for x, y in rows:
+                ax.plot([i - 0.17, i + 0.17], [x, y], color="0.6", lw=0.8, marker="o", ms=2.5, zorder=1)
+            if rows:
+                ax.scatter([i - 0.17], [statistics.fmean(x for x, _ in rows)], color="C0", s=36, zorder=2,
+                           label="baseline" if i == 0 else None)
+                ax.scatter([i + 0.17], [statistics.fmean(y for _, y in rows)], color="C1", s=36, zorder=2,
+                           label="+ SP" if i == 0 else None)
+            floors += [f for _, a, _ in pairs[backbone][fw] if (f := a.value(task, f"random_{key}")[0]) is not None]
+        if floors:
+            ax.axhline(statistics.fmean(floors), color="0.3", ls="--", lw=0.8, label="random init")
+        ax.set_xticks(range(len(fws)), fws)
+        ax.set_title(f"{label} {'↑' if sign > 0 else '↓' if sign < 0 else ''}"
+                     + (f" ({backbone})" if len(pairs) > 1 else ""), fontsize=9)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="best")
+    seeds = sorted({s for by_pair in pairs.values() for v in by_pair.values() for s, _, _ in v})
+    fig.suptitle(f"spatialssl study, {budget.name} budget: baseline vs + SP per pretraining seed "
+                 f"(seeds {', '.join(map(str, seeds))}; lines join a seed's pair)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(results / "summary.png", dpi=110)
+    plt.close(fig)
+    return [f"{b}: {label}" for b, label, *_ in panels]
+
+
 def summary(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) -> str:
     """Markdown: per backbone, each key metric as mean ± std over pretraining seeds per
     framework x arm, with the paired difference; only pairs whose two arms are complete."""
-    from spatialssl.report import ARROWS, KEY_METRICS, NO_TEST, markdown_table, read_run
+    from spatialssl.report import ARROWS, KEY_METRICS, NO_TEST, markdown_table
 
-    done = {c.name for c in cells if cell_status(c, results, Path("/nonexistent"), budget, tasks) == "done"}
     lines = [f"# Study summary ({budget.name} budget)", "",
              "Mean ± std over pretraining seeds (each value itself the mean over "
              f"{budget.eval_seeds} probe seeds); Δ = SP − base paired by seed, marked ✓ (SP better) / ✗ "
@@ -654,17 +732,7 @@ def summary(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) 
              f"where both arms are at or below their random-init floor; with one seed, no test and no mark "
              f"({NO_TEST}). Only pairs with both arms complete are counted. Written by "
              "benchmarks/study.py from results/study/*/ (docs/study.md).", ""]
-    for backbone in BACKBONES:
-        by_pair: dict[str, list[tuple[int, object, object]]] = {}
-        for c in cells:
-            if c.backbone != backbone or c.sp:
-                continue
-            mate = Cell(c.framework, True, c.backbone, c.seed)
-            if c.name in done and mate.name in done:
-                by_pair.setdefault(c.framework, []).append(
-                    (c.seed, read_run(results / c.name), read_run(results / mate.name)))
-        if not by_pair:
-            continue
+    for backbone, by_pair in complete_pairs(cells, results, budget, tasks).items():
         fws = list(by_pair)
         r0 = by_pair[fws[0]][0][1]
         bb = r0.config.get("backbone", {})
@@ -719,13 +787,16 @@ def _backbone_label(cfg: dict) -> str:
 
 
 def write_tables(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) -> Path:
-    """``summary.md`` (seed aggregation) and ``report/`` (``spatialssl report`` over the
-    complete seed-0 pairs, arms adjacent so the report pairs them right)."""
+    """``summary.md`` (seed aggregation), ``summary.png`` (its key rows, seed by seed) and
+    ``report/`` (``spatialssl report`` over the complete seed-0 pairs, arms adjacent so the
+    report pairs them right)."""
     from spatialssl.report import write_report
 
     text = summary(cells, results, budget, tasks)
     (results / "summary.md").write_text(text)
     print(text, flush=True)
+    if figure(cells, results, budget, tasks):
+        print(f"figure: {results / 'summary.png'}", flush=True)
     status = {c.name: cell_status(c, results, Path("/nonexistent"), budget, tasks) for c in cells}
     dirs = []
     for c in cells:

@@ -121,6 +121,11 @@ def test_study_tiny_end_to_end(study, tmp_path):
     summary = (results / "summary.md").read_text()
     assert "| kNN top-1 ↑ |" in summary and "teacher entropy, batch mean" in summary
     assert (results / "report" / "report.md").exists()
+    # the figure of the summary's key rows (plant: write_tables not calling figure -> no PNG, fails)
+    assert (results / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cells = [study.parse_cell(n) for n in ("dino-cnn-s0", "dino_sp-cnn-s0")]
+    panels = study.figure(cells, results, budget, tasks)
+    assert panels[:3] == ["cnn: kNN top-1", "cnn: linear top-1", "cnn: patch-pair R² dx"], panels
 
     # a second call runs nothing again
     mtime = (results / "dino-cnn-s0" / "metrics" / "knn.json").stat().st_mtime
