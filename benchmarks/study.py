@@ -680,11 +680,9 @@ def figure(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) -
                     panels.append((backbone, label, task, key, sign))
     if not panels:
         return []
-    import matplotlib
+    from spatialssl.report.figures import _plt, _save  # the report's Agg setup and PNG settings
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     ncol = 4
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.9 * nrow), squeeze=False)
@@ -714,9 +712,7 @@ def figure(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) -
     seeds = sorted({s for by_pair in pairs.values() for v in by_pair.values() for s, _, _ in v})
     fig.suptitle(f"spatialssl study, {budget.name} budget: baseline vs + SP per pretraining seed "
                  f"(seeds {', '.join(map(str, seeds))}; lines join a seed's pair)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(results / "summary.png", dpi=110)
-    plt.close(fig)
+    _save(fig, results / "summary.png")
     return [f"{b}: {label}" for b, label, *_ in panels]
 
 
