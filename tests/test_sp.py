@@ -118,3 +118,37 @@ def test_views_built_for_training_log_the_fallback_warning(caplog, monkeypatch):
         MultiCrop.from_config(cfg)
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(said) == 1 and "fallbacks" in said[0]
+
+
+def test_shuffled_targets_control_carries_no_pair_information():
+    """``sp.targets: shuffled`` (the control arm): the model that fits SP's targets 10x
+    (test above) cannot fit them once each step's targets are permuted across pairs, and its
+    R² stays near 0. Plant: the permutation removed -> the loss falls as in SP, fails."""
+    import pytest
+
+    from spatialssl import config
+
+    torch.manual_seed(0)
+    n, hw = 64, (32, 32)
+    g = torch.Generator().manual_seed(0)
+    a, b, _ = geometry.sample_disjoint_pairs(n, hw, (0.05, 0.25), (0.75, 4 / 3), 0.0, 16, g)
+    boxes = torch.stack([a, b])
+    feats = torch.cat([(boxes[..., :2] + boxes[..., 2:]) / 64, (boxes[..., 2:] - boxes[..., :2]) / 32], -1)
+    enc = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.GELU(), torch.nn.Linear(64, 32))
+    sp = SpatialPrediction(32, hw, (0.05, 0.25), hidden_dim=64, shuffled=True)
+    opt = torch.optim.Adam([*enc.parameters(), *sp.parameters()], lr=3e-3)
+    pairs = torch.tensor([[0, 1]])
+    first = None
+    for _ in range(400):
+        out = sp(enc(feats), boxes, pairs)
+        first = first if first is not None else out["loss"].item()
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert out["loss"].item() > first / 2 and max(out[f"r2_{c}"].item() for c in ("dx", "dy", "ds")) < 0.2
+    # the config key: geometry (default) or shuffled, named in the error otherwise
+    cfg = config.resolve(["demo"], ["sp.enabled=true", "sp.targets=shuffled"])
+    assert SpatialPrediction.from_config(cfg["sp"], cfg["views"], 8, (64, 64)).shuffled
+    assert not SpatialPrediction.from_config(config.resolve(["demo"])["sp"], cfg["views"], 8, (64, 64)).shuffled
+    with pytest.raises(config.ConfigError, match="sp.targets.*geometry, shuffled"):
+        config.resolve(["demo"], ["sp.targets=random"])

@@ -134,6 +134,9 @@ DEFAULTS: dict[str, Any] = {
         "pair_candidates": 64,  # rejection-sampling candidate pairs per pair (both boxes redrawn)
         "min_gap": 3.0,  # canvas px between the two boxes of a pair (0 = touching allowed); docs/sp.md
         "beta": 1.0,  # smooth-L1 beta (on standardised targets)
+        # geometry | shuffled: a control arm whose targets are permuted across the batch's pairs,
+        # so they say nothing about the pair; it still cuts, forwards and pairs the local views
+        "targets": "geometry",
     },
     "train": {
         "steps": 1000,
@@ -218,6 +221,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "backbone.name": ("vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50", "resnet_mini"),
     "views.local_flip": ("auto", "per_image", "per_view", "none"),
     "sp.offsets": ("canvas", "reference"),
+    "sp.targets": ("geometry", "shuffled"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.data_parallel": ("ddp", "allreduce"),
     "train.compile_backend": ("inductor", "aot_eager", "eager"),

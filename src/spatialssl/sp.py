@@ -159,6 +159,11 @@ class SpatialPrediction(nn.Module):
         offsets: ``"canvas"`` or ``"reference"`` (see ``geometry.sp_targets``).
         antisymmetric, hidden_dim: head options.
         beta: smooth-L1 beta on standardised targets.
+        shuffled: a control (``sp.targets: shuffled``): each step's targets are permuted
+            across its pairs, so they carry no information about the pair the head sees,
+            while everything else (views, pairs, head, loss weight) is as in SP. It tells
+            what SP's effect owes to its targets rather than to forwarding more local views
+            through a second loss.
 
     Forward:
         emb: [L, B, D] pooled embeddings of the local views.
@@ -180,9 +185,10 @@ class SpatialPrediction(nn.Module):
     def __init__(self, embed_dim: int, canvas_hw: tuple[int, int], local_scale: tuple[float, float],
                  ratio: tuple[float, float] = (0.75, 4 / 3), max_iou: float = 0.0, offsets: str = "canvas",
                  antisymmetric: bool = True, hidden_dim: int = 256, beta: float = 1.0,
-                 candidates: int = 64, min_gap: float = 0.0) -> None:
+                 candidates: int = 64, min_gap: float = 0.0, shuffled: bool = False) -> None:
         super().__init__()
         self.canvas_hw = tuple(canvas_hw)
+        self.shuffled = shuffled
         self.offsets = offsets
         self.beta = beta
         mean, std = target_stats(self.canvas_hw, tuple(local_scale), tuple(ratio), max_iou, offsets,
@@ -198,7 +204,8 @@ class SpatialPrediction(nn.Module):
     @classmethod
     def from_config(cls, sp: dict, views: dict, embed_dim: int, canvas_hw: tuple[int, int]) -> "SpatialPrediction":
         return cls(embed_dim, canvas_hw, views["local_scale"], views["ratio"], sp["max_iou"], sp["offsets"],
-                   sp["antisymmetric"], sp["hidden_dim"], sp["beta"], sp["pair_candidates"], sp["min_gap"])
+                   sp["antisymmetric"], sp["hidden_dim"], sp["beta"], sp["pair_candidates"], sp["min_gap"],
+                   sp["targets"] == "shuffled")
 
     def targets(self, boxes: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
         """Standardised targets [P*B, 3] for ``pairs`` of ``boxes`` [L, B, 4]."""
@@ -215,6 +222,8 @@ class SpatialPrediction(nn.Module):
         za = emb[pairs[:, 0]].reshape(-1, d)
         zb = emb[pairs[:, 1]].reshape(-1, d)
         target = self.targets(boxes, pairs).to(torch.float32)
+        if self.shuffled:  # the control: the same targets, each given to another pair
+            target = target[torch.randperm(target.shape[0], device=target.device)]
         pred = self.head(za, zb)  # fp32 (see SPHead.forward)
         w = None if valid is None else valid.reshape(-1).to(torch.float32)  # [P*B]
         per_pair = F.smooth_l1_loss(pred, target, beta=self.beta, reduction="none").mean(1)
