@@ -701,7 +701,11 @@ def figure(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) -
                            label="+ SP" if i == 0 else None)
             floors += [f for _, a, _ in pairs[backbone][fw] if (f := a.value(task, f"random_{key}")[0]) is not None]
         if floors:
-            ax.axhline(statistics.fmean(floors), color="0.3", ls="--", lw=0.8, label="random init")
+            floor = statistics.fmean(floors)
+            ax.axhline(floor, color="0.3", ls="--", lw=0.8, label="random init")
+            lo, hi = ax.get_ylim()
+            pad = 0.05 * (max(hi, floor) - min(lo, floor))  # the floor clear of the frame's edge
+            ax.set_ylim(min(lo, floor - pad), max(hi, floor + pad))
         ax.set_xticks(range(len(fws)), fws)
         ax.set_title(f"{label} {'↑' if sign > 0 else '↓' if sign < 0 else ''}"
                      + (f" ({backbone})" if len(pairs) > 1 else ""), fontsize=9)
