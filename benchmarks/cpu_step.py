@@ -56,9 +56,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from spatialssl import config, runfolder  # noqa: E402
 from spatialssl.engine.trainer import build, train_step  # noqa: E402
+
+import study  # noqa: E402  (its cpu_model: the machine line)
 
 SETTINGS = {
     "byol_sp": (["byol", "demo"], ["framework.name=byol", "sp.enabled=true"]),
@@ -161,7 +164,7 @@ def speed(args) -> None:
         print(f"{setting}: done", flush=True)
     peaks.append((matmul_peak(torch.float32), matmul_peak(torch.bfloat16)))
     peak32, peak16 = max(p[0] for p in peaks), max(p[1] for p in peaks)  # the less disturbed of two readings
-    print(f"# CPU: {cpu_name()}, {threads} threads; matmul peak (4096^3, measured here before and after, the "
+    print(f"# CPU: {study.cpu_model()}, {threads} threads; matmul peak (4096^3, measured here before and after, the "
           f"better): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s; load average {load()}")
     print("| setting | mode | threads | img/s | ms/step | GFLOP/step | GFLOP/s | % of peak | x fp32 | warm-up s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -173,7 +176,7 @@ def speed(args) -> None:
               f"{r['gflop_step']:.2f} | {r['gflops']:.0f} | {r['pct_peak']:.1f} | {r['x_fp32']:.2f} | "
               f"{r['warmup_s']:.0f} |", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "threads": threads, "peak_fp32": peak32,
+        Path(args.json).write_text(json.dumps({"cpu": study.cpu_model(), "threads": threads, "peak_fp32": peak32,
                                                "peak_bf16": peak16, "load": load(), "rows": rows}, indent=1))
 
 
@@ -254,16 +257,6 @@ def learning(args) -> None:
     (REPO / "benchmarks" / "cpu_step_learning.json").write_text(json.dumps(summary, indent=1))
     print(f"largest gap between the modes' seed means {mode_gap:.4f}; between seeds of one mode {seed_gap:.4f}")
     print(f"last 100 steps, mean gap: modes {mode_gap_end:.4f}, seeds {seed_gap_end:.4f}; plot {png}")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def main() -> None:

@@ -50,6 +50,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -61,7 +62,6 @@ import statistics
 import subprocess
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -321,15 +321,11 @@ def commit_id() -> str:
     return f.read_text().strip() + " (from .gpu/commit.txt)" if f.exists() else "unknown"
 
 
-def card_name() -> str:
-    """The device a cell ran on: the GPU's name, else ``cpu: <model> (<bf16 instructions>)``.
-    The CPU's model is recorded because bf16 kernels differ between CPUs (AMX on a Xeon,
-    AVX512-BF16 alone on an EPYC), and with them the last digits of a bf16 run."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    model, flags = platform.processor() or "unknown model", set()
+def cpu_model() -> str:
+    """This CPU's model and its bf16 instructions, e.g. ``AMD EPYC (avx512_bf16)``: bf16
+    kernels differ between CPUs (AMX on a Xeon, AVX512-BF16 alone on an EPYC), and with them
+    the last digits of a bf16 run. Also benchmarks/cpu_step.py's machine line."""
+    model, flags = platform.processor() or "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
@@ -341,7 +337,14 @@ def card_name() -> str:
     except OSError:  # not Linux: the model platform gives
         pass
     bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
-    return f"cpu: {model}" + (f" ({', '.join(bf16)})" if bf16 else "")
+    return model + (f" ({', '.join(bf16)})" if bf16 else "")
+
+
+def card_name() -> str:
+    """The device a cell ran on: the GPU's name, else ``cpu: <cpu_model()>``."""
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu: {cpu_model()}"
 
 
 class Interrupted(Exception):
