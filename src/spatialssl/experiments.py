@@ -16,6 +16,7 @@ import yaml
 
 from . import config as config_mod
 from . import runfolder
+from .data import RENDER_KEYS
 from .engine.trainer import pretrain
 from .evals import available_tasks, evaluate
 
@@ -41,9 +42,6 @@ DEMO_RELEASED = ("simclr", "byol")
 # ... on smaller probe sets than the demo's own pair (each released pair's two runs alike), to keep
 # `make demo` short: 1,000 probe-train / 500 test images (measured: ~70 s -> see docs/demo.md)
 RELEASED_EVAL = ["eval.n_train=1000", "eval.n_test=500"]
-# how PartsWorld draws its images: a released run is evaluated on images drawn as it was trained
-# on (e.g. data.background=grey), the rest of the data section (sizes, cache) is the demo's
-RENDER_KEYS = ("distractors", "fill", "elevation", "background")
 
 
 def pinned_flip(presets: list[str], overrides: list[str]) -> str:
@@ -90,7 +88,7 @@ def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str], 
     each differing by SP alone; checkpoints/README.md) into ``out/released_<cell>`` and
     evaluate them here, on ``data`` (the demo's PartsWorld: image i of a split is the same
     whatever the split's size, so the probes see the same first images as for the demo's own
-    runs) drawn as each run's own data was (``RENDER_KEYS``: a pair trained on a grey
+    runs) drawn as each run's own data was (``data.RENDER_KEYS``: a pair trained on a grey
     background is probed on a grey background). ``frameworks``: only the pairs of these
     frameworks (default: all released)."""
     dirs = []
@@ -103,7 +101,7 @@ def released_runs(out: Path, tasks: str | list[str], eval_overrides: list[str], 
         for f in (runfolder.BACKBONE, runfolder.STATUS, runfolder.CURVE):
             if (src.parent / f).exists() and not (dst / f).exists():
                 shutil.copy(src.parent / f, dst / f)
-        own = {k: cfg["data"][k] for k in RENDER_KEYS if k in cfg["data"]}
+        own = {k: cfg["data"][k] for k in RENDER_KEYS if k in cfg["data"]}  # the rest: the demo's
         grey = ", grey background" if own.get("background") == "grey" else ""
         cfg["name"] = (f"{cfg['framework']['name']}{' + SP' if cfg['sp']['enabled'] else ''} "
                        f"(released, CPU study {cfg['train']['steps']} steps{grey}, seed {cfg['seed']})")

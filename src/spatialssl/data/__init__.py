@@ -20,6 +20,11 @@ from ..errors import NotFound
 SPLITS = ("train", "val", "test", "ood")
 
 
+# the data keys that decide how PartsWorld draws an image (partsworld_config, grey_background);
+# the rest of the section (sizes, seed, cache) decides which images and how many
+RENDER_KEYS = ("distractors", "fill", "elevation", "background")
+
+
 def partsworld_config(data_cfg: dict):
     from .partsworld import PartsWorldConfig
 
