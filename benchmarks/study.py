@@ -362,7 +362,7 @@ def copy_small_files(run_dir: Path, res: Path, items: bool = True) -> None:
     budget's probe sizes); the summary over seeds reads ``metrics/*.json`` alone, so the
     other seeds' cells leave them in the scratch folder."""
     res.mkdir(parents=True, exist_ok=True)
-    for f in (runfolder.CONFIG, runfolder.CURVE, runfolder.LOG, "worker.log"):
+    for f in (*runfolder.SMALL_FILES, "worker.log"):
         if (run_dir / f).exists():
             shutil.copy(run_dir / f, res / f)
     if (run_dir / "metrics").is_dir():

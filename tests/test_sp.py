@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from spatialssl import geometry
@@ -124,8 +125,6 @@ def test_shuffled_targets_control_carries_no_pair_information():
     """``sp.targets: shuffled`` (the control arm): the model that fits SP's targets 10x
     (test above) cannot fit them once each step's targets are permuted across pairs, and its
     R² stays near 0. Plant: the permutation removed -> the loss falls as in SP, fails."""
-    import pytest
-
     from spatialssl import config
 
     torch.manual_seed(0)

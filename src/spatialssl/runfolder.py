@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -55,6 +56,7 @@ BACKBONE = "backbone.safetensors"
 LOCK = ".lock"
 EVALS = "metrics"
 FEATURES = "features"
+SMALL_FILES = (CONFIG, CURVE, LOG, STATUS)  # what a run folder says about itself, without weights
 
 log = logging.getLogger("spatialssl")
 
@@ -246,17 +248,12 @@ def load_weights(path: str | Path) -> dict:
     return _with_progress(state, used)
 
 
-SMALL_FILES = (CONFIG, CURVE, LOG, STATUS)  # what a run folder says about itself, without weights
-
-
 def slim_copy(run_dir: str | Path, dest: str | Path) -> bool:
     """A run that has a training checkpoint, copied small into ``dest``: its ``SMALL_FILES``
     (those it has) and its newest readable checkpoint cut to ``{config, backbone, step}``
     (no optimizer, teacher or head state: ``load_weights`` reads it, resuming cannot).
     What a device call brings back of runs it could not finish (``benchmarks/gpu_session.sh``).
     False, and nothing written, when the folder has no readable checkpoint."""
-    import shutil
-
     import torch
 
     run_dir, dest = Path(run_dir), Path(dest)
