@@ -58,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
         "n_train": 20000,  # partsworld only
         "n_eval": 2000,  # partsworld only: val/test/ood size
         "seed": 0,  # partsworld only: the data set's seed (independent of the run's seed)
+        # images of train held out as split 'holdout' (a validation split carved from the training
+        # images: pretraining and probe-training never see them; the study tunes on it); 0 = none
+        "holdout": 0,
         "distractors": 2,  # partsworld only: at most this many distractor primitives per image (0: none)
         "fill": [0.65, 0.95],  # partsworld only: the object's bounding sphere spans this fraction of the frame
         "background": "scene",  # partsworld only: scene (sky, ground, distractors) | grey (every non-object pixel mid grey)
@@ -144,6 +147,11 @@ DEFAULTS: dict[str, Any] = {
         "lr": 5e-4,  # peak lr at batch 256; scaled linearly with batch_size / 256
         "lr_scale_with_batch": True,
         "min_lr": 1e-6,
+        # the length of every per-step schedule (lr, weight decay, EMA momentum, teacher
+        # temperature); 0 = train.steps. Larger: the run is that longer run stopped at
+        # train.steps (a schedule question the study tunes: step 2,000 of a 3,000-step cosine
+        # beat a 2,000-step run, issue "Fair by construction")
+        "schedule_steps": 0,
         # schedule lengths: whole steps (100) or a fraction of train.steps in (0, 1) (0.1 = the
         # first 10% of the run), resolved by ``schedule_steps`` (module docstring)
         "warmup_steps": 0.1,  # 100 of the default 1000 steps
@@ -426,6 +434,9 @@ def derive(cfg: dict, warn: bool = True) -> dict:
             raise ConfigError(f"config key 'views.{key}' must satisfy 0 < low <= high, got {v[key]}")
     if cfg["train"]["steps"] < 1:
         raise ConfigError("config key 'train.steps' must be >= 1")
+    if cfg["train"]["schedule_steps"] and cfg["train"]["schedule_steps"] < cfg["train"]["steps"]:
+        raise ConfigError(f"config key 'train.schedule_steps' must be 0 (= train.steps) or >= train.steps "
+                          f"({cfg['train']['steps']}), got {cfg['train']['schedule_steps']}")
     if cfg["train"]["batch_size"] < 2:
         raise ConfigError("config key 'train.batch_size' must be >= 2")
     if not 0.0 <= sp["max_iou"] < 1.0:
@@ -501,12 +512,12 @@ def upsampling_warnings(cfg: dict) -> list[str]:
 _LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
     "seed": (0, False),
     "data.canvas_size": (1, False), "data.max_pixels": (0, False),
-    "data.n_train": (1, False), "data.n_eval": (1, False), "data.distractors": (0, False),
+    "data.n_train": (1, False), "data.n_eval": (1, False), "data.holdout": (0, False), "data.distractors": (0, False),
     "views.global_size": (1, False), "views.local_size": (1, False),
     "views.n_global": (1, False), "views.n_local": (0, False),
     "sp.weight": (0.0, False), "sp.pair_candidates": (1, False), "sp.extra_local_views": (0, False),
     "sp.hidden_dim": (1, False), "sp.beta": (0.0, True),
-    "train.lr": (0.0, True), "train.min_lr": (0.0, False),
+    "train.lr": (0.0, True), "train.min_lr": (0.0, False), "train.schedule_steps": (0, False),
     "train.clip_grad": (0.0, False), "train.num_threads": (0, False),
     "train.log_every": (1, False), "train.collapse_every": (1, False),
     "eval.knn_k": (1, False), "eval.knn_t": (0.0, True), "eval.seeds": (1, False), "eval.batch_size": (1, False),
@@ -563,9 +574,10 @@ def fraction_steps(value: int | float, steps: int, least: int = 0) -> int:
 
 def schedule_steps(cfg: dict, steps: int | None = None) -> dict[str, int]:
     """Every schedule length of ``cfg`` in steps, for a run of ``steps`` (default
-    ``train.steps``): ``SCHEDULE_KEYS`` and the teacher-temperature warm-up
+    ``train.schedule_steps`` or else ``train.steps``): ``SCHEDULE_KEYS`` and the teacher-temperature warm-up
     (``TEACHER_TEMP_WARMUP``). The one place fractions become steps."""
-    steps = cfg["train"]["steps"] if steps is None else steps
+    if steps is None:  # the schedules' length: train.schedule_steps, 0 meaning train.steps
+        steps = cfg["train"].get("schedule_steps") or cfg["train"]["steps"]
     out = {key: fraction_steps(get(cfg, key), steps, least) for key, least in SCHEDULE_KEYS.items()}
     out[TEACHER_TEMP_WARMUP] = fraction_steps(float(get(cfg, TEACHER_TEMP_WARMUP)), steps)
     return out
@@ -592,7 +604,9 @@ def describe_schedule(cfg: dict, framework_keys: Iterable[str] | None = None) ->
         written = get(cfg, key)
         how = f"{written:g} of the run" if isinstance(written, float) else f"{written}"
         parts.append(f"{_SCHEDULE_NAMES[key]} {n} steps ({key} {how})")
-    return f"schedules at train.steps={cfg['train']['steps']}: " + ", ".join(parts)
+    longer = cfg["train"].get("schedule_steps") or 0
+    of = f" of a {longer}-step schedule (train.schedule_steps)" if longer and longer != cfg["train"]["steps"] else ""
+    return f"schedules at train.steps={cfg['train']['steps']}{of}: " + ", ".join(parts)
 
 
 # --------------------------------------------------------------------------- resume

@@ -67,8 +67,45 @@ def check_canvas(data_cfg: dict, ds) -> None:
                          f"{want}: set data.canvas_size={have}, or prepare the shards again with --canvas {want}")
 
 
+HOLDOUT = "holdout"  # the validation split carved from train (data.holdout images)
+
+
+def holdout_rows(n: int, k: int, labels) -> "torch.Tensor":
+    """The ``k`` rows of an ``n``-image train split held out as the validation split: a
+    stratified sample (``canvases.stratified_sample``) seeded by a fixed key, never by the
+    run's seed, so every arm and seed of a study trains without, and validates on, the same
+    images."""
+    from .canvases import stratified_sample
+
+    if k >= n:
+        raise ConfigError(f"config key 'data.holdout' ({k}) must be smaller than the train split ({n} images)")
+    return stratified_sample(n, k, labels, "data.holdout")
+
+
 def load_split(data_cfg: dict, split: str, progress: bool = True):
-    """One split of the configured data set: a CanvasSet (in memory) or a ShardSet (prepared shards)."""
+    """One split of the configured data set: a CanvasSet (in memory) or a ShardSet (prepared shards).
+
+    With ``data.holdout`` = k > 0, ``train`` is the train split less k images held out
+    (``holdout_rows``) and ``holdout`` is those k: a validation split carved from the
+    training images, which pretraining and probe-training never see and which is never the
+    test split (the study picks its hyper-parameters on it)."""
+    k = int(data_cfg.get("holdout", 0) or 0)
+    if split == HOLDOUT and not k:
+        raise ConfigError(f"split '{HOLDOUT}' needs config key 'data.holdout' > 0 (images of train held out)")
+    if k and split in ("train", HOLDOUT):
+        import torch
+
+        ds = _load(data_cfg, "train", progress)
+        rows = holdout_rows(len(ds), k, ds.labels)
+        if split == "train":
+            keep = torch.ones(len(ds), dtype=torch.bool)
+            keep[rows] = False
+            rows = keep.nonzero().flatten()
+        return ds.select(rows) if hasattr(ds, "select") else ds.subset(rows)
+    return _load(data_cfg, split, progress)
+
+
+def _load(data_cfg: dict, split: str, progress: bool = True):
     name = data_cfg["name"]
     if name == "shards":
         from .shards import ShardSet

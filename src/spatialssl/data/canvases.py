@@ -6,6 +6,7 @@ crops and augmentation then run batched on the training device (see ``views.py``
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -79,3 +80,29 @@ class CanvasSet:
             depth=pick(self.depth), semantic=pick(self.semantic), parts=pick(self.parts),
             class_names=list(self.class_names), fine_names=list(self.fine_names), meta=dict(self.meta),
         )
+
+
+def stratified_sample(n: int, k: int, labels: torch.Tensor | None, key: str) -> torch.Tensor:
+    """``k`` of ``n`` indices, a seeded random sample stratified by ``labels`` (sorted, long [k]).
+
+    Each class gets its share of ``k`` (largest remainders, ties to the lower class id);
+    within a class the images are drawn at random. ``k`` = 0 or >= ``n``: all indices.
+    The generator is seeded by ``key`` (name the subset's purpose and the eval seed).
+    """
+    if not k or k >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    if labels is None:
+        return torch.randperm(n, generator=g)[:k].sort().values
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * k / n
+    quota = exact.floor().long()
+    rest = k - int(quota.sum())
+    order = sorted(range(len(classes)), key=lambda i: (-(exact[i] - quota[i]).item(), i))
+    for i in order[:rest]:
+        quota[i] += 1
+    picks = []
+    for c, q in zip(classes.tolist(), quota.tolist()):
+        idx = (labels == c).nonzero().flatten()
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:q]])
+    return torch.cat(picks).sort().values

@@ -241,9 +241,12 @@ def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device, rank: int
     and the step's forward in DistributedDataParallel if ``train.data_parallel=ddp``."""
     t = cfg["train"]
     steps = t["steps"]
+    # every schedule is as long as train.schedule_steps (0: train.steps); a longer one is
+    # that run stopped at train.steps
+    total = t["schedule_steps"] or steps
     torch.manual_seed(cfg["seed"])  # model initialisation
     backbone = create_backbone(cfg["backbone"])
-    framework = create_framework(cfg, backbone, steps).to(device)
+    framework = create_framework(cfg, backbone, total).to(device)
     sp = None
     if cfg["sp"]["enabled"]:
         sp = SpatialPrediction.from_config(cfg["sp"], cfg["views"], backbone.embed_dim, canvas_hw).to(device)
@@ -273,8 +276,8 @@ def build(cfg: dict, canvas_hw: tuple[int, int], device: torch.device, rank: int
     groups = param_groups([framework] + ([sp] if sp is not None else []))
     optimizer = torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, fused=device.type == "cuda")
     peak = t["lr"] * (t["batch_size"] / 256 if t["lr_scale_with_batch"] else 1.0)
-    lr = schedules.cosine(peak, t["min_lr"], steps, config_mod.schedule_steps(cfg)["train.warmup_steps"])
-    wd = schedules.cosine(t["weight_decay"], t["weight_decay_end"], steps)
+    lr = schedules.cosine(peak, t["min_lr"], total, config_mod.schedule_steps(cfg, total)["train.warmup_steps"])
+    wd = schedules.cosine(t["weight_decay"], t["weight_decay_end"], total)
     if t["channels_last"]:
         # NHWC weights make convolutions choose NHWC activations (oneDNN on CPU); a ViT is unaffected
         for m in [framework] + ([sp] if sp is not None else []):

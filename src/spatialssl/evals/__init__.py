@@ -62,6 +62,18 @@ METRICS: dict[str, dict[str, int]] = {
                "top1_reconstructed": 1},
 }
 
+# metrics whose random-init floor means nothing, so "at or below the floor" hides no verdict:
+# mCA / clean of an untrained network is high because it is equally bad on clean and on
+# corrupted images (0.683 on the CPU study's grey images, above every trained arm); the report
+# and the study mark these by their paired test alone, and say so
+NO_FLOOR: dict[str, frozenset[str]] = {"robustness": frozenset({"rel_mCA"})}
+
+
+def floor_meaningful(task: str, key: str) -> bool:
+    """Whether a metric's random-init floor says anything (see ``NO_FLOOR``)."""
+    return key not in NO_FLOOR.get(task, frozenset())
+
+
 # tasks whose test items are not independent (several pairs of one image): their outcomes
 # carry ``group``, the image of each item, and the report's bootstrap resamples images
 GROUPED: frozenset[str] = frozenset({"patch_pair"})

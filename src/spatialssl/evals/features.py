@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import weakref
-import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -41,7 +40,7 @@ import torch
 from ..backbones import Backbone, create_backbone
 from ..config import eval_data
 from ..data import load_split
-from ..data.canvases import CanvasSet
+from ..data.canvases import CanvasSet, stratified_sample  # noqa: F401 (stratified_sample: evals' name too)
 from ..data.shards import ShardSet, stream_batches
 from ..progress import bar as progress_bar
 from ..views import to_input
@@ -109,32 +108,6 @@ def _digest_cached(t: torch.Tensor) -> str:
     except TypeError:  # not weak-referenceable: just do not memoise
         pass
     return d
-
-
-def stratified_sample(n: int, k: int, labels: torch.Tensor | None, key: str) -> torch.Tensor:
-    """``k`` of ``n`` indices, a seeded random sample stratified by ``labels`` (sorted, long [k]).
-
-    Each class gets its share of ``k`` (largest remainders, ties to the lower class id);
-    within a class the images are drawn at random. ``k`` = 0 or >= ``n``: all indices.
-    The generator is seeded by ``key`` (name the subset's purpose and the eval seed).
-    """
-    if not k or k >= n:
-        return torch.arange(n)
-    g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
-    if labels is None:
-        return torch.randperm(n, generator=g)[:k].sort().values
-    classes, counts = torch.unique(labels, return_counts=True)
-    exact = counts.double() * k / n
-    quota = exact.floor().long()
-    rest = k - int(quota.sum())
-    order = sorted(range(len(classes)), key=lambda i: (-(exact[i] - quota[i]).item(), i))
-    for i in order[:rest]:
-        quota[i] += 1
-    picks = []
-    for c, q in zip(classes.tolist(), quota.tolist()):
-        idx = (labels == c).nonzero().flatten()
-        picks.append(idx[torch.randperm(len(idx), generator=g)[:q]])
-    return torch.cat(picks).sort().values
 
 
 class _Rows:
