@@ -149,7 +149,7 @@ def main() -> None:
             tmp.write_text(json.dumps(rec, indent=1))
             tmp.replace(rec_path)
             shutil.copytree(dst / "metrics", results / fw / f"step_{n}", dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("*_outcomes.pt"))  # per-item outcomes stay in runs/
+                            ignore=shutil.ignore_patterns("*_outcomes.pt", "*_outcomes.npz"))  # per-item outcomes stay in runs/
             print(f"{key}: kNN {rec['points'][key]['values']['knn'].get('top1', float('nan')):.3f} "
                   f"(floor {rec['points'][key]['values']['knn'].get('random_top1', float('nan')):.3f}), "
                   f"train {train_s or 0:.0f} s, eval {out['eval_s']:.0f} s", flush=True)

@@ -303,7 +303,7 @@ def test_outcomes_that_cannot_be_paired_give_no_test(tmp_path):
     assert row(rows, "kNN top-1")[3] == "+0.200 †"
     assert row(rows, "linear top-1")[3] == "+0.200 †"
     text = report.write_report(dirs, tmp_path / "out").read_text()
-    assert "item count" in text and "no linear_outcomes.pt for dino" in text
+    assert "item count" in text and "no linear_outcomes.npz for dino" in text
 
 
 # ---------------------------------------------------------------------------- comparable pairs

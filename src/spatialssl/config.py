@@ -216,7 +216,7 @@ DEFAULTS: dict[str, Any] = {
         "jigsaw_n_test": 500,  # 0 = all of n_test
         "jigsaw_epochs": 100,
         "jigsaw_hidden": 256,  # MLP probe width (0 = a linear probe)
-        "n_examples": 6,  # example images saved in metrics/<task>_examples.pt for the report
+        "n_examples": 6,  # example images saved in metrics/<task>_examples.npz for the report
     },
 }
 

@@ -16,7 +16,10 @@ report, ``experiments`` and the benchmarks read it, all through this module:
   training checkpoints (``engine.checkpoint`` writes them);
 - ``backbone.safetensors`` (``BACKBONE``): the evaluated backbone of a finished run,
   timm-loadable (the trainer removes it when the run goes on past it);
-- ``metrics/`` (``EVALS``): the evaluations' results; ``features/`` (``FEATURES``): their cache;
+- ``metrics/`` (``EVALS``): the evaluations' results, ``<task>.json`` and the per-item
+  outcomes and example arrays, ``<task>_outcomes.npz`` / ``<task>_examples.npz`` (``compact``:
+  small, lossless; ``write_items``, ``read_items``, which also reads the ``.pt`` files of
+  earlier versions); ``features/`` (``FEATURES``): their cache;
 - ``.lock`` (``LOCK``): the lock of the ``pretrain`` that owns the folder (``engine.checkpoint.RunLock``).
 
 A run's weights (``load_weights``) follow one rule: ``backbone.safetensors`` when present,
@@ -57,6 +60,43 @@ LOCK = ".lock"
 EVALS = "metrics"
 FEATURES = "features"
 SMALL_FILES = (CONFIG, CURVE, LOG, STATUS)  # what a run folder says about itself, without weights
+ITEMS = ("outcomes", "examples")  # metrics/<task>_<what>.npz: per-item outcomes, example arrays
+
+
+def items_path(folder: str | Path, task: str, what: str) -> Path:
+    """``<folder>/metrics/<task>_<what>.npz`` (``what`` in ``ITEMS``)."""
+    if what not in ITEMS:
+        raise ValueError(f"items: {what!r} is not one of {ITEMS}")
+    return Path(folder) / EVALS / f"{task}_{what}.npz"
+
+
+def write_items(folder: str | Path, task: str, what: str, obj) -> Path:
+    """Write an evaluation's outcomes or examples in the compact format (atomically)."""
+    from . import compact
+
+    path = items_path(folder, task, what)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return compact.save(path, obj)
+
+
+def read_items(folder: str | Path, task: str, what: str):
+    """An evaluation's outcomes or examples: the ``.npz`` file, else the ``.pt`` file earlier
+    versions wrote (outcomes loaded with ``weights_only``); None when absent or unreadable
+    (the report then runs no test or draws no figure: it does not fail)."""
+    path = items_path(folder, task, what)
+    try:
+        if path.exists():
+            from . import compact
+
+            return compact.load(path)
+        old = path.with_suffix(".pt")
+        if old.exists():
+            import torch
+
+            return torch.load(old, map_location="cpu", weights_only=what == "outcomes")
+    except Exception:  # a damaged file costs a test or a figure, never the report
+        return None
+    return None
 
 log = logging.getLogger("spatialssl")
 

@@ -46,7 +46,7 @@ def test_metrics_written_deterministic_and_spread_over_seeds(tiny_run):
     vals = [r["r2_dx"] for r in rec["per_seed"]]
     assert rec["values"]["r2_dx"] == pytest.approx(sum(vals) / 3)
     assert rec["std"]["r2_dx"] > 0  # probe seeds differ
-    out = torch.load(tiny_run / "metrics" / "patch_pair_outcomes.pt", weights_only=True)
+    out = runfolder.read_items(tiny_run, "patch_pair", "outcomes")
     assert len(out["seeds"]) == 3
     for s, per in enumerate(out["seeds"]):
         o = per["r2_ds"]
@@ -77,7 +77,7 @@ def test_floor_for_every_metric_and_supervised_reference(tiny_run, tmp_path):
                                 "mean_rmse", "valid_frac"}, (task, setting)
         for k in keys:
             assert f"random_{k}" in values and f"supervised_{k}" in values, (task, k)
-        out = torch.load(tmp_path / "metrics" / f"{task}_outcomes.pt", weights_only=True)["seeds"][0]
+        out = runfolder.read_items(tmp_path, task, "outcomes")["seeds"][0]
         for k in [k for k in out if not k.startswith(("random_", "supervised_"))]:
             assert f"random_{k}" in out and f"supervised_{k}" in out
             assert out[k]["kind"] in ("mean", "r2", "rmse", "miou")
@@ -92,10 +92,10 @@ def test_two_checkpoints_same_items_different_features(tiny_run, tmp_path):
     other = _pretrain(tmp_path / "other", steps=3, seed=1)
     ev = tmp_path / "ev"
     a = evaluate(tiny_run, "knn", out_dir=ev, overrides=EV, progress=False)
-    oa = torch.load(ev / "metrics" / "knn_outcomes.pt", weights_only=True)["seeds"][0]["top1"]["x"]
+    oa = runfolder.read_items(ev, "knn", "outcomes")["seeds"][0]["top1"]["x"]
     n_files = len(list((ev / "features").glob("*.pt")))
     evaluate(other, "knn", out_dir=ev, overrides=EV, progress=False)
-    ob = torch.load(ev / "metrics" / "knn_outcomes.pt", weights_only=True)["seeds"][0]["top1"]["x"]
+    ob = runfolder.read_items(ev, "knn", "outcomes")["seeds"][0]["top1"]["x"]
     assert len(list((ev / "features").glob("*.pt"))) == 2 * n_files
     rec = json.loads((ev / "metrics" / "knn.json").read_text())
     assert rec["step"] == 3 and rec["complete"] is True and a["knn"]["n_test"] == rec["n_test"] == len(oa) == len(ob)

@@ -2,6 +2,7 @@
 
 import torch
 
+from spatialssl import runfolder
 from spatialssl.evals import segmentation
 
 
@@ -14,7 +15,7 @@ def test_planted_near_perfect(planted_tools, tmp_path):
     assert out["miou"] > 0.98 and out["pixel_acc"] > 0.99
     assert out["n_classes"] == 4 and "iou_background" in out and "iou_c3" in out
     assert out["majority_miou"] < 0.3
-    ex = torch.load(tmp_path / "metrics" / "segmentation_examples.pt", weights_only=False)
+    ex = runfolder.read_items(tmp_path, "segmentation", "examples")
     assert ex["pred"].shape == ex["target"].shape == (2, t["SIZE"], t["SIZE"])
 
 

@@ -8,7 +8,7 @@ seed shared by every task) and, when asked, the supervised reference
 (``supervised_<metric>``, ``reference.py``). ``evaluate`` runs the chosen tasks over
 ``eval.seeds`` seeds (or ``seeds``) and writes, for each task, ``<run>/metrics/<task>.json``
 (values, spread over seeds, eval and data config, seed, checkpoint hash, training step)
-and ``<run>/metrics/<task>_outcomes.pt`` (per-item outcomes per seed; docs/evaluations.md).
+and ``<run>/metrics/<task>_outcomes.npz`` (per-item outcomes per seed; docs/evaluations.md).
 
 >>> evaluate("runs/demo/byol_sp", ["knn", "linear", "patch_pair"])
 """
@@ -180,7 +180,7 @@ def evaluate(checkpoint: str | Path, tasks: str | list[str], seeds: int | None =
              out_dir: str | Path | None = None, overrides: dict | None = None, device: str = "auto",
              progress: bool = True, reference: str | None = None) -> dict[str, dict]:
     """Run ``tasks`` on a checkpoint; write ``metrics/<task>.json`` and
-    ``metrics/<task>_outcomes.pt`` under ``out_dir`` (default: the checkpoint's run
+    ``metrics/<task>_outcomes.npz`` under ``out_dir`` (default: the checkpoint's run
     directory), with the feature cache in ``out_dir/features`` (a checkpoint evaluated
     elsewhere, e.g. a released one, is left as it was).
 

@@ -466,15 +466,10 @@ def write_metrics(out_dir: Path, task: str, values: dict, ctx: EvalContext, extr
 
 
 def write_outcomes(out_dir: Path, task: str, per_seed: list[dict]) -> Path:
-    """``<out_dir>/metrics/<task>_outcomes.pt``: ``{"seeds": [{metric key: outcome}, ...]}``
-    (one dict per eval seed; loadable with ``torch.load(..., weights_only=True)``)."""
-    d = Path(out_dir) / runfolder.EVALS
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{task}_outcomes.pt"
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save({"seeds": per_seed}, tmp)
-    tmp.replace(path)
-    return path
+    """``<out_dir>/metrics/<task>_outcomes.npz``: ``{"seeds": [{metric key: outcome}, ...]}``
+    (one dict per eval seed), in the compact lossless format (``runfolder.write_items``,
+    read back by ``runfolder.read_items``)."""
+    return runfolder.write_items(out_dir, task, "outcomes", {"seeds": per_seed})
 
 
 Protocol = Callable[[EvalContext], dict]

@@ -81,7 +81,7 @@ def probe(weights: str | Path, arch: str, tasks: str | list[str] = "patch_pair,j
           arch_kwargs: dict | None = None, seeds: int | None = None, device: str = "cpu",
           progress: bool = True) -> dict[str, dict]:
     """Run ``tasks`` on a pretrained backbone; write ``metrics/<task>.json`` and
-    ``metrics/<task>_outcomes.pt`` under ``out_dir`` (default ``runs/probe/<arch>-<sha256[:8]>``),
+    ``metrics/<task>_outcomes.npz`` under ``out_dir`` (default ``runs/probe/<arch>-<sha256[:8]>``),
     features cached in ``out_dir/features``.
 
     Returns:

@@ -304,18 +304,14 @@ def example_index(n: int, k: int) -> torch.Tensor:
 
 
 def save_examples(ctx: EvalContext, task: str, data: dict) -> Path | None:
-    """Small example arrays for the report: ``<run>/metrics/<task>_examples.pt`` (first seed only).
+    """Small example arrays for the report: ``<run>/metrics/<task>_examples.npz`` (first seed only).
 
     Written beside the metrics of a checkpoint's run directory (``ctx.cache_dir`` is
     ``<run>/features``); contexts without a cache directory save nothing.
     """
     if ctx.cache_dir is None or ctx.seed != 0 or ctx.role != "run" or not ctx.ecfg["n_examples"]:
         return None
-    path = Path(ctx.cache_dir).parent / runfolder.EVALS / f"{task}_examples.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # clone: a slice keeps its whole split's storage, and torch.save would write all of it
-    torch.save({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in data.items()}, path)
-    return path
+    return runfolder.write_items(Path(ctx.cache_dir).parent, task, "examples", data)
 
 
 def run(ctx: EvalContext) -> dict:

@@ -4,9 +4,9 @@ A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (
 training curve: ``step``, ``loss_fw``, ``loss_sp``, ``sp_r2_dx/dy/ds``, ...) and, written
 by ``evals.evaluate``, ``metrics/<task>.json`` (``values`` with the random-init floors
 ``random_<key>`` and supervised references ``supervised_<key>``, ``std`` over evaluation
-seeds, ``eval_config``, ``step``, ``complete``) and ``metrics/<task>_outcomes.pt`` (per
+seeds, ``eval_config``, ``step``, ``complete``) and ``metrics/<task>_outcomes.npz`` (per
 test item outcomes of each metric, per evaluation seed, see ``metric_from_counts``), plus
-optional ``metrics/<task>_examples.pt`` (example arrays for the figures).
+optional ``metrics/<task>_examples.npz`` (example arrays for the figures).
 
 Runs are paired by framework: a run without SP and one with SP of the same framework
 become "baseline | + SP | difference" columns; other runs get a column each. A pair must

@@ -10,10 +10,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from .. import config as config_mod
 from ..errors import NotFound, UserError
+from .. import runfolder
 from ..runfolder import EVALS, read_config, read_curve
 
 
@@ -55,28 +55,16 @@ class Run:
         return v, s
 
     def examples(self, task: str) -> dict | None:
-        p = self.path / EVALS / f"{task}_examples.pt"
-        if not p.exists():
-            return None
-        try:
-            return torch.load(p, map_location="cpu", weights_only=False)
-        except Exception:  # a damaged example file only costs a figure
-            return None
+        ex = runfolder.read_items(self.path, task, "examples")  # a damaged file only costs a figure
+        return ex if isinstance(ex, dict) else None
 
     def outcomes(self, task: str) -> list[dict] | None:
-        """Per-seed outcomes ``[{key: outcome}]`` from ``metrics/<task>_outcomes.pt``, or None
+        """Per-seed outcomes ``[{key: outcome}]`` from ``metrics/<task>_outcomes.npz``, or None
         (absent or unreadable: the report then runs no test, it does not fail)."""
         if task not in self._outcomes:
-            p = self.path / EVALS / f"{task}_outcomes.pt"
-            seeds = None
-            if p.exists():
-                try:
-                    rec = torch.load(p, map_location="cpu", weights_only=True)
-                    seeds = rec.get("seeds") if isinstance(rec, dict) else None
-                    seeds = seeds if isinstance(seeds, list) and seeds else None
-                except Exception:
-                    seeds = None
-            self._outcomes[task] = seeds
+            rec = runfolder.read_items(self.path, task, "outcomes")
+            seeds = rec.get("seeds") if isinstance(rec, dict) else None
+            self._outcomes[task] = seeds if isinstance(seeds, list) and seeds else None
         return self._outcomes[task]
 
     @property

@@ -130,7 +130,7 @@ def paired_bootstrap(base: list[dict], sp: list[dict], key: str, replicates: int
                      grouped: bool = False) -> Test:
     """Paired bootstrap over the independent test units of Δ = metric(SP) − metric(baseline) for ``key``.
 
-    ``base``, ``sp``: per-seed outcome dicts (``metrics/<task>_outcomes.pt``'s "seeds"); seed i
+    ``base``, ``sp``: per-seed outcome dicts (``metrics/<task>_outcomes.npz``'s "seeds"); seed i
     of one run is paired with seed i of the other (same test items, same order). The units
     resampled are the items, or, where the outcomes carry ``group`` [N] (the image of each
     item: patch-pair pairs), the groups: all items of a drawn image come together, as the

@@ -73,7 +73,7 @@ def _test(base: Run, sp: Run, task: str, key: str) -> Test | str:
     """The paired test of a metric, or the reason there is none."""
     a, b = base.outcomes(task), sp.outcomes(task)
     if a is None or b is None:
-        return f"no {task}_outcomes.pt for " + " and ".join(r.label for r, o in ((base, a), (sp, b)) if o is None)
+        return f"no {task}_outcomes.npz for " + " and ".join(r.label for r, o in ((base, a), (sp, b)) if o is None)
     try:
         return paired_bootstrap(a, b, key, grouped=task in GROUPED)
     except (ValueError, RuntimeError, TypeError, KeyError) as e:
