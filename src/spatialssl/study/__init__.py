@@ -22,10 +22,10 @@ from pathlib import Path
 from .plan import (ALL_TASKS, ARMS, BACKBONES, BUDGETS, FRAMEWORKS, SEEDS, Budget, Cell, cell_config, cell_status,
                    grid, parse_cell, parse_tune, pick, waiting_finals, tuning_cells, with_picks)
 from .scheduler import measured_times, remaining_time, schedule
-from .summary import summary, write_tables
+from .summary import write_tables
 
 __all__ = ["ALL_TASKS", "ARMS", "BACKBONES", "BUDGETS", "FRAMEWORKS", "SEEDS", "Budget", "Cell", "cell_config",
-           "cell_status", "grid", "parse_cell", "parse_tune", "pick", "plan_cells", "run", "schedule", "summary",
+           "cell_status", "grid", "parse_cell", "parse_tune", "pick", "plan_cells", "run", "schedule",
            "tuning_cells", "with_picks", "write_tables"]
 
 
