@@ -24,21 +24,24 @@ def test_unknown_framework_is_named(capsys, tmp_path):
 
 
 def test_compare_tiny_pretrains_evaluates_and_reports(tmp_path, capsys):
-    """`spatialssl compare` end to end at the tiny budget: two runs, metrics, one report."""
-    out = tmp_path / "cmp"
-    assert main(["compare", "--frameworks", "simclr", "--budget", "tiny", "--out", str(out), "--tasks", "knn,linear",
-                 "--set", "train.progress=false", "--set", "eval.n_train=128", "--set", "eval.n_test=128"]) == 0
-    for run in ("simclr", "simclr_sp"):
+    """`spatialssl compare` end to end at the tiny budget, one seed: the study's cells (small
+    files in --out, checkpoints in --runs), the summary and one report."""
+    out, runs = tmp_path / "cmp", tmp_path / "scratch"
+    assert main(["compare", "--frameworks", "simclr", "--budget", "tiny", "--seeds", "0", "--out", str(out),
+                 "--runs", str(runs), "--tasks", "knn,linear", "--set", "eval.n_train=128",
+                 "--set", "eval.n_test=128"]) == 0
+    for run in ("simclr-cnn-s0", "simclr_sp-cnn-s0"):
         rec = json.loads((out / run / "metrics" / "knn.json").read_text())
-        assert 0.0 <= rec["values"]["top1"] <= 1.0 and rec["sp"] == (run == "simclr_sp")
-        assert (out / run / "backbone.safetensors").exists()
-    report = (out / "report.md").read_text()
+        assert 0.0 <= rec["values"]["top1"] <= 1.0 and rec["sp"] == ("_sp" in run)
+        assert rec["eval_config"]["n_train"] == 128  # --set reached the worker processes
+        assert (runs / run / "backbone.safetensors").exists() and not (out / run / "backbone.safetensors").exists()
+    report = (out / "report" / "report.md").read_text()
     assert "simclr_sp" in report and "kNN top-1" in report
-    assert "kNN top-1" in capsys.readouterr().out
+    assert "kNN top-1" in (out / "summary.md").read_text() and "kNN top-1" in capsys.readouterr().out
     # `eval` takes its number of seeds from eval.seeds unless --seeds says otherwise
-    assert main(["eval", "--checkpoint", str(out / "simclr"), "--tasks", "knn", "--set", "eval.seeds=2",
+    assert main(["eval", "--checkpoint", str(runs / "simclr-cnn-s0"), "--tasks", "knn", "--set", "eval.seeds=2",
                  "--set", "eval.n_train=128", "--set", "eval.n_test=128"]) == 0
-    assert json.loads((out / "simclr" / "metrics" / "knn.json").read_text())["seeds"] == 2
+    assert json.loads((runs / "simclr-cnn-s0" / "metrics" / "knn.json").read_text())["seeds"] == 2
 
 
 def _one_line_error(capsys, argv, *needles):

@@ -8,7 +8,7 @@
     spatialssl data prepare --root IMAGEFOLDER --out SHARDS [--canvas 256]   (then data.name=shards data.root=SHARDS)
     spatialssl data prepare --layout segmentation --root SEGROOT --out SEGSHARDS   (then eval.seg_root=SEGSHARDS)
     spatialssl demo [--out runs/demo] [--tasks knn,linear] [--seeds 3]
-    spatialssl compare --frameworks dino,simclr --budget small
+    spatialssl compare --frameworks dino,simclr [--budget small] [--seeds 0,1,2] [--tune train.lr=x0.5,x1,x2]
     spatialssl config [-c PRESET ...] [--set k=v ...]   (print the resolved config)
 
 Run folders: `out_dir` defaults to runs/<name>, and `name` to the last preset's name
@@ -177,18 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     _add_plugin_arg(p)
 
-    p = sub.add_parser("compare", parents=[common], help="several frameworks, each with and without SP, one report")
-    p.add_argument("--frameworks", default="dino,simclr")
-    p.add_argument("--budget", default="small", choices=list(config_mod.BUDGETS),
-                   help="training budget (config.BUDGETS: " + "; ".join(
-                       f"{k}: {' '.join(v)}" for k, v in config_mod.BUDGETS.items()).replace("%", "%%") + ")")
-    p.add_argument("--out", default="runs/compare")
-    p.add_argument("--tasks", default="knn,linear,patch_pair", help="comma-separated tasks, or 'all'")
-    p.add_argument("--seeds", type=int, default=None, help="evaluation seeds (>= 1; default: eval.seeds)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    p = sub.add_parser("compare", parents=[common],
+                       help="frameworks x arms (base, shuffled-target control, + SP) x seeds as resumable cells, "
+                            "tuned alike on a validation split; one summary")
+    from .study import add_arguments
+
+    add_arguments(p)
     _add_plugin_arg(p)
     p.add_argument("--flips", default="", metavar="POLICIES",
-                   help="flip-policy ablation: e.g. per_view,per_image,none, each with and without SP")
+                   help="the flip-policy ablation instead (budgets tiny, small, medium): e.g. per_view,per_image,none, "
+                        "each with and without SP, every policy reported (nothing picked)")
 
     p = sub.add_parser("config", parents=[common], help="print the resolved config")
     _add_config_args(p)
@@ -351,12 +349,19 @@ def _dispatch(a: argparse.Namespace) -> int:
         demo(Path(a.out), _demo_overrides(a))
         return 0
     if a.cmd == "compare":
-        from .experiments import compare
-
-        frameworks = [f for f in a.frameworks.split(",") if f]
+        frameworks = [f for f in a.frameworks.split(",") if f] or ["dino", "simclr", "mocov3", "byol"]
         _warn_framework_keys(frameworks, a.overrides)
-        compare(frameworks, a.budget, Path(a.out), a.tasks, _demo_overrides(a), [f for f in a.flips.split(",") if f])
-        return 0
+        if a.flips:  # the ablation: every policy shown side by side, in one process
+            from .experiments import compare
+
+            if a.budget not in config_mod.BUDGETS:
+                raise config_mod.ConfigError(f"--flips runs at budget {', '.join(config_mod.BUDGETS)}, not '{a.budget}'")
+            compare(frameworks, a.budget, Path(a.results or "runs/compare"), a.tasks, a.overrides,
+                    [f for f in a.flips.split(",") if f])
+            return 0
+        from .study import from_arguments
+
+        return from_arguments(a)
     raise AssertionError(a.cmd)
 
 

@@ -79,18 +79,23 @@ def list_cells(budget: Budget, frameworks, backbones, seeds, results: Path, runs
 
 def add_arguments(p) -> None:
     """The runner's flags (``spatialssl compare`` and benchmarks/study.py)."""
-    p.add_argument("--budget", default="cpu_tuned", choices=sorted(BUDGETS))
+    p.add_argument("--budget", default="small", choices=sorted(BUDGETS),
+                   help="settings, seeds and tuning grid (docs/study.md): small (the demo's 400 steps, one seed), "
+                        "medium, cpu_tuned (the CPU study), gpu, tiny")
     p.add_argument("--frameworks", default="", help=f"comma-separated (default: {','.join(FRAMEWORKS[:4])})")
     p.add_argument("--backbones", default="cnn", help=f"comma-separated, of {', '.join(BACKBONES)}")
-    p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="pretraining seeds")
+    p.add_argument("--seeds", default="", help="pretraining seeds, comma-separated (default: the budget's)")
     p.add_argument("--tasks", default=",".join(ALL_TASKS))
     p.add_argument("--tune", action="append", default=None, metavar="KEY=V1,V2,...",
                    help="a tuning grid key (repeatable), run identically for every arm and picked on the validation "
                         "split; a value is a number or x<m> (m times the arm's own); replaces the budget's grid")
     p.add_argument("--workers", type=int, default=0, help="cells at once (0 = the budget's)")
     p.add_argument("--time-limit", type=float, default=math.inf, help="seconds this call may take")
-    p.add_argument("--results", default="", help="small files to commit (default results/study/<budget>)")
-    p.add_argument("--runs", default="", help="scratch: checkpoints, feature caches (default runs/study/<budget>)")
+    p.add_argument("--out", "--results", dest="results", default="",
+                   help="the cells' small files, summary.md, summary.png, report/ (default runs/compare/<budget>)")
+    p.add_argument("--runs", default="", help="scratch: checkpoints, feature caches (default <out>/runs)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="a config override of every cell (repeatable), applied last")
     p.add_argument("--allow-partial", action="store_true",
                    help="also start cells that cannot finish in time (they stop with a checkpoint)")
     p.add_argument("--retry-failed", action="store_true", help="run cells whose worker failed again")
@@ -104,23 +109,34 @@ def from_arguments(a) -> int:
     from ..errors import UserError
 
     budget = BUDGETS[a.budget]
+    plugins = tuple(getattr(a, "plugin", None) or ())
+    if a.overrides or plugins:
+        budget = dataclasses.replace(budget, extra=tuple(a.overrides), plugins=plugins)
     if a.tune is not None:
         budget = dataclasses.replace(budget, tune=parse_tune(a.tune))
         if not budget.holdout:
             raise UserError(f"--tune needs a validation split: budget '{a.budget}' holds out no training images "
                             f"(data.holdout); use a tuned budget (cpu_tuned, tiny_tuned)")
-    results = Path(a.results or f"results/study/{budget.name}")
-    runs = Path(a.runs or f"runs/study/{budget.name}")
-    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
+    results = Path(a.results or f"runs/compare/{budget.name}")
+    runs = Path(a.runs or results / "runs")
+    tasks = ALL_TASKS if a.tasks.strip() == "all" else [t.strip() for t in a.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in ALL_TASKS]
     if bad:
         raise UserError(f"unknown task(s) {', '.join(bad)} (known: {', '.join(ALL_TASKS)})")
     fws = [f.strip() for f in a.frameworks.split(",") if f.strip()] or FRAMEWORKS[:4]
     bbs = [b.strip() for b in a.backbones.split(",") if b.strip()]
-    for name, vals, known in (("framework", fws, FRAMEWORKS), ("backbone", bbs, BACKBONES)):
+    known_fws = FRAMEWORKS
+    if plugins:  # a plugin's framework is known once it is imported (the command imported it)
+        from ..frameworks import REGISTRY
+
+        known_fws = list(dict.fromkeys([*FRAMEWORKS, *REGISTRY]))
+    for name, vals, known in (("framework", fws, known_fws), ("backbone", bbs, BACKBONES)):
         if any(v not in known for v in vals):
             raise UserError(f"unknown {name} in {','.join(vals)} (known: {', '.join(known)})")
-    seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in a.seeds.split(",") if s.strip()] if a.seeds else list(budget.seeds)
+    except ValueError:
+        raise UserError(f"--seeds: expected comma-separated integers, got {a.seeds!r}") from None
     if a.list:
         print("\n".join(list_cells(budget, fws, bbs, seeds, results, runs, tasks)))
         return 0

@@ -109,6 +109,23 @@ class Budget:
     val_tasks: tuple[str, ...] = ("linear", "knn")  # evaluated on validation in every tuning cell
     # evaluated on test in the default point's tuning cell (the default-vs-default table)
     default_test_tasks: tuple[str, ...] = ("knn", "linear")
+    seeds: tuple[int, ...] = (0, 1, 2)  # pretraining seeds when none are asked for
+    extra: tuple[str, ...] = ()  # key=value overrides of every cell, last (``compare --set``)
+    plugins: tuple[str, ...] = ()  # modules every worker imports first (``compare --plugin``)
+
+    def to_json(self) -> str:
+        """The budget as a worker process receives it (``from_json``)."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> "Budget":
+        d = json.loads(text)
+        d["train"] = {k: list(v) for k, v in d["train"].items()}
+        d["expected"] = {k: tuple(v) for k, v in d["expected"].items()}
+        d["tune"] = tuple((k, tuple(v)) for k, v in d["tune"])
+        for k in ("arms", "pick", "val_tasks", "default_test_tasks", "seeds", "extra", "plugins"):
+            d[k] = tuple(d[k])
+        return Budget(**d)
 
 
 BUDGETS: dict[str, Budget] = {
@@ -176,6 +193,13 @@ BUDGETS["cpu_tuned"] = dataclasses.replace(
                    "data.n_train=9000"]},
     arms=ARMS, holdout=1000,
     tune=(("train.lr", ("x0.5", "x1", "x2")), ("train.schedule_steps", ("x1", "x1.5"))))
+# `spatialssl compare`'s quick budgets (config.BUDGETS: the demo's 400 steps, 1,500 steps), one
+# pretraining seed unless asked for more, evaluated at the demo's probe sizes
+for _name in ("small", "medium"):
+    BUDGETS[_name] = dataclasses.replace(
+        BUDGETS["cpu"], name=_name, seeds=(0,),
+        train={"cnn": [*config_mod.BUDGETS[_name], "train.checkpoint_every=100", "train.log_every=10"]},
+        expected={"cnn": ({"small": 120.0, "medium": 450.0}[_name], 250.0)})
 # the tiny budget with a tuning grid and three arms (tests)
 BUDGETS["tiny_tuned"] = dataclasses.replace(
     BUDGETS["tiny"], name="tiny_tuned", arms=ARMS, holdout=16,
@@ -343,7 +367,7 @@ def presets_and_overrides(cell: Cell, budget: Budget, tasks: list[str]) -> tuple
            f"train.num_threads={budget.num_threads}"]
     if budget.holdout:
         ov.append(f"data.holdout={budget.holdout}")
-    return presets, ov
+    return presets, [*ov, *budget.extra]
 
 
 def point_overrides(presets: list[str], ov: list[str], point) -> list[str]:

@@ -90,7 +90,7 @@ def prepare_data(cfg: dict, device: str) -> None:
 
 
 def start_worker(cell: Cell, budget: Budget, results: Path, runs: Path, tasks: list[str], deadline: float) -> Worker:
-    cmd = [sys.executable, "-m", "spatialssl.study.worker", cell.to_json(), budget.name, str(results), str(runs),
+    cmd = [sys.executable, "-m", "spatialssl.study.worker", cell.to_json(), budget.to_json(), str(results), str(runs),
            ",".join(tasks), f"{deadline:.1f}"]
     rdir = run_dir(cell, budget, runs)
     rdir.mkdir(parents=True, exist_ok=True)

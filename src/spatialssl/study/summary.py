@@ -272,7 +272,7 @@ def provenance_section(groups: dict) -> list[str]:
                 if differ:
                     flagged.append(f"{fw} seed {s} ({', '.join(differ)})")
                 rows.append([f"{fw} ({bb})", str(s), first.get("device", "?"), first.get("torch", "?"),
-                             first.get("commit", "?")[:12], "⚠ " + ", ".join(differ) if differ else "same"])
+                             first.get("commit", "?")[:12] + (" (+ uncommitted)" if "uncommitted" in first.get("commit", "") else ""), "⚠ " + ", ".join(differ) if differ else "same"])
     if not rows:
         return []
     out = ["## Provenance", "",

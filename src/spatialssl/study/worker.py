@@ -217,18 +217,18 @@ def run_cell(cell: Cell, budget: Budget, results: Path, runs: Path, tasks: list[
             have = {p.stem for p in (res / VAL_DIR / runfolder.EVALS).glob("*.json")}
             todo = [t for t in budget.val_tasks if t not in have]
             if todo:  # the validation split: every image of it (eval.n_test: 0)
-                evaluate(rdir, todo, seeds=budget.eval_seeds, out_dir=rdir / VAL_DIR, device=device, progress=False,
+                evaluate(rdir, todo, seeds=cfg["eval"]["seeds"], out_dir=rdir / VAL_DIR, device=device, progress=False,
                          overrides={"eval": {**cfg["eval"], "split_test": HOLDOUT, "n_test": 0}})
             if is_default(cell.point):
                 have = {p.stem for p in (res / runfolder.EVALS).glob("*.json")}
                 todo = [t for t in budget.default_test_tasks if t not in have]
                 if todo:
-                    evaluate(rdir, todo, seeds=budget.eval_seeds, overrides=ev, device=device, progress=False)
+                    evaluate(rdir, todo, seeds=cfg["eval"]["seeds"], overrides=ev, device=device, progress=False)
         else:
             have = {p.stem for p in (res / runfolder.EVALS).glob("*.json")}
             todo = [t for t in tasks if t not in have]
             if todo:
-                evaluate(rdir, todo, seeds=budget.eval_seeds, overrides=ev, device=device, progress=False)
+                evaluate(rdir, todo, seeds=cfg["eval"]["seeds"], overrides=ev, device=device, progress=False)
         timing["eval_s"] = timing.get("eval_s", 0.0) + time.time() - t0
         rec["complete"], status = True, "done"
         return status
@@ -251,7 +251,8 @@ def run_cell(cell: Cell, budget: Budget, results: Path, runs: Path, tasks: list[
 
 
 def main(argv: list[str]) -> int:
-    """Worker entry: ``python -m spatialssl.study.worker CELL_JSON BUDGET RESULTS RUNS TASKS DEADLINE``."""
+    """Worker entry: ``python -m spatialssl.study.worker CELL_JSON BUDGET_JSON RESULTS RUNS TASKS DEADLINE``
+    (BUDGET_JSON: ``Budget.to_json``, or a budget's name)."""
     import logging
     import shlex
 
@@ -260,8 +261,15 @@ def main(argv: list[str]) -> int:
     cell, budget, results, runs, tasks, deadline = argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     c = Cell.from_json(cell)
-    status = run_cell(c, BUDGETS[budget], Path(results), Path(runs), tasks.split(","), float(deadline),
-                      command=shlex.join([sys.executable, "-m", "spatialssl.study.worker", *argv]))
+    b = Budget.from_json(budget) if budget.startswith("{") else BUDGETS[budget]
+    if b.plugins:  # a user's framework (compare --plugin), found as the command that started us found it
+        import importlib
+
+        sys.path.insert(0, os.getcwd())
+        for module in b.plugins:
+            importlib.import_module(module)
+    status = run_cell(c, b, Path(results), Path(runs), tasks.split(","), float(deadline),
+                      command=shlex.join([sys.executable, "-m", "spatialssl.study.worker", *argv[:1], b.name, *argv[2:]]))
     print(f"cell {c.name}: {status}", flush=True)
     return 0
 
