@@ -189,7 +189,8 @@ def test_provenance_flags_arms_on_different_machines(tmp_path):
     (tmp_path / "old" / "card.txt").write_text("cpu\n")  # a card of the earlier studies
     from spatialssl.study.worker import read_card
 
-    assert read_card(tmp_path / "old") == {"device": "cpu"}
+    (tmp_path / "old" / "commit.txt").write_text("abc123\n")
+    assert read_card(tmp_path / "old") == {"device": "cpu (model not recorded)", "commit": "abc123"}
 
 
 def _calls(results):

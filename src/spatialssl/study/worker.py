@@ -108,14 +108,18 @@ def read_card(res: Path) -> dict[str, str]:
     try:
         lines = (res / "card.txt").read_text().splitlines()
     except OSError:
-        return {}
+        lines = []
+    out: dict[str, str] = {}
     if len(lines) == 1 and ": " not in lines[0].replace("cpu: ", "", 1):
-        return {"device": lines[0].strip()}
-    out = {}
-    for line in lines:
-        k, sep, v = line.partition(": ")
-        if sep:
-            out[k.strip()] = v.strip()
+        dev = lines[0].strip()
+        out["device"] = "cpu (model not recorded)" if dev == "cpu" else dev
+    else:
+        for line in lines:
+            k, sep, v = line.partition(": ")
+            if sep:
+                out[k.strip()] = v.strip()
+    if "commit" not in out and (res / "commit.txt").exists():  # the earlier cells kept it beside the card
+        out["commit"] = (res / "commit.txt").read_text().strip()
     return out
 
 
