@@ -281,21 +281,23 @@ def test_tuned_study_end_to_end(tmp_path, capsys):
     assert out
 
 
-def _readme_blocks(text):
+def _blocks(text):
     import re
 
-    return re.findall(r"<!-- study table: (\S+) -->\n(.*?)<!-- /study table -->", text, re.S)
+    return re.findall(r"<!-- study table: (\S+) (\S+) -->\n(.*?)<!-- /study table -->", text, re.S)
 
 
-def test_readme_tables_are_generated():
-    """Every study table in README.md is what `spatialssl compare --readme-table` prints for
-    the committed results (plant: edit a digit in README's table -> fails)."""
-    blocks = _readme_blocks((REPO / "README.md").read_text())
-    assert blocks, "README.md has no generated study table"
-    for budget, body in blocks:
-        b = study.BUDGETS[budget]
+@pytest.mark.parametrize("page", ["README.md", "docs/study.md"])
+def test_result_tables_are_generated(page):
+    """Every study table in README.md and docs/study.md is what `spatialssl compare
+    --readme-table` prints for the committed results (plant: edit a digit in README's
+    table -> fails)."""
+    blocks = _blocks((REPO / page).read_text())
+    assert blocks, f"{page} has no generated study table"
+    for budget, frameworks, body in blocks:
         res = REPO / "results" / "study" / budget
-        fws = [f for f in study.FRAMEWORKS if f != "ibot"]
-        expected = summ.readme_table(b, fws, ["cnn"], study.SEEDS, res, study.ALL_TASKS)
-        assert body.strip() == expected.strip(), f"README's {budget} table is out of date: run " \
-            f"`spatialssl compare --budget {budget} --readme-table`"
+        expected = summ.readme_table(study.BUDGETS[budget], frameworks.split(","), ["cnn"], study.SEEDS, res,
+                                     study.ALL_TASKS)
+        assert body.strip() == expected.strip(), (f"{page}'s {budget} table is out of date: run `spatialssl compare "
+                                                  f"--budget {budget} --frameworks {frameworks} --out {res.relative_to(REPO)} "
+                                                  f"--readme-table`")

@@ -112,11 +112,17 @@ def from_arguments(a) -> int:
     plugins = tuple(getattr(a, "plugin", None) or ())
     if a.overrides or plugins:
         budget = dataclasses.replace(budget, extra=tuple(a.overrides), plugins=plugins)
+    held = [o.split("=", 1)[1] for o in a.overrides if o.split("=", 1)[0].strip() == "data.holdout"]
+    if held:  # --set data.holdout=N: the validation split the grid is picked on
+        try:
+            budget = dataclasses.replace(budget, holdout=int(held[-1]))
+        except ValueError:
+            raise UserError(f"--set data.holdout: expected a whole number of images, got {held[-1]!r}") from None
     if a.tune is not None:
         budget = dataclasses.replace(budget, tune=parse_tune(a.tune))
         if not budget.holdout:
             raise UserError(f"--tune needs a validation split: budget '{a.budget}' holds out no training images "
-                            f"(data.holdout); use a tuned budget (cpu_tuned, tiny_tuned)")
+                            f"(data.holdout); add --set data.holdout=N or use a tuned budget (cpu_tuned, tiny_tuned)")
     results = Path(a.results or f"runs/compare/{budget.name}")
     runs = Path(a.runs or results / "runs")
     tasks = ALL_TASKS if a.tasks.strip() == "all" else [t.strip() for t in a.tasks.split(",") if t.strip()]
