@@ -61,7 +61,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from spatialssl import config, runfolder  # noqa: E402
 from spatialssl.engine.trainer import build, train_step  # noqa: E402
 
-import study  # noqa: E402  (its cpu_model: the machine line)
+from spatialssl.study.worker import cpu_model  # noqa: E402  (the machine line)
 
 SETTINGS = {
     "byol_sp": (["byol", "demo"], ["framework.name=byol", "sp.enabled=true"]),
@@ -164,7 +164,7 @@ def speed(args) -> None:
         print(f"{setting}: done", flush=True)
     peaks.append((matmul_peak(torch.float32), matmul_peak(torch.bfloat16)))
     peak32, peak16 = max(p[0] for p in peaks), max(p[1] for p in peaks)  # the less disturbed of two readings
-    print(f"# CPU: {study.cpu_model()}, {threads} threads; matmul peak (4096^3, measured here before and after, the "
+    print(f"# CPU: {cpu_model()}, {threads} threads; matmul peak (4096^3, measured here before and after, the "
           f"better): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s; load average {load()}")
     print("| setting | mode | threads | img/s | ms/step | GFLOP/step | GFLOP/s | % of peak | x fp32 | warm-up s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -176,7 +176,7 @@ def speed(args) -> None:
               f"{r['gflop_step']:.2f} | {r['gflops']:.0f} | {r['pct_peak']:.1f} | {r['x_fp32']:.2f} | "
               f"{r['warmup_s']:.0f} |", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": study.cpu_model(), "threads": threads, "peak_fp32": peak32,
+        Path(args.json).write_text(json.dumps({"cpu": cpu_model(), "threads": threads, "peak_fp32": peak32,
                                                "peak_bf16": peak16, "load": load(), "rows": rows}, indent=1))
 
 

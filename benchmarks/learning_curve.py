@@ -44,7 +44,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import study  # noqa: E402
+from spatialssl import runfolder  # noqa: E402
+from spatialssl.study.plan import ALL_TASKS, BUDGETS, CPU_STEPS, Cell, cell_config  # noqa: E402
+from spatialssl.study.worker import card_name  # noqa: E402
 from spatialssl import runfolder  # noqa: E402
 
 TASKS = ["knn", "linear", "patch_pair"]
@@ -100,7 +102,7 @@ def main() -> None:
 
     from spatialssl.engine.trainer import pretrain
 
-    budget = study.BUDGETS["cpu"]
+    budget = BUDGETS["cpu"]
     torch.set_num_threads(budget.num_threads)
     runs, results = Path(args.runs), Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -108,18 +110,18 @@ def main() -> None:
     rec_path = results / "curve.json"
     rec = json.loads(rec_path.read_text()) if rec_path.exists() else {"points": {}}
     rec.update({"max_steps": args.max_steps, "budgets": budgets, "rule": f"kNN top-1 >= random-init floor + {MARGIN}",
-                "machine": f"{study.card_name()}, {torch.get_num_threads()} threads",
+                "machine": f"{card_name()}, {torch.get_num_threads()} threads",
                 "command": "python " + " ".join(sys.argv), "overrides": args.set})
     for fw in args.frameworks.split(","):
         if args.report_only:
             break
-        cell = study.Cell(fw, False, "cnn", 0)
+        cell = Cell(fw, "base", "cnn", 0)
         # the study's own cell (its run folder and config): at --max-steps == the cpu budget's steps the
         # curve's run is the study's seed-0 baseline cell, which the study then only evaluates
-        extra = [] if args.max_steps == study.CPU_STEPS and not args.set else [
+        extra = [] if args.max_steps == CPU_STEPS and not args.set else [
             f"train.steps={args.max_steps}", f"out_dir={runs / 'curve' / cell.name}"]
         extra += args.set
-        cfg = study.cell_config(cell, budget, runs, study.ALL_TASKS, extra)
+        cfg = cell_config(cell, budget, runs, ALL_TASKS, extra)
         run_dir = Path(cfg["out_dir"])
         for n in budgets:
             key = f"{fw}/{n}"
@@ -127,7 +129,7 @@ def main() -> None:
             if key in rec["points"] and rec["points"][key].get("values"):
                 continue
             if not (dst / runfolder.CHECKPOINT).exists():
-                done = study.done_steps(run_dir)
+                done = runfolder.last_step(run_dir)
                 if done > n:
                     raise SystemExit(f"{run_dir} is at step {done}, past budget {n}, whose snapshot is missing")
                 t0 = time.time()

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import study  # noqa: E402
+from spatialssl.study.plan import BUDGETS, Cell, cell_config  # noqa: E402
 
 
 def main() -> None:
@@ -43,14 +43,14 @@ def main() -> None:
     from spatialssl.engine.trainer import pretrain
     from spatialssl.evals import evaluate
 
-    budget = study.BUDGETS["cpu"]
+    budget = BUDGETS["cpu"]
     torch.set_num_threads(budget.num_threads)
     rows = []
     for spec in args.variant:
         name, _, ov = spec.partition("=")
         extra = [o for o in ov.split(";") if o]
-        cell = study.Cell(args.framework, False, "cnn", 0)
-        cfg = study.cell_config(cell, budget, Path(args.runs), args.tasks.split(","),
+        cell = Cell(args.framework, "base", "cnn", 0)
+        cfg = cell_config(cell, budget, Path(args.runs), args.tasks.split(","),
                                 [f"train.steps={args.steps}", *extra,
                                  f"out_dir={Path(args.runs) / f'{args.framework}-{name}-{args.steps}'}"])
         t0 = time.time()

@@ -28,10 +28,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "src"))
 
-import study  # noqa: E402
-from spatialssl import runfolder  # noqa: E402  (study put src/ on the path)
+from spatialssl import runfolder  # noqa: E402
+from spatialssl.study.plan import FRAMEWORKS, Cell, read_json  # noqa: E402
 
 FILES = (runfolder.BACKBONE, runfolder.CONFIG, runfolder.STATUS, runfolder.CURVE, runfolder.LOG)
 RESULT_FILES = ("command.txt", "commit.txt")
@@ -39,8 +39,8 @@ ROWS = [("knn", "top1", "kNN"), ("linear", "top1", "linear"), ("patch_pair", "r2
         ("patch_pair", "r2_dy", "pp R² dy"), ("patch_pair", "r2_ds", "pp R² ds"), ("jigsaw", "tile_acc", "jigsaw tile")]
 
 
-def complete(results: Path, cell: study.Cell) -> bool:
-    rec = study.read_json(results / cell.name / "cell.json")
+def complete(results: Path, cell: Cell) -> bool:
+    rec = read_json(results / cell.name / "cell.json")
     return bool(rec.get("complete"))
 
 
@@ -52,8 +52,8 @@ def main() -> None:
     args = p.parse_args()
     results, runs, out = Path(args.results), Path(args.runs), Path(args.out)
     released, missing = [], []
-    for fw in study.FRAMEWORKS:
-        pair = [study.Cell(fw, sp, "cnn", 0) for sp in (False, True)]
+    for fw in FRAMEWORKS:
+        pair = [Cell(fw, arm, "cnn", 0) for arm in ("base", "sp")]
         if not all(complete(results, c) and (runs / c.name / runfolder.BACKBONE).exists() for c in pair):
             missing.append(fw)
             continue

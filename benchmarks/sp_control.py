@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import study  # noqa: E402
+from spatialssl.study.worker import copy_small_files  # noqa: E402
 from spatialssl import runfolder  # noqa: E402
 
 ROWS = [("knn", "top1", "kNN top-1"), ("linear", "top1", "linear top-1"), ("patch_pair", "r2_dx", "patch-pair R² dx"),
@@ -81,7 +81,7 @@ def main() -> None:
         if any(proc.wait() for proc in procs):
             raise SystemExit("a control evaluation failed")
         for s in seeds:
-            study.copy_small_files(runs / f"{fw}_shuf-cnn-s{s}", results / f"{fw}_shuf-cnn-s{s}", items=False)
+            copy_small_files(runs / f"{fw}_shuf-cnn-s{s}", results / f"{fw}_shuf-cnn-s{s}", items=False)
     print(table(fw, seeds, cells, results))
 
 
