@@ -66,6 +66,11 @@ class Worker:
     log: Path
     started: float
     term_sent: float = 0.0
+    steps: int = 0
+    run_dir: Path | None = None
+
+
+PROGRESS_S = 60.0  # a progress line for the running cells this often (greppable: "study: running")
 
 
 @dataclass
@@ -148,10 +153,16 @@ def schedule(plan: Callable[[], list[Cell]], budget: Budget, results: Path, runs
         return [c for c in plan() if c.name not in seen and c.name not in busy and status(c) not in skip]
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    last_progress = time.time()
     try:
         todo = pending()
         while (todo or running) and not stop["now"]:
             now = time.time()
+            if running and now - last_progress >= PROGRESS_S:
+                last_progress = now
+                print("study: running " + "; ".join(
+                    f"{w.cell.name} step {runfolder.last_step(w.run_dir)}/{w.steps} ({(now - w.started) / 60:.0f} min)"
+                    for w in running), flush=True)
             ended = False
             for w in list(running):
                 if w.proc.poll() is not None:
@@ -183,7 +194,9 @@ def schedule(plan: Callable[[], list[Cell]], budget: Budget, results: Path, runs
                     print(f"study: not starting {cell.name}: expected {need:.0f}s, {max(left, 0):.0f}s left",
                           flush=True)
                     continue
-                running.append(start_worker(cell, budget, results, runs, tasks, deadline))
+                w = start_worker(cell, budget, results, runs, tasks, deadline)
+                w.steps, w.run_dir = cfg["train"]["steps"], run_dir(cell, budget, runs)
+                running.append(w)
                 calllog.started.append(cell.name)
                 print(f"study: started {cell.name} (expected {need:.0f}s, {left:.0f}s left)", flush=True)
             if todo or running:
