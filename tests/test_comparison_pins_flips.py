@@ -46,14 +46,20 @@ def test_compare_flip_ablation_runs_each_policy_with_and_without_sp(monkeypatch,
                    ("dino_none", "none", False), ("dino_none_sp", "none", True)]
 
 
-def test_demo_passes_eval_seeds_and_pins_flips(monkeypatch, tmp_path):
-    cfgs = _record(monkeypatch)
-    seen = []
-    monkeypatch.setattr(experiments, "evaluate_run", lambda *a, **k: seen.append(k.get("seeds")))
-    experiments.demo(tmp_path, ["eval.seeds=3"], released=False)
-    assert seen == [3, 3]
-    assert cfgs[0]["views"]["local_flip"] == cfgs[1]["views"]["local_flip"]
+def test_demo_passes_eval_seeds_and_pins_flips(tmp_path):
+    """The demo is the study runner's pair: its two cells carry the demo's probe seeds and
+    tasks (or the overrides'), one flip policy, and differ by SP alone."""
+    from spatialssl import study
+
+    budget, cells, tasks = experiments.demo_plan(["eval.seeds=3", "eval.tasks=[knn,linear]"])
+    assert [c.name for c in cells] == ["byol-cnn-s0", "byol_sp-cnn-s0"] and tasks == ["knn", "linear"]
+    cfgs = [study.cell_config(c, budget, tmp_path, tasks) for c in cells]
+    assert cfgs[0]["eval"]["seeds"] == cfgs[1]["eval"]["seeds"] == 3
+    assert cfgs[0]["views"]["local_flip"] == cfgs[1]["views"]["local_flip"] == "per_image"
     assert _differences(cfgs[0], cfgs[1]) == {"sp.enabled", "name", "out_dir"}
+    assert cfgs[0]["train"]["steps"] == 400 and cfgs[0]["framework"]["name"] == "byol"
+    default = experiments.demo_plan([])
+    assert default[0].eval_seeds == 1 and len(default[2]) == 8  # configs/demo.yaml's eval
 
 
 def test_released_pairs_load_from_safetensors_and_pair_by_sp_alone(monkeypatch, tmp_path):

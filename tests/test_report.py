@@ -472,10 +472,10 @@ def test_patch_pairs_are_resampled_by_image(tmp_path):
 
 
 def test_at_or_below_the_floor_in_both_arms_is_flagged_not_marked(tmp_path):
-    """Both runs at or below their random-init floor: "≤ floor" in place of the mark, even where
-    the interval excludes 0 (two 5-step runs scoring under a random network); one arm above
-    its floor: marked as usual. Lower-is-better metrics: at or above the floor. Plant: no
-    floor check: ✓ on the first row."""
+    """Both runs at or below their random-init floor: "≤ floor" before the verdict, which
+    stays (two 5-step runs scoring under a random network: "≤ floor; ✓"); one arm above its
+    floor: marked as usual. Lower-is-better metrics: at or above the floor. Plants: no floor
+    check -> no note on the first row; the note in place of the verdict -> no ✓."""
     dirs = [fake_run(tmp_path, "dino", False, figures=False), fake_run(tmp_path, "dino_sp", True, figures=False)]
     clearly_better(dirs)  # top-1 0.40 vs 0.60; knn's random_top1 is 0.15: above the floor
     for d in dirs:
@@ -493,10 +493,10 @@ def test_at_or_below_the_floor_in_both_arms_is_flagged_not_marked(tmp_path):
     p.write_text(json.dumps(rec))
     _, rows = report.table_rows(report.read_runs(dirs))
     cell = row(rows, "kNN top-1")[3]
-    assert cell.startswith("+0.200 [+0.1") and cell.endswith("≤ floor") and "✓" not in cell
+    assert cell.startswith("+0.200 [+0.1") and cell.endswith("≤ floor; ✓")
     assert row(rows, "depth RMSE")[3] == "-0.300 † ≤ floor"
     details = {t: rows for t, _, rows in report.detail_tables(report.read_runs(dirs))}
-    assert row(details["knn"], "top1")[3].endswith("≤ floor")
+    assert row(details["knn"], "top1")[3].endswith("≤ floor; ✓")
     p = dirs[1] / "metrics" / "knn.json"
     rec = json.loads(p.read_text())
     rec["values"]["random_top1"] = 0.55  # the SP arm now above its floor: a mark again
@@ -570,3 +570,18 @@ def test_empty_run_dir(tmp_path):
 def test_labels_are_unique(tmp_path):
     dirs = [fake_run(tmp_path / "a", "run", False, figures=False), fake_run(tmp_path / "b", "run", True, figures=False)]
     assert [r.label for r in report.read_runs(dirs)] == ["a/run", "b/run"]
+
+
+def test_mca_over_clean_is_never_floored(tmp_path):
+    """mCA / clean's random-init value (an untrained network is as bad on clean as on corrupted
+    images) is no floor: both arms below it get no "≤ floor" (plant: floor_meaningful always
+    True -> "≤ floor" on the row); mCA itself is floored as usual."""
+    dirs = [fake_run(tmp_path, "dino", False), fake_run(tmp_path, "dino_sp", True, offset=0.05)]
+    for d in dirs:
+        p = d / "metrics" / "robustness.json"
+        rec = json.loads(p.read_text())
+        rec["values"].update({"random_rel_mCA": 0.95, "random_mCA": 0.9})  # above both arms
+        p.write_text(json.dumps(rec))
+    _, rows = report.table_rows(report.read_runs(dirs))
+    assert "floor" not in row(rows, "mCA / clean")[3]
+    assert "≤ floor" in row(rows, "mean corruption acc. (mCA)")[3]

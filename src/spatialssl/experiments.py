@@ -1,8 +1,10 @@
 """Side-by-side experiments: "framework" vs "framework + SP" under one seed and budget.
 
-``demo`` is the newcomer's first run (CPU, minutes): PartsWorld, a baseline and the same
-run with SP, evaluated and reported together. ``compare`` does the same for several
-frameworks. Both only call the public pieces (``pretrain``, ``evaluate``, ``report``).
+``demo`` is the newcomer's first run (CPU, minutes): a preset of the study runner
+(``spatialssl.study``, what ``spatialssl compare`` runs): PartsWorld, a baseline and the same
+run with SP, trained and evaluated at once, then the released pairs beside them, reported
+together. ``compare`` here is the flip-policy ablation (``spatialssl compare --flips``),
+every policy with and without SP in one process.
 """
 
 from __future__ import annotations
@@ -23,13 +25,9 @@ from .evals import available_tasks, evaluate
 log = logging.getLogger("spatialssl")
 
 BUDGETS = config_mod.BUDGETS  # budgets for ``compare`` (defined with the config); the rest comes from configs/demo.yaml
-# frameworks that need a ViT: a tiny one at the demo's view sizes (patch 4: 8x8 tokens at 32 px)
-VIT_ONLY = {"ibot": ["backbone.name=vit_tiny", "backbone.patch_size=4", "backbone.img_size=32"]}
-
-# reduced evaluation settings for the demo (full settings: the defaults, or --set eval.*)
-DEMO_EVAL = ["eval.n_train=2000", "eval.n_test=1000", "eval.dense_n_train=500", "eval.dense_n_test=250",
-             "eval.dense_epochs=15", "eval.robust_n_test=300", "eval.robust_severities=[1,3,5]",
-             "eval.jigsaw_n_train=500", "eval.jigsaw_n_test=250", "eval.jigsaw_epochs=60"]
+# frameworks that need a ViT (VIT_ONLY) and the demo's reduced evaluation settings (DEMO_EVAL; full
+# settings: the defaults, or --set eval.*) are the study's (``study.plan``), which runs the demo
+from .study.plan import DEMO_EVAL, VIT_ONLY  # noqa: E402
 
 # the CPU study's seed-0 pairs (benchmarks/release.py), kept in the repository (see checkpoints/README.md);
 # the demo evaluates them on the core protocols only, to stay within its CPU time
@@ -136,33 +134,58 @@ DEMO_FRAMEWORK = "byol"
 DEMO_BUDGET = "small"
 
 
+def demo_plan(overrides: list[str] | None = None):
+    """The demo as the study runner runs it: ``(budget, cells, tasks)``. The budget is
+    ``spatialssl compare``'s ``small`` (400 steps, base and + SP, seed 0, two cells at once on
+    one thread each) with the demo's probe seeds and tasks (configs/demo.yaml's ``eval``, or
+    the ``eval.*`` of ``overrides``) and every override applied to both arms."""
+    import dataclasses
+
+    from . import study
+
+    overrides = list(overrides or [])
+    ev = config_mod.resolve(["demo"], _eval_only(overrides), warn=False)["eval"]
+    tasks = [t for t in ev["tasks"] if t in available_tasks()]
+    budget = dataclasses.replace(study.BUDGETS[DEMO_BUDGET], name="demo", eval_seeds=int(ev["seeds"]),
+                                 arms=("base", "sp"), seeds=(0,), extra=tuple(overrides))
+    return budget, study.grid([DEMO_FRAMEWORK], ["cnn"], [0], budget), tasks
+
+
 def demo(out: Path = Path("runs/demo"), overrides: list[str] | None = None, released: bool = True) -> list[Path]:
     """The CPU demo (``make demo``): see docs/demo.md for the settings and why.
 
-    Trains the demo's framework (``DEMO_FRAMEWORK``, with ``compare``'s settings for it at
-    ``DEMO_BUDGET``) with and without SP here, one flip policy for both, evaluates both
-    (``eval.seeds`` probe seeds), then evaluates the released pairs (``checkpoints/``: the CPU
-    study's seed-0 pairs, whose baselines learn) beside them on ``RELEASED_TASKS``.
+    A preset of the study runner (``demo_plan``): the demo's framework (``DEMO_FRAMEWORK``)
+    with and without SP at ``DEMO_BUDGET``, one flip policy for both, both arms trained and
+    evaluated at once in two worker processes (their small files in ``out/<cell>``, checkpoints
+    in ``out/runs``); then the released pairs (``checkpoints/``: the CPU study's seed-0 pairs,
+    whose baselines learn) evaluated beside them on ``RELEASED_TASKS``; one report.
     """
-    overrides = list(overrides or [])
-    fw = DEMO_FRAMEWORK
-    presets = framework_presets(fw)
-    ov = [f"framework.name={fw}", *BUDGETS[DEMO_BUDGET], *overrides]
-    cfg = config_mod.resolve(presets, ov)
-    tasks = [t for t in config_mod.resolve(["demo"], _eval_only(overrides), warn=False)["eval"]["tasks"] if t in available_tasks()]
-    seeds = cfg["eval"]["seeds"]
+    import math
+
+    from .errors import UserError
+    from .study import cell_config, cell_status
+    from .study.scheduler import schedule
+
     t0 = time.perf_counter()
-    eval_overrides = DEMO_EVAL + _eval_only(overrides)
-    dirs = run_pair(fw, presets, ov, out, tasks, eval_overrides, seeds)
-    flip = pinned_flip(presets, ov)
+    budget, cells, tasks = demo_plan(overrides)
+    runs = out / "runs"
+    schedule(lambda: cells, budget, out, runs, tasks, budget.workers, math.inf, poll_s=0.2, progress_s=20.0)
+    bad = [c.name for c in cells if cell_status(c, out, runs, budget, tasks) != "done"]
+    if bad:
+        raise UserError(f"the demo's cell(s) {', '.join(bad)} did not finish: see {out}/<cell>/cell.json and "
+                        f"{runs}/<cell>/worker.log")
+    dirs = [out / c.name for c in cells]
+    cfg = cell_config(cells[0], budget, runs, tasks)
+    seeds = budget.eval_seeds
     if released:
         dirs += released_runs(out, [t for t in tasks if t in RELEASED_TASKS],
-                              [*DEMO_EVAL, *RELEASED_EVAL, *_eval_only(overrides)], cfg["data"], seeds,
+                              [*DEMO_EVAL, *RELEASED_EVAL, *_eval_only(list(overrides or []))], cfg["data"], seeds,
                               frameworks=DEMO_RELEASED)
+    fw = DEMO_FRAMEWORK
     _report(dirs, out, f"spatialssl demo: {fw} vs {fw} + SP trained here on PartsWorld (CPU, {cfg['train']['steps']} "
-                       f"steps, {flip} flips for both: the columns not marked 'released'), and the released pairs "
-                       f"(columns 'released': the CPU study's seed-0 pairs, trained longer, checkpoints/README.md), "
-                       f"evaluated here alike")
+                       f"steps, {cfg['views']['local_flip']} flips for both: the columns not marked 'released'), and "
+                       f"the released pairs (columns 'released': the CPU study's seed-0 pairs, trained longer, "
+                       f"checkpoints/README.md), evaluated here alike")
     log.info("demo done in %.0fs: %s", time.perf_counter() - t0, out)
     return dirs
 

@@ -87,19 +87,21 @@ class Test:
         return mark(self.lo, self.hi, sign)
 
 
-FLOOR_NOTE = "≤ floor"  # in place of a mark: both runs no better than their random-init floor
+FLOOR_NOTE = "≤ floor"  # beside a mark: both runs no better than their random-init floor
 
 
 def mark(lo: float, hi: float, sign: int, floor: bool = False) -> str:
     """The one marking rule: ✓ (SP better) or ✗ (SP worse) when the interval [lo, hi] of
-    Δ = SP − baseline excludes 0, ≈ when it does not or the metric has no direction;
-    ``FLOOR_NOTE`` instead of any mark when both runs are at or below their random-init
-    floor (``floor``: ``at_floor`` of both; neither can be said to have learnt it)."""
-    if floor:
-        return FLOOR_NOTE
+    Δ = SP − baseline excludes 0, ≈ when it does not or the metric has no direction. When
+    both runs are at or below their random-init floor (``floor``: ``at_floor`` of both;
+    neither can be said to have learnt it) ``FLOOR_NOTE`` comes first and the verdict stays
+    beside it ("≤ floor; ✗"): a loss under the floor is still a loss (an earlier rule printed
+    the note alone and so hid one, issue "Fair by construction")."""
     if sign == 0 or not (lo > 0 or hi < 0):
-        return "≈"
-    return "✓" if (lo > 0) == (sign > 0) else "✗"
+        verdict = "≈"
+    else:
+        verdict = "✓" if (lo > 0) == (sign > 0) else "✗"
+    return f"{FLOOR_NOTE}; {verdict}" if floor else verdict
 
 
 def _t_quantile(q: float, df: int) -> float:

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from ..evals import GROUPED
 from ..evals import direction as metric_direction
 from .runs import Run, _finite, check_pairs, columns
+from ..evals import floor_meaningful
 from .stats import FLOOR_NOTE, Test, at_floor, mark, paired_bootstrap
 
 # (task, value key, label): the summary rows, each with its direction (+1 higher is better,
@@ -85,7 +86,7 @@ def _diff(a: float | None, b: float | None, sign: int, test: Test | str | None =
     """The Δ cell: SP minus baseline with its interval and mark ("+0.021 [+0.008, +0.034] ✓");
     "–" for a diagnostic or a missing / non-finite value; † (no test) or ‡ (not comparable)
     after a Δ that carries no mark; ``floor`` (both runs at or below their random-init floor):
-    "≤ floor" in place of the mark."""
+    "≤ floor" before the mark (no floor for ``evals.NO_FLOOR`` metrics: mCA / clean)."""
     a, b = _finite(a), _finite(b)
     if a is None or b is None or sign == 0:
         return "–"
@@ -142,7 +143,8 @@ def table_rows(runs: list[Run], rows: list[tuple[str, str, str, int]] | None = N
                 test = _test(base, sp, task, key)
                 if tests is not None:
                     tests[(base.label, sp.label, task, key)] = test
-            floor = all(at_floor(sign, v, r.value(task, f"random_{key}")[0]) for v, r in ((a, base), (b, sp)))
+            floor = floor_meaningful(task, key) and all(at_floor(sign, v, r.value(task, f"random_{key}")[0])
+                                                        for v, r in ((a, base), (b, sp)))
             cells += [_fmt(a, sa, sign == 0), _fmt(b, sb, sign == 0),
                       _diff(a, b, sign, test, mis, floor) if compare else "–"]
         return cells if seen else None

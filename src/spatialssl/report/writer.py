@@ -20,7 +20,8 @@ NOTE = ("Δ = (+ SP) − baseline, with its 95% interval in brackets; ✓ (SP be
         f"missing value; {NO_TEST}: no per-item outcomes of both runs, so no test and no mark; {MISMATCH}: the "
         "pair differs in more than SP (listed under Pairs), so no test; "
         f"{FLOOR_NOTE}: both runs at or below their random-init floor (at or above it where lower is "
-        "better), so no mark whatever the interval. ± is the standard deviation over "
+        "better), so neither has learnt it; the verdict stays beside it (mCA / clean has no floor: an "
+        "untrained network is as bad on clean as on corrupted images). ± is the standard deviation over "
         "evaluation seeds. ↳ random-init: the same protocol on a randomly initialised backbone of the same "
         "architecture; ↳ supervised: the same backbone trained on the labels. No mark covers the spread "
         "over pretraining seeds. See docs/evaluations.md for what each number means.")

@@ -73,8 +73,7 @@ TINY_EVAL = ["eval.n_train=64", "eval.n_test=32", "eval.linear_epochs=20", "eval
              "eval.pp_epochs=20", "eval.pp_pairs_per_image=4", "eval.dense_n_train=32", "eval.dense_n_test=16",
              "eval.dense_epochs=2", "eval.robust_n_test=32", "eval.robust_severities=[1]",
              "eval.jigsaw_n_train=32", "eval.jigsaw_n_test=16", "eval.jigsaw_epochs=5"]
-# the demo's reduced evaluation sizes (spatialssl.experiments.DEMO_EVAL, repeated here so that
-# the plan imports no trainer; a test holds the two equal)
+# the demo's reduced evaluation sizes (full settings: the defaults, or --set eval.*)
 DEMO_EVAL = ["eval.n_train=2000", "eval.n_test=1000", "eval.dense_n_train=500", "eval.dense_n_test=250",
              "eval.dense_epochs=15", "eval.robust_n_test=300", "eval.robust_severities=[1,3,5]",
              "eval.jigsaw_n_train=500", "eval.jigsaw_n_test=250", "eval.jigsaw_epochs=60"]
@@ -197,7 +196,7 @@ BUDGETS["cpu_tuned"] = dataclasses.replace(
 # pretraining seed unless asked for more, evaluated at the demo's probe sizes
 for _name in ("small", "medium"):
     BUDGETS[_name] = dataclasses.replace(
-        BUDGETS["cpu"], name=_name, seeds=(0,),
+        BUDGETS["cpu"], name=_name, seeds=(0,), device="auto",
         train={"cnn": [*config_mod.BUDGETS[_name], "train.checkpoint_every=100", "train.log_every=10"]},
         expected={"cnn": ({"small": 120.0, "medium": 450.0}[_name], 250.0)})
 # the tiny budget with a tuning grid and three arms (tests)

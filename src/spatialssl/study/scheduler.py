@@ -107,6 +107,12 @@ def start_worker(cell: Cell, budget: Budget, results: Path, runs: Path, tasks: l
     return Worker(cell, proc, log, time.time())
 
 
+def _doing(w: Worker) -> str:
+    """``step 120/400``, or ``evaluating`` once the run is trained."""
+    step = runfolder.last_step(w.run_dir)
+    return "evaluating" if w.steps and step >= w.steps else f"step {step}/{w.steps}"
+
+
 def _cuda() -> bool:
     import torch
 
@@ -115,7 +121,7 @@ def _cuda() -> bool:
 
 def schedule(plan: Callable[[], list[Cell]], budget: Budget, results: Path, runs: Path, tasks: list[str],
              workers: int, time_limit: float, allow_partial: bool = False, poll_s: float = 0.5,
-             retry_failed: bool = False) -> CallLog:
+             retry_failed: bool = False, progress_s: float = PROGRESS_S) -> CallLog:
     """Run the cells ``plan()`` lists that are not yet done, ``workers`` at a time, and
     return before ``time_limit`` s; ``plan`` is called again whenever a worker ends."""
     t_start = time.time()
@@ -158,11 +164,10 @@ def schedule(plan: Callable[[], list[Cell]], budget: Budget, results: Path, runs
         todo = pending()
         while (todo or running) and not stop["now"]:
             now = time.time()
-            if running and now - last_progress >= PROGRESS_S:
+            if running and now - last_progress >= progress_s:
                 last_progress = now
-                print("study: running " + "; ".join(
-                    f"{w.cell.name} step {runfolder.last_step(w.run_dir)}/{w.steps} ({(now - w.started) / 60:.0f} min)"
-                    for w in running), flush=True)
+                print("study: running " + "; ".join(f"{w.cell.name} {_doing(w)} ({(now - w.started) / 60:.0f} min)"
+                                                    for w in running), flush=True)
             ended = False
             for w in list(running):
                 if w.proc.poll() is not None:
