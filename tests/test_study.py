@@ -118,6 +118,10 @@ def test_picks_come_from_validation_only(tmp_path):
     assert study.pick("simclr", "base", "cnn", tmp_path, b, ["knn"]) is None  # nothing done yet
     _write_val(tmp_path, cells[0], 0.50)
     _write_val(tmp_path, cells[1], 0.60)
+    assert study.pick("simclr", "base", "cnn", tmp_path, b, ["knn"]) is None  # the other arms not done yet
+    for arm in ("ctl", "sp"):
+        for p in pts:
+            _write_val(tmp_path, study.Cell("simclr", arm, "cnn", 0, p, tuning=True), 0.4)
     pk = study.pick("simclr", "base", "cnn", tmp_path, b, ["knn"])
     assert pk.point == pts[1] and pk.score == 0.60 and pk.overrides == ["train.lr=0.001"]
     _write_val(tmp_path, cells[1], 0.50)  # a tie goes to the default point
@@ -130,17 +134,42 @@ def test_picks_come_from_validation_only(tmp_path):
         study.pick("simclr", "base", "cnn", tmp_path, b, ["knn"])
 
 
-def test_edge_picks_are_flagged(tmp_path):
+def test_edge_picks_widen_the_grid_for_every_arm(tmp_path):
+    """A pick on the top of the lr grid adds x4 for every arm of the framework (the schedule's
+    two values are never "an edge"); picks wait for the new cells; a pick inside the widened
+    grid is no edge; after ``widen`` extensions a pick still on the edge is flagged. Plant:
+    framework_grid without its widening -> the x2 pick is final and no x4 cell is planned."""
     b = study.BUDGETS["cpu_tuned"]
-    cells = [study.Cell("byol", "base", "cnn", 0, p, tuning=True) for p in plan.grid_points(b.tune)]
-    for c in cells:
-        lr = dict(c.point)["train.lr"]
-        _write_val(tmp_path, c, {"x0.5": 0.3, "x1": 0.4, "x2": 0.5}[lr] + (0.01 if dict(c.point)["train.schedule_steps"] == "x1.5" else 0))
-        rec = json.loads((plan.results_dir(c, tmp_path) / "cell.json").read_text())
-        (plan.results_dir(c, tmp_path) / "cell.json").write_text(json.dumps({**rec, "budget": "cpu_tuned"}))
-    pk = study.pick("byol", "base", "cnn", tmp_path, b, ["knn"])
-    assert dict(pk.point) == {"train.lr": "x2", "train.schedule_steps": "x1.5"}
-    assert pk.edges == ["train.lr"]  # the lr grid's top; the two-value schedule is never "an edge"
+    arms = plan.arms_of("byol", b)
+
+    def write(points, score):
+        for p in points:
+            for a in arms:
+                c = study.Cell("byol", a, "cnn", 0, p, tuning=True)
+                _write_val(tmp_path, c, score(dict(p)))
+                rec = json.loads((plan.results_dir(c, tmp_path) / "cell.json").read_text())
+                (plan.results_dir(c, tmp_path) / "cell.json").write_text(json.dumps({**rec, "budget": "cpu_tuned"}))
+
+    lr_score = {"x0.5": 0.3, "x1": 0.4, "x2": 0.5, "x4": 0.45, "x8": 0.7}
+    score = lambda p: lr_score[p["train.lr"]] + (0.01 if p["train.schedule_steps"] == "x1.5" else 0)  # noqa: E731
+    write(plan.grid_points(b.tune), score)
+    tune, settled = plan.framework_grid("byol", "cnn", tmp_path, b, ["knn"])
+    assert dict(tune)["train.lr"] == ("x0.5", "x1", "x2", "x4") and not settled
+    assert study.pick("byol", "base", "cnn", tmp_path, b, ["knn"]) is None  # waits for the x4 cells
+    todo = [c.name for c in plan.tuning_cells(["byol"], ["cnn"], b, tmp_path, ["knn"])
+            if study.cell_status(c, tmp_path, tmp_path / "runs", b, ["knn"]) != "done"]
+    assert sorted(todo) == sorted(f"byol{s}-cnn-s0-lrx4_sched{t}" for s in ("", "_ctl", "_sp") for t in ("x1", "x1.5"))
+    write([p for p in plan.grid_points(tune) if dict(p)["train.lr"] == "x4"], score)
+    pk = study.pick("byol", "ctl", "cnn", tmp_path, b, ["knn"])
+    assert dict(pk.point) == {"train.lr": "x2", "train.schedule_steps": "x1.5"} and pk.edges == []
+    lr_score["x4"] = 0.6  # x4 best: widened again (x8), where the pick stays on the edge: flagged
+    write([p for p in plan.grid_points(tune) if dict(p)["train.lr"] == "x4"], score)
+    tune, _ = plan.framework_grid("byol", "cnn", tmp_path, b, ["knn"])
+    assert dict(tune)["train.lr"][-1] == "x8"
+    write([p for p in plan.grid_points(tune) if dict(p)["train.lr"] == "x8"], score)
+    pk = study.pick("byol", "sp", "cnn", tmp_path, b, ["knn"])
+    assert dict(pk.point)["train.lr"] == "x8" and pk.edges == ["train.lr"]
+    assert pk.overrides[0] == "train.lr=0.016"  # x8 of BYOL's 0.002
 
 
 def test_marks_keep_the_verdict_beside_the_floor():

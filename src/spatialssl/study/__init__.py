@@ -35,7 +35,7 @@ def plan_cells(budget: Budget, frameworks: list[str], backbones: list[str], seed
     is known (all of them without a grid), then its tuning cells; a framework's finals come
     before the next framework's tuning, so that complete comparisons arrive early."""
     finals = with_picks(grid(frameworks, backbones, seeds, budget), results, budget, tasks)
-    tunes = tuning_cells(frameworks, backbones, budget) if budget.tune else []
+    tunes = tuning_cells(frameworks, backbones, budget, results, tasks) if budget.tune else []
     out = []
     for fw in frameworks:
         out += [c for c in finals if c.framework == fw] + [c for c in tunes if c.framework == fw]

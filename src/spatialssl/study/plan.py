@@ -106,6 +106,10 @@ class Budget:
     holdout: int = 0  # data.holdout: training images held out as the validation split
     pick: tuple[str, str] = ("linear", "top1")  # the validation metric an arm's pick maximises
     val_tasks: tuple[str, ...] = ("linear", "knn")  # evaluated on validation in every tuning cell
+    # how many times a framework's grid is extended past an edge: when an arm's pick lies on the
+    # lowest or highest value of a key with >= 3 values, that key gets one more value beyond it
+    # (the same factor) for every arm of the framework, and every arm picks again (``framework_grid``)
+    widen: int = 0
     # evaluated on test in the default point's tuning cell (the default-vs-default table)
     default_test_tasks: tuple[str, ...] = ("knn", "linear")
     seeds: tuple[int, ...] = (0, 1, 2)  # pretraining seeds when none are asked for
@@ -190,7 +194,7 @@ BUDGETS["cpu_tuned"] = dataclasses.replace(
     BUDGETS["cpu_grey"], name="cpu_tuned",
     train={"cnn": [*(o for o in BUDGETS["cpu_grey"].train["cnn"] if not o.startswith("data.n_train=")),
                    "data.n_train=9000"]},
-    arms=ARMS, holdout=1000,
+    arms=ARMS, holdout=1000, widen=2,
     tune=(("train.lr", ("x0.5", "x1", "x2")), ("train.schedule_steps", ("x1", "x1.5"))))
 # `spatialssl compare`'s quick budgets (config.BUDGETS: the demo's 400 steps, 1,500 steps), one
 # pretraining seed unless asked for more, evaluated at the demo's probe sizes
@@ -323,11 +327,18 @@ def grid(frameworks: list[str] = FRAMEWORKS, backbones: list[str] = BACKBONES, s
     return out
 
 
-def tuning_cells(frameworks: list[str], backbones: list[str], budget: Budget) -> list[Cell]:
-    """Every tuning cell: per framework, per grid point, its arms adjacent (so that an
-    interrupted study has compared its arms on the same points)."""
-    return [Cell(fw, a, bb, budget.tune_seed, p, tuning=True)
-            for bb in backbones for fw in frameworks for p in grid_points(budget.tune) for a in arms_of(fw, budget)]
+def tuning_cells(frameworks: list[str], backbones: list[str], budget: Budget, results: Path | None = None,
+                 tasks: list[str] = ALL_TASKS) -> list[Cell]:
+    """Every tuning cell: per framework, per point of its grid (``framework_grid``: the
+    budget's, widened where picks lay on an edge; the budget's alone without ``results``), its
+    arms adjacent (so that an interrupted study has compared its arms on the same points)."""
+    out = []
+    for bb in backbones:
+        for fw in frameworks:
+            tune = framework_grid(fw, bb, results, budget, tasks)[0] if results is not None else budget.tune
+            out += [Cell(fw, a, bb, budget.tune_seed, p, tuning=True) for p in grid_points(tune)
+                    for a in arms_of(fw, budget)]
+    return out
 
 
 def parse_cell(name: str) -> Cell:
@@ -448,6 +459,7 @@ class Pick:
     scores: dict[str, float]  # point tag -> validation score
     edges: list[str]  # keys whose picked value is the lowest or highest of >= 3
     overrides: list[str]  # the resolved key=value of the pick
+    edge_sides: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (key, "low" | "high")
 
 
 def val_score(cell: Cell, results: Path, budget: Budget) -> float | None:
@@ -469,25 +481,78 @@ def val_score(cell: Cell, results: Path, budget: Budget) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def pick(framework: str, arm: str, backbone: str, results: Path, budget: Budget, tasks: list[str],
-         runs: Path = Path("/nonexistent")) -> Pick | None:
-    """The arm's pick once every one of its tuning cells is done (else None): the highest
-    validation score, ties to the earlier point of the grid."""
-    cells = [Cell(framework, arm, backbone, budget.tune_seed, p, tuning=True) for p in grid_points(budget.tune)]
+def _value(v: str) -> float:
+    return float(v[1:] if v.startswith("x") else v)
+
+
+def _pick_on(framework: str, arm: str, backbone: str, results: Path, budget: Budget, tasks: list[str], tune,
+             runs: Path = Path("/nonexistent")) -> Pick | None:
+    """The arm's best point of grid ``tune`` once every one of its cells is done (else None):
+    the highest validation score, ties to the earlier point of the grid (the default first)."""
+    cells = [Cell(framework, arm, backbone, budget.tune_seed, p, tuning=True) for p in grid_points(tune)]
     if not cells or any(cell_status(c, results, runs, budget, tasks) != "done" for c in cells):
         return None
     scores = {point_tag(c.point): val_score(c, results, budget) for c in cells}
     if any(v is None for v in scores.values()):
         return None
     best = max(cells, key=lambda c: (scores[point_tag(c.point)], -cells.index(c)))
-    edges = []
-    for key, values in budget.tune:
+    sides = []
+    for key, values in tune:
         if len(values) >= 3:
-            num = sorted(values, key=lambda v: float(v.lstrip("x")))
-            if dict(best.point)[key] in (num[0], num[-1]):
-                edges.append(key)
+            num = sorted(values, key=_value)
+            v = dict(best.point)[key]
+            if v in (num[0], num[-1]):
+                sides.append((key, "low" if v == num[0] else "high"))
     presets, ov = presets_and_overrides(best, budget, tasks)
-    return Pick(best.point, scores[point_tag(best.point)], scores, edges, point_overrides(presets, ov, best.point))
+    return Pick(best.point, scores[point_tag(best.point)], scores, [k for k, _ in sides],
+                point_overrides(presets, ov, best.point), sides)
+
+
+def _extend(tune, sides: set[tuple[str, str]]):
+    """``tune`` with one more value past each (key, side): the next value by the ratio of the two
+    nearest (x0.5, x1, x2 -> x4 above, x0.25 below)."""
+    out = []
+    for key, values in tune:
+        vals = list(values)
+        num = sorted(vals, key=_value)
+        mult = all(v.startswith("x") for v in vals)
+        for side in ("low", "high"):
+            if (key, side) in sides:
+                a, b = (num[0], num[1]) if side == "low" else (num[-1], num[-2])
+                new = _value(a) * _value(a) / _value(b)
+                text = f"{'x' if mult else ''}{new:.6g}"
+                if text not in vals:
+                    vals.append(text)
+        out.append((key, tuple(vals)))
+    return tuple(out)
+
+
+def framework_grid(framework: str, backbone: str, results: Path | None, budget: Budget, tasks: list[str]):
+    """``(grid, settled)``: the framework's tuning grid, the budget's widened (at most
+    ``budget.widen`` times) past every edge on which an arm's pick lay, the same for every arm;
+    ``settled`` once every arm is done on it and no widening is due (only then do picks count)."""
+    tune = budget.tune
+    if results is None or not tune:
+        return tune, False
+    for n in range(budget.widen + 1):
+        picks = [_pick_on(framework, a, backbone, results, budget, tasks, tune) for a in arms_of(framework, budget)]
+        if any(p is None for p in picks):
+            return tune, False
+        sides = {s for p in picks for s in p.edge_sides}
+        if not sides or n == budget.widen:
+            return tune, True
+        tune = _extend(tune, sides)
+    return tune, True
+
+
+def pick(framework: str, arm: str, backbone: str, results: Path, budget: Budget, tasks: list[str],
+         runs: Path = Path("/nonexistent")) -> Pick | None:
+    """The arm's pick once its framework's grid is settled (``framework_grid``: every arm done
+    on it, no widening due), else None."""
+    tune, settled = framework_grid(framework, backbone, results, budget, tasks)
+    if not settled:
+        return None
+    return _pick_on(framework, arm, backbone, results, budget, tasks, tune, runs)
 
 
 def with_picks(cells: list[Cell], results: Path, budget: Budget, tasks: list[str]) -> list[Cell]:

@@ -202,9 +202,12 @@ def tuning_section(budget: Budget, frameworks, backbones, results: Path, tasks: 
              f"held out; score: {task} {key})", "",
              "Every arm ran the same grid: " + "; ".join(f"`{k}` in {{{', '.join(v)}}}" for k, v in budget.tune)
              + " (x<m>: m times the arm's own preset value; `train.schedule_steps` x1 is `train.steps`). "
-             "Picks (*) maximise the validation score; a pick on the edge of a grid of three or more values is "
-             "flagged (the grid should be widened).", ""]
+             "Picks (*) maximise the validation score, ties to the earlier point; where an arm's pick lies on the "
+             f"edge of a key with three or more values, that key gets one more value beyond it for every arm of the "
+             f"framework (at most {budget.widen} times), and a pick still on an edge is flagged.", ""]
     from .plan import Cell as C, val_score
+
+    from .plan import framework_grid
 
     for bb in backbones:
         for fw in frameworks:
@@ -212,7 +215,8 @@ def tuning_section(budget: Budget, frameworks, backbones, results: Path, tasks: 
             picks = {a: pick(fw, a, bb, results, budget, tasks) for a in arms}
             header = ["grid point", "values"] + [ARM_LABEL[a] for a in arms]
             rows = []
-            for p in grid_points(budget.tune):
+            tune, settled = framework_grid(fw, bb, results, budget, tasks)
+            for p in grid_points(tune):
                 presets, ov = presets_and_overrides(C(fw, "base", bb, budget.tune_seed), budget, tasks)
                 vals = ", ".join(o.split(".", 1)[1] for o in point_overrides(presets, ov, p))
                 row = [point_tag(p) + (" (default)" if is_default(p) else ""), vals]
@@ -221,7 +225,12 @@ def tuning_section(budget: Budget, frameworks, backbones, results: Path, tasks: 
                     star = " *" if picks[a] is not None and picks[a].point == p else ""
                     row.append("–" if s is None else f"{s:.3f}{star}")
                 rows.append(row)
-            lines += [f"### {fw} ({bb})", "", markdown_table(header, rows), ""]
+            wider = [f"`{k}` + {', '.join(v for v in vals if v not in dict(budget.tune)[k])}"
+                     for k, vals in tune if set(vals) != set(dict(budget.tune)[k])]
+            lines += [f"### {fw} ({bb})", ""]
+            if wider:
+                lines += ["Grid widened past an edge pick, for every arm alike: " + "; ".join(wider) + ".", ""]
+            lines += [markdown_table(header, rows), ""]
             flags = [f"{ARM_LABEL[a]}: {', '.join(pk.edges)}" for a, pk in picks.items() if pk and pk.edges]
             pending = [ARM_LABEL[a] for a, pk in picks.items() if pk is None]
             if flags:
