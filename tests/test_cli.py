@@ -262,3 +262,12 @@ def test_a_skipped_task_prints_its_reason(capsys):
                     "knn": {"top1": 0.51234, "k": 20}})
     out = capsys.readouterr().out.splitlines()
     assert out == ["finegrained: skipped (no fine-grained labels in this data set)", "knn: {'top1': 0.5123}"]
+
+
+@pytest.mark.parametrize("where", ["missing", "folder"])
+def test_probe_with_no_weights_file_is_one_line(capsys, tmp_path, where):
+    """`probe --weights` naming no file (or a folder) is the user's error: one line, exit 2,
+    naming the path (it was a traceback)."""
+    path = tmp_path / "nope.pth" if where == "missing" else tmp_path
+    _one_line_error(capsys, ["probe", "--weights", str(path), "--arch", "resnet18"], str(path),
+                    "no such file" if where == "missing" else "a folder")

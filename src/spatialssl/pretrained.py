@@ -97,9 +97,12 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         FileNotFoundError: no such file.
         WeightsError: unreadable, or no state dict found (naming the top-level keys).
     """
+    from .errors import NotFound  # a UserError: one line, exit 2 (a FileNotFoundError too)
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
+        what = "a folder, not a weights file" if path.is_dir() else "no such file"
+        raise NotFound(f"--weights {path}: {what} (a .pth / .pt / .safetensors state dict or checkpoint)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

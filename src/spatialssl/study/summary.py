@@ -306,6 +306,13 @@ def summary(budget: Budget, frameworks, backbones, seeds, results: Path, tasks: 
              "are at or below their random-init floor; 'no floor' where the floor means nothing (mCA / clean); "
              f"with one seed, no test and no mark ({NO_TEST}). Only seeds whose every arm is complete are counted. "
              "Written by `spatialssl compare --report-only` from the cells' files (docs/study.md).", ""]
+    from .plan import SP_REUSES_VIEWS
+
+    no_ctl = [fw for fw in frameworks if "ctl" in budget.arms and fw in SP_REUSES_VIEWS]
+    if no_ctl:
+        lines += [f"No control arm for {', '.join(no_ctl)}: SP pairs the framework's own local views and adds no "
+                  "views of its own (only its head), so there is no extra compute for a control to match; SP is "
+                  "compared with the baseline there.", ""]
     if budget.tune:
         lines += tuning_section(budget, frameworks, backbones, results, tasks)
         lines += default_section(budget, frameworks, backbones, results)
