@@ -146,3 +146,16 @@ def test_resolving_a_preset_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
     assert "local views (96 px) are upsampled" in out.stderr  # the torch-free warnings are still logged
+
+
+@pytest.mark.parametrize("key,want", [("train.learning_rate", "train.lr"), ("train.stpes", "train.steps"),
+                                      ("train.batch", "train.batch_size"), ("sp.wieght", "sp.weight")])
+def test_unknown_key_suggests_the_closest(key, want):
+    """A mistyped key names the closest known one (plant: no hint -> fails)."""
+    with pytest.raises(config.ConfigError, match=f"did you mean '{want}'"):
+        config.resolve([], [f"{key}=1"])
+
+
+def test_a_bad_value_is_echoed():
+    with pytest.raises(config.ConfigError, match="must be >= 1, got -5"):
+        config.resolve([], ["train.steps=-5"])

@@ -295,8 +295,16 @@ def _merge(base: dict, delta: dict, where: str = "") -> None:
     for key, value in delta.items():
         path = f"{where}{key}"
         if key not in base:
+            import difflib
+
             allowed = ", ".join(sorted(base))
-            raise ConfigError(f"unknown config key '{path}' (allowed here: {allowed})")
+            names = [str(k) for k in base]
+            initials = "".join(w[:1] for w in str(key).split("_"))  # learning_rate -> lr
+            close = ([initials] if initials in names and "_" in str(key) else []) or \
+                difflib.get_close_matches(str(key), names, n=1, cutoff=0.5) or \
+                [n for n in names if str(key) in n or n in str(key) and len(n) > 2][:1]
+            hint = f"did you mean '{where}{close[0]}'? " if close else ""
+            raise ConfigError(f"unknown config key '{path}' ({hint}allowed here: {allowed})")
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{path}' is a section; give it a mapping, not {value!r}")
@@ -433,7 +441,7 @@ def derive(cfg: dict, warn: bool = True) -> dict:
         if not 0 < lo <= hi:
             raise ConfigError(f"config key 'views.{key}' must satisfy 0 < low <= high, got {v[key]}")
     if cfg["train"]["steps"] < 1:
-        raise ConfigError("config key 'train.steps' must be >= 1")
+        raise ConfigError(f"config key 'train.steps' must be >= 1, got {cfg['train']['steps']}")
     if cfg["train"]["schedule_steps"] and cfg["train"]["schedule_steps"] < cfg["train"]["steps"]:
         raise ConfigError(f"config key 'train.schedule_steps' must be 0 (= train.steps) or >= train.steps "
                           f"({cfg['train']['steps']}), got {cfg['train']['schedule_steps']}")
