@@ -196,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(a)
     except Exception as e:
+        from .engine.trainer import TrainingInterrupted
+
+        if isinstance(e, TrainingInterrupted):  # pretrain stopped by SIGTERM / SIGINT after writing a checkpoint
+            print(f"spatialssl: interrupted: {e}", file=sys.stderr)
+            return e.exit_code
         if not isinstance(e, _user_errors()):
             raise  # a bug: keep its traceback
         # NonFiniteLoss: its ERROR line, with the last values, is in the log already

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import signal
 import time
 from pathlib import Path
 from typing import Iterator
@@ -39,6 +40,44 @@ from .monitor import RunLog, embedding_std, log, rankme
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT reached ``pretrain``: it finished the step it was in, wrote a
+    checkpoint and ``status.json`` ("interrupted"), and stopped. Running the same command
+    again resumes from that checkpoint exactly. ``exit_code``: 143 (SIGTERM) or 130 (SIGINT),
+    what a scheduler (SLURM's ``--requeue``, ``--signal``) and a shell expect."""
+
+    def __init__(self, signame: str, step: int, steps: int, path: Path):
+        self.signame, self.step, self.exit_code = signame, step, 128 + int(getattr(signal, signame))
+        super().__init__(f"{signame} at step {step} of {steps}: checkpoint written to {path}; run the same command "
+                         f"again to resume from it")
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """While training, SIGTERM and SIGINT only ask the loop to stop after the current step
+    (``flag["sig"]``): a scheduler's preemption signal then costs nothing. A second signal of
+    either kind stops at once (the last regular checkpoint is kept). Outside the main thread
+    (where handlers cannot be set) nothing changes."""
+    import threading
+
+    flag: dict = {"sig": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        if flag["sig"] is not None:  # the second one: stop now
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        flag["sig"] = signal.Signals(signum).name
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def pick_device(cfg: dict) -> torch.device:
@@ -572,6 +611,28 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
     t0, last_step = time.perf_counter(), start
     batches = step_batches(data, cfg, device, start, end, rank, world)
     checkpoint_every = config_mod.schedule_steps(cfg)["train.checkpoint_every"]
+    with _stop_on_signals() as stop:
+        _loop(run, cfg, out, bar, batches, runlog, ckpt_path, checkpoint_every, start, end, bad, pair_counts, t0,
+              last_step, rank, world, main, stop)
+    bar.close()
+    if end == t["steps"] and main:
+        tmp = out / f"{runfolder.BACKBONE}.tmp"
+        export_timm_state_dict(run.framework.eval_backbone(), str(tmp))
+        tmp.replace(out / runfolder.BACKBONE)
+        runfolder.write_status(out, end, t["steps"])
+        log.info("done: %s", out)
+    if main:
+        runlog.close()
+    distributed.barrier(world)  # no rank leaves (and may read the run) before rank 0 has written it
+    return out
+
+
+def _loop(run: Run, cfg: dict, out: Path, bar, batches, runlog, ckpt_path: Path, checkpoint_every: int, start: int,
+          end: int, bad: torch.Tensor, pair_counts: torch.Tensor, t0: float, last_step: int, rank: int, world: int,
+          main: bool, stop: dict) -> None:
+    """The training loop from ``start`` to ``end``: steps, logs, checkpoints; a stop signal
+    (``stop``) ends it after the current step with a checkpoint (``TrainingInterrupted``)."""
+    t, device = cfg["train"], run.device
     for step in bar:
         batch = next(batches)
         done = step + 1
@@ -603,17 +664,21 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
             if main:
                 checkpoint.save_atomic(_state(run, done), ckpt_path)
                 runfolder.write_status(out, done, t["steps"])
-    bar.close()
-    if end == t["steps"] and main:
-        tmp = out / f"{runfolder.BACKBONE}.tmp"
-        export_timm_state_dict(run.framework.eval_backbone(), str(tmp))
-        tmp.replace(out / runfolder.BACKBONE)
-        runfolder.write_status(out, end, t["steps"])
-        log.info("done: %s", out)
-    if main:
-        runlog.close()
-    distributed.barrier(world)  # no rank leaves (and may read the run) before rank 0 has written it
-    return out
+        stopping = stop["sig"] is not None  # a host flag: no device sync on a step that does not stop
+        if world > 1 and logging_step:  # every rank stops at the same (logging) step; torchrun signals each
+            stopping = bool(distributed.any_rank(torch.tensor(stopping, device=device), world))
+        elif world > 1:
+            stopping = False
+        if stopping and done < end:
+            _check_finite(distributed.any_rank(bad, world), step, {}, ckpt_path)
+            if main:
+                if done % checkpoint_every:
+                    checkpoint.save_atomic(_state(run, done), ckpt_path)
+                runfolder.write_status(out, done, t["steps"], interrupted=stop["sig"] or "a stop on another rank")
+            bar.close()
+            err = TrainingInterrupted(stop["sig"] or "SIGTERM", done, t["steps"], ckpt_path)
+            log.warning("interrupted: %s", err)
+            raise err
 
 
 _SHOWN = ("loss", "loss_fw", "loss_sp", "sp_loss_zero", "sp_r2_dx", "sp_r2_dy", "sp_r2_ds", "sp_fallback_rate",

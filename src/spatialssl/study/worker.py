@@ -163,7 +163,7 @@ def run_cell(cell: Cell, budget: Budget, results: Path, runs: Path, tasks: list[
     ``done``, ``pretrained`` (no time left to evaluate) or ``partial`` (stopped with a checkpoint)."""
     import torch
 
-    from ..engine.trainer import pretrain
+    from ..engine.trainer import TrainingInterrupted, pretrain
     from ..evals import evaluate
 
     old_handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -238,6 +238,9 @@ def run_cell(cell: Cell, budget: Budget, results: Path, runs: Path, tasks: list[
         return status
     except Interrupted as e:
         rec["interrupted"] = f"{e} at step {runfolder.last_step(rdir)}"
+        return status
+    except TrainingInterrupted as e:  # SIGTERM while training: the trainer wrote a checkpoint at its step
+        rec["interrupted"] = f"{e.signame} at step {e.step} (checkpoint written)"
         return status
     except Exception as e:  # a non-finite loss, a bug: recorded, so later calls skip the cell
         status = "failed"
