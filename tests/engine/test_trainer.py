@@ -95,3 +95,17 @@ def test_uniform_collapse_warning_names_the_fix(caplog):
     with caplog.at_level(logging.WARNING, logger="spatialssl"):
         _collapse_logs(run, {}, values)
     assert "at its maximum" not in caplog.text
+
+
+def test_a_run_shorter_than_its_warm_up_is_warned(tmp_path, tiny_overrides, random_canvases, caplog):
+    """A run that ends inside its lr warm-up never trains at train.lr: said, with the fix
+    (issue 28); a warm-up shorter than the run: no warning."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="spatialssl"):
+        pretrain(_cfg(tmp_path, "short", tiny_overrides, "train.warmup_steps=10"), data=random_canvases)
+    assert "is not shorter than the run" in caplog.text and "train.warmup_steps below train.steps" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spatialssl"):
+        pretrain(_cfg(tmp_path, "ok", tiny_overrides, "train.warmup_steps=1"), data=random_canvases)
+    assert "is not shorter than the run" not in caplog.text

@@ -598,6 +598,12 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
              t["batch_size"], device, run.bf16, cfg["data"]["name"], n, *data.size)
     if main:
         log.info(config_mod.describe_schedule(cfg, type(run.framework).config_keys))
+        warm = config_mod.schedule_steps(cfg)["train.warmup_steps"]
+        if warm >= t["steps"]:  # the run ends inside its warm-up: it never trains at train.lr
+            log.warning("the lr warm-up (%d steps, train.warmup_steps) is not shorter than the run (%d steps): the "
+                        "lr rises over the whole run, to %.3g of train.lr, and never decays; set train.warmup_steps "
+                        "below train.steps (e.g. 0.1 of the run)", warm, t["steps"], float(run.lr[t["steps"] - 1]) / (
+                            t["lr"] * (t["batch_size"] / 256 if t["lr_scale_with_batch"] else 1.0)))
     if world > 1:
         log.info("rank %d of %d processes: %d images of each batch of %d", rank, world, t["batch_size"] // world,
                  t["batch_size"])
