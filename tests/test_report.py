@@ -323,6 +323,8 @@ def test_mismatched_pair_is_refused(tmp_path, change, key):
     with pytest.raises(ValueError) as e:
         report.write_report(dirs, tmp_path / "out")
     assert key in str(e.value) and str(dirs[0]) in str(e.value) and str(dirs[1]) in str(e.value)
+    # the default-flip mismatch names the --set that fixes it (issue 28); the others have no such fix
+    assert ("--set views.local_flip=per_view" in str(e.value)) == (key == "views.local_flip")
     assert not (tmp_path / "out" / "report.md").exists()
     with pytest.raises(ValueError, match="not comparable"):
         report.summary_table(dirs)

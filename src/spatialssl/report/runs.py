@@ -174,6 +174,19 @@ def pair_differences(base: Run, sp: Run) -> list[str]:
     return out
 
 
+def _fix(base: Run, sp: Run) -> str:
+    """The ``--set`` that makes the baseline train as its SP mate did, where the only config
+    difference is one a user gets by default: the local flip policy (``views.local_flip: auto``
+    gives the SP arm one flip per image and the baseline per-view flips)."""
+    diff = [k for k, _, _ in _differ(base.config, sp.config, _defaults())
+            if not k.startswith("sp.") and not config_mod.number_free(k) and k != "sp"]
+    if diff == ["views.local_flip"]:
+        want = sp.config.get("views", {}).get("local_flip")
+        return (f": train '{base.path}' again with `--set views.local_flip={want}` (the SP arm's flips; "
+                f"`spatialssl compare` pins them for both arms)")
+    return ""
+
+
 def columns(runs: list[Run]) -> list[tuple[Run, Run | None]]:
     """(baseline, + SP) pairs by framework, in order of first appearance; unpaired runs alone.
     Runs that differ by SP alone are paired first, so a run trained otherwise does not take
@@ -217,8 +230,8 @@ def check_pairs(cols: list[tuple[Run, Run | None]], allow_mismatch: bool | Itera
         refused = [] if allowed is None else [d for d in blocking if not d.startswith(allowed)]
         if refused:
             raise UserError(f"runs '{base.path}' and '{sp.path}' are not comparable: they differ in "
-                            f"{'; '.join(refused)} (a pair may differ in sp.* and keys that change no number "
-                             "(config.NUMBER_FREE) only; `spatialssl report --allow-mismatch` (allow_mismatch=True) "
-                             "reports such a pair without marks)")
+                            f"{'; '.join(refused)}{_fix(base, sp)} (a pair may differ in sp.* and keys that change no "
+                            "number (config.NUMBER_FREE) only; `spatialssl report --allow-mismatch` (allow_mismatch=True) "
+                            "reports such a pair without marks)")
         found[(id(base), id(sp))] = blocking
     return found
