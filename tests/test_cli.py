@@ -271,3 +271,22 @@ def test_probe_with_no_weights_file_is_one_line(capsys, tmp_path, where):
     path = tmp_path / "nope.pth" if where == "missing" else tmp_path
     _one_line_error(capsys, ["probe", "--weights", str(path), "--arch", "resnet18"], str(path),
                     "no such file" if where == "missing" else "a folder")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["pretrain", "--set", "data.name=folder", "--set", "data.root={nope}", "--set", "out_dir={tmp}/run",
+      "--set", "device=cpu"], "not found"),
+    (["eval", "--checkpoint", "{nope}", "--tasks", "knn"], "no checkpoint"),
+    (["probe", "--weights", "{nope}", "--arch", "resnet18"], "no such file"),
+    (["report", "{nope}", "{nope}2", "--out", "{tmp}/rep"], "does not exist"),
+    (["data", "prepare", "--root", "{nope}", "--out", "{tmp}/shards"], "not found"),
+    (["config", "-c", "{nope}.yaml"], "no config preset"),
+    (["compare", "--budget", "tiny", "--frameworks", "simclr", "--plugin", "no_such_plugin_mod"], "no module named"),
+    (["demo", "--plugin", "no_such_plugin_mod"], "no module named"),
+])
+def test_a_missing_path_is_one_line_in_every_command(capsys, tmp_path, argv, needle):
+    """Every command: a file, folder or module that is not there is one line, exit 2, and a
+    pretrain that fails before its first step leaves no run folder behind (issue 28)."""
+    argv = [a.format(nope=tmp_path / "nope", tmp=tmp_path) for a in argv]
+    _one_line_error(capsys, argv, needle)
+    assert not (tmp_path / "run").exists()

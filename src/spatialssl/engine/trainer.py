@@ -435,21 +435,33 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
         device = torch.device("cuda", local_rank)
     check_decode(cfg, device)
     out = Path(cfg["out_dir"])
+    new_folder = not out.exists() or not any(out.iterdir())
     lock, notes = _claim_run_dir(out, resume, main)
     distributed.barrier(world)  # rank 0 has set the folder up (moved an old one aside) before any rank reads it
     logs: list[RunLog] = []  # closed here whatever happens (their handler would log later runs into this one)
+    phase = {"training": False}  # set once the first step is about to run
+    half_made = False
     try:
-        return _pretrain(cfg, out, device, rank, world, resume, force, stop_after, data, notes, logs)
+        return _pretrain(cfg, out, device, rank, world, resume, force, stop_after, data, notes, logs, phase)
     except NonFiniteLoss as e:
         if main:
             status = runfolder.read_status(out) or {"step": 0, "steps": t["steps"]}
             runfolder.write_status(out, status["step"], t["steps"], error=str(e).split(". ")[0])
+        raise
+    except BaseException:
+        # a folder this call made, failing before its first step (data that does not load, a model
+        # that cannot be built): nothing half-made is left behind, the error says what to fix
+        half_made = main and new_folder and not phase["training"] and not (out / runfolder.CHECKPOINT).exists()
         raise
     finally:
         for runlog in logs:
             runlog.close()
         if lock is not None:
             lock.release()
+        if half_made:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def _claim_run_dir(out: Path, resume: bool, main: bool) -> tuple[checkpoint.RunLock | None, list[str]]:
@@ -534,7 +546,8 @@ def _load_state(run: Run, state: dict) -> None:
 
 
 def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int, resume: bool, force: bool,
-              stop_after: int | None, data: CanvasSet | None, notes: list[str], logs: list[RunLog]) -> Path:
+              stop_after: int | None, data: CanvasSet | None, notes: list[str], logs: list[RunLog],
+              phase: dict | None = None) -> Path:
     t = cfg["train"]
     main = rank == 0
 
@@ -617,6 +630,8 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
     t0, last_step = time.perf_counter(), start
     batches = step_batches(data, cfg, device, start, end, rank, world)
     checkpoint_every = config_mod.schedule_steps(cfg)["train.checkpoint_every"]
+    if phase is not None:
+        phase["training"] = True
     with _stop_on_signals() as stop:
         _loop(run, cfg, out, bar, batches, runlog, ckpt_path, checkpoint_every, start, end, bad, pair_counts, t0,
               last_step, rank, world, main, stop)
