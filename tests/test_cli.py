@@ -125,7 +125,8 @@ def test_eval_and_compare_evaluate_on_the_gpu_when_there_is_one(monkeypatch, tmp
 
 
 TINY_DEMO = ["-c", "demo", "--set", "train.steps=4", "--set", "train.batch_size=16", "--set", "train.log_every=1",
-             "--set", "train.checkpoint_every=2", "--set", "data.n_train=64", "--set", "data.n_eval=32"]
+             "--set", "train.checkpoint_every=2", "--set", "data.n_train=64", "--set", "data.n_eval=32",
+             "--set", "train.warmup_steps=1"]  # (a run inside its warm-up is warned about)
 ESCAPES = ("\r", "\x1b")  # carriage-return frames, ANSI/cursor codes
 
 
@@ -253,15 +254,19 @@ def test_demo_tasks_and_seeds_are_flags(monkeypatch, tmp_path):
     assert main(["demo", "--seeds", "0"]) == 2
 
 
-def test_a_skipped_task_prints_its_reason(capsys):
+def test_a_skipped_task_prints_its_reason(capsys, tmp_path):
     """`eval`/`probe` print why a task was skipped, not an empty `finegrained: {}` (the reason
-    was only in a warning). Plant: the old loop, which printed float values only -> fails."""
+    was only in a warning), then the verdict table of metrics/summary.md and where the raw
+    values are. Plant: the old loop, which printed float values only -> fails."""
     from spatialssl.cli import _print_results
 
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "summary.md").write_text("# run\n\n| metric | value |\n|---|---:|\n| kNN top-1 ↑ | 0.512 |\n")
     _print_results({"finegrained": {"skipped": "no fine-grained labels in this data set"},
-                    "knn": {"top1": 0.51234, "k": 20}})
+                    "knn": {"top1": 0.51234, "k": 20}}, tmp_path)
     out = capsys.readouterr().out.splitlines()
-    assert out == ["finegrained: skipped (no fine-grained labels in this data set)", "knn: {'top1': 0.5123}"]
+    assert out[0] == "finegrained: skipped (no fine-grained labels in this data set)"
+    assert "| kNN top-1 ↑ | 0.512 |" in out and out[-1].startswith("all values: ")
 
 
 @pytest.mark.parametrize("where", ["missing", "folder"])

@@ -183,7 +183,11 @@ def test_probe_command_writes_named_metrics(tmp_path, capsys):
     args += [f"--arch-arg={k}={v}" for k, v in DINO2_KW.items()]
     args += [a for s in TINY_DATA for a in ("--set", s)]
     assert cli.main(args) == 0
-    assert "patch_pair: {'r2_dx'" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    # a verdict a single run can read (issue 28): value, interval, floor, n, verdict, the sizes used
+    assert "| patch-pair R² dx ↑ |" in printed and "random-init floor" in printed and "images at 28 px" in printed
+    assert any(v in printed for v in ("above floor |", "at floor |"))
+    assert (out / "metrics" / "summary.md").read_text().count("| patch-pair R²") >= 3
     for task in ("patch_pair", "jigsaw", "knn"):
         rec = json.loads((out / "metrics" / f"{task}.json").read_text())
         assert rec["arch"] == DINO2 and rec["weights"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()

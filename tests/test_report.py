@@ -587,3 +587,24 @@ def test_mca_over_clean_is_never_floored(tmp_path):
     _, rows = report.table_rows(report.read_runs(dirs))
     assert "floor" not in row(rows, "mCA / clean")[3]
     assert "≤ floor" in row(rows, "mean corruption acc. (mCA)")[3]
+
+
+def test_single_run_verdicts(tmp_path):
+    """A run on its own: "above floor" only when the interval clears the floor (below it for a
+    lower-is-better metric), "at floor" otherwise, "no floor" for mCA / clean; the interval
+    comes from the run's own outcomes (plant: the verdict from the value alone -> the
+    straddling case reads "above floor")."""
+    from spatialssl.report import single
+
+    assert single.verdict(1, 0.30, 0.40, 0.25) == "above floor"
+    assert single.verdict(1, 0.20, 0.40, 0.25) == "at floor"  # the value may be above; the interval is not
+    assert single.verdict(-1, 2.0, 2.5, 3.0) == "above floor" and single.verdict(-1, 2.0, 3.2, 3.0) == "at floor"
+    assert single.verdict(1, 0.1, 0.2, 0.9, floor_ok=False) == "no floor" and single.verdict(0, 0, 1, 0) == "–"
+    d = fake_run(tmp_path, "dino", False, figures=False)
+    clearly_better([d, fake_run(tmp_path, "dino_sp", True, figures=False)])  # writes knn outcomes (top-1 0.40)
+    _, header, rows = single.table(d)
+    knn = row(rows, "kNN top-1 ↑")
+    lo, hi = (float(x) for x in knn[2].strip("[]").split(", "))
+    assert lo < 0.40 < hi and knn[3] == "0.150" and knn[6] == "above floor"
+    path, text = single.write(d)
+    assert path == d / "metrics" / "summary.md" and "| kNN top-1 ↑ |" in text

@@ -328,7 +328,8 @@ def _dispatch(a: argparse.Namespace) -> int:
         _check_device(a.device)
         res = evaluate(a.checkpoint, a.tasks, a.seeds, a.out, _eval_overrides(a.overrides), a.device,
                        reference=a.reference)
-        _print_results(res)
+        ckpt = Path(a.checkpoint)
+        _print_results(res, Path(a.out) if a.out else (ckpt if ckpt.is_dir() else ckpt.parent))
         return 0
     if a.cmd == "probe":
         return _probe(a)
@@ -383,19 +384,30 @@ def _probe(a: argparse.Namespace) -> int:
             raise config_mod.ConfigError(f"probe --arch-arg {item!r}: expected KEY=VALUE, e.g. depth=6")
         kwargs[key.strip()] = yaml.safe_load(value)
     res = probe(a.weights, a.arch, a.tasks, a.out, a.overrides, kwargs, a.seeds, a.device)
-    _print_results(res)
+    if a.out:
+        out = Path(a.out)
+    else:  # probe's default folder (evals.pretrained.probe)
+        from .pretrained import file_sha256
+
+        out = Path("runs/probe") / f"{a.arch.replace(':', '_')}-{file_sha256(a.weights)[:8]}"
+    _print_results(res, out)
     return 0
 
 
-def _print_results(res: dict[str, dict]) -> None:
-    """One line per task: its values, or why it was skipped (a task with nothing to measure
-    on this data, e.g. fine-grained labels on a folder data set)."""
+def _print_results(res: dict[str, dict], out: Path) -> None:
+    """The verdict table of ``<out>/metrics/summary.md`` (value, 95% interval, random-init
+    floor, chance, n, above / at floor per metric, with the data and sizes used), a line per
+    skipped task (nothing to measure on this data, e.g. fine-grained labels on a folder data
+    set), and where the raw values are."""
+    from .report.single import SUMMARY
+
     for task, values in res.items():
         if "skipped" in values:
             print(f"{task}: skipped ({values['skipped']})")
-            continue
-        shown = {k: round(v, 4) for k, v in values.items() if isinstance(v, float)}
-        print(f"{task}: {shown}")
+    summary = out / runfolder.EVALS / SUMMARY
+    if summary.exists():
+        print(summary.read_text().split("\n", 2)[-1].rstrip())
+    print(f"\nall values: {out / runfolder.EVALS}/<task>.json; this table: {summary}")
 
 
 def _prepare(a: argparse.Namespace) -> int:

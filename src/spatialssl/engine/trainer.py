@@ -435,7 +435,7 @@ def pretrain(cfg: dict, resume: bool = True, stop_after: int | None = None, data
         device = torch.device("cuda", local_rank)
     check_decode(cfg, device)
     out = Path(cfg["out_dir"])
-    new_folder = not out.exists() or not any(out.iterdir())
+    new_folder = not out.exists() or (out.is_dir() and not any(out.iterdir()))
     lock, notes = _claim_run_dir(out, resume, main)
     distributed.barrier(world)  # rank 0 has set the folder up (moved an old one aside) before any rank reads it
     logs: list[RunLog] = []  # closed here whatever happens (their handler would log later runs into this one)

@@ -233,4 +233,7 @@ def evaluate_context(base: EvalContext, names: list[str], seeds: int | None, out
         write_metrics(out_dir, task, mean, base, extra)
         write_outcomes(out_dir, task, outcomes)
         results[task] = mean
+    from ..report import single  # (lazily: the report reads this package's METRICS)
+
+    single.write(out_dir)  # metrics/summary.md: value, interval, floor, chance, n, verdict per metric
     return results

@@ -127,7 +127,14 @@ def _counts(seed: int, draw: int, n: int, r0: int, rc: int, replicates: int) -> 
     return (_cached_counts if small else _draw_counts)(seed, draw, n, r0, rc)
 
 
-def paired_bootstrap(base: list[dict], sp: list[dict], key: str, replicates: int = BOOT_REPLICATES,
+def interval(run: list[dict], key: str, grouped: bool = False, **kw) -> Test:
+    """One run's metric (``Test.delta``) and its bootstrap interval, resampled as
+    ``paired_bootstrap`` resamples a pair (items or images; widened by the between-seed
+    spread): what ``eval`` and ``probe`` print beside each value."""
+    return paired_bootstrap(None, run, key, grouped=grouped, **kw)
+
+
+def paired_bootstrap(base: list[dict] | None, sp: list[dict], key: str, replicates: int = BOOT_REPLICATES,
                      seed: int = BOOT_SEED, level: float = LEVEL, chunk: int = 1 << 20,
                      grouped: bool = False) -> Test:
     """Paired bootstrap over the independent test units of Δ = metric(SP) − metric(baseline) for ``key``.
@@ -146,6 +153,9 @@ def paired_bootstrap(base: list[dict], sp: list[dict], key: str, replicates: int
     randomness, which resampling items does not see). Vectorised: unit counts [R, U] spread
     to item weights [R, N] times the per-item outcomes, ``chunk`` weights at a time.
     Raises ValueError when the outcomes cannot be paired (kind, N or groups differ, key missing)."""
+    single = base is None  # one run's own metric and interval (``interval``), against nothing
+    if single:
+        base = sp
     n_seeds = min(len(base), len(sp))
     if n_seeds == 0:
         raise UserError("no evaluation seed with outcomes in both runs")
@@ -154,7 +164,9 @@ def paired_bootstrap(base: list[dict], sp: list[dict], key: str, replicates: int
         if key not in base[s] or key not in sp[s]:
             raise UserError(f"no outcome of '{key}' for seed {s} of both runs")
         (ka, a, ga), (kb, b, gb) = _outcome(base[s][key], key), _outcome(sp[s][key], key)
-        if ka != kb or any(a[f].shape != b[f].shape for f in a):
+        if single:
+            a = None
+        if a is not None and (ka != kb or any(a[f].shape != b[f].shape for f in a)):
             raise UserError(f"outcomes of '{key}' differ in kind or item count for seed {s}")
         if ga is not None and gb is not None and not torch.equal(ga, gb):
             raise UserError(f"outcomes of '{key}' group their items into other images for seed {s}")
@@ -165,10 +177,13 @@ def paired_bootstrap(base: list[dict], sp: list[dict], key: str, replicates: int
         # unit of each item: 0..U-1 (its group's rank), or the item itself
         unit = torch.unique(group, return_inverse=True)[1] if group is not None else None
         pairs.append((ka, a, b, unit))
-    ns = [next(iter(a.values())).shape[0] for _, a, _, _ in pairs]
+    ns = [next(iter(b.values())).shape[0] for _, _, b, _ in pairs]
     us = [int(u.max()) + 1 if u is not None else n for (_, _, _, u), n in zip(pairs, ns)]
-    full = [float(metric_from_counts(k, b, torch.ones(1, n, dtype=torch.float64))
-                  - metric_from_counts(k, a, torch.ones(1, n, dtype=torch.float64)))
+
+    def metric(k, arrs, w):  # the baseline of a single run is 0: its Δ is its metric
+        return torch.zeros(w.shape[0], dtype=torch.float64) if arrs is None else metric_from_counts(k, arrs, w)
+
+    full = [float(metric(k, b, torch.ones(1, n, dtype=torch.float64)) - metric(k, a, torch.ones(1, n, dtype=torch.float64)))
             for (k, a, b, _), n in zip(pairs, ns)]
     delta = sum(full) / n_seeds
     if not math.isfinite(delta):
@@ -183,7 +198,7 @@ def paired_bootstrap(base: list[dict], sp: list[dict], key: str, replicates: int
             w = _counts(seed, 0 if shared else s, u, r0, rc, replicates)
             if unit is not None:
                 w = w[:, unit]  # each item weighs as often as its image was drawn
-            acc += metric_from_counts(k, b, w) - metric_from_counts(k, a, w)
+            acc += metric(k, b, w) - metric(k, a, w)
         reps.append(acc / n_seeds)
     d = torch.cat(reps)
     if torch.isnan(d).float().mean() > 0.05:
