@@ -159,3 +159,11 @@ def test_unknown_key_suggests_the_closest(key, want):
 def test_a_bad_value_is_echoed():
     with pytest.raises(config.ConfigError, match="must be >= 1, got -5"):
         config.resolve([], ["train.steps=-5"])
+
+
+def test_a_bad_key_in_a_preset_file_names_the_file(tmp_path):
+    """(issue 28; plant: no file in the message -> fails)"""
+    p = tmp_path / "mine.yaml"
+    p.write_text("base: demo\ntrain:\n  stepz: 3\n")
+    with pytest.raises(config.ConfigError, match=r"mine\.yaml: unknown config key 'train.stepz' \(did you mean"):
+        config.resolve([str(p)])

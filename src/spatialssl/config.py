@@ -415,7 +415,13 @@ def resolve(presets: list[str] | tuple[str, ...] = (), overrides: list[str] | tu
     eval.* and data.* keys, whose views nobody trains on)."""
     cfg = copy.deepcopy(base if base is not None else DEFAULTS)
     for p in presets:
-        _merge(cfg, load_preset(p))
+        try:
+            _merge(cfg, load_preset(p))
+        except ConfigError as e:  # a bad key or value in a preset file: name the file
+            if "no config preset" in str(e) or str(e).startswith("config file"):
+                raise
+            path = Path(p) if Path(p).suffix else CONFIG_DIR / f"{p}.yaml"
+            raise ConfigError(f"{path}: {e}") from None
     for o in overrides:
         _merge(cfg, parse_override(o))
     if not cfg["name"]:

@@ -110,3 +110,17 @@ def test_linear_lr_selection_never_sees_the_test_split(planted_tools):
     b = linear.run(t["context"](t["Planted"](6), {"train": tr, "test": te}, linear_lr="[0.0000001,0.5]", linear_epochs=5))
     assert a["best_lr"] == b["best_lr"] and a["val_acc_by_lr"] == b["val_acc_by_lr"]
     assert a["top1"] > 0.9 and b["top1"] < 0.1
+
+
+def test_chance_counts_the_classes_the_test_split_holds(planted_tools):
+    """A label id no image has (an empty class folder keeps its id) does not lower chance:
+    1 / classes present, not 1 / (max label + 1) (issue 28; plant: 1 / n_cls -> 1/4, fails)."""
+    from spatialssl.evals import knn, linear
+
+    t = planted_tools
+    tr, te = t["labelled_set"](64, 4, seed=0, variants=1), t["labelled_set"](32, 4, seed=1, variants=1)
+    keep = te.labels != 2  # class 2 absent from the test split, present in train
+    te = te.subset(keep.nonzero().flatten())
+    ctx = t["context"](t["Planted"](n_codes=4), {"train": tr, "test": te})
+    assert knn.run(ctx)["chance"] == pytest.approx(1 / 3)
+    assert linear.run(ctx)["chance"] == pytest.approx(1 / 3)

@@ -33,5 +33,8 @@ def run(ctx: EvalContext, labels: str = "labels") -> dict:
     right = correct(pred, y_te)
     ctx.record("top1", "mean", x=right)
     e = ctx.ecfg
-    return {"top1": float(right.mean()), "chance": 1.0 / n_cls, "k": e["knn_k"], "t": e["knn_t"],
+    # chance: a uniform guess among the classes the test split holds (an empty class folder
+    # still takes a label id, so n_cls can count classes no image has)
+    present = len(torch.unique(y_te))
+    return {"top1": float(right.mean()), "chance": 1.0 / present, "k": e["knn_k"], "t": e["knn_t"],
             "n_train": n_tr, "n_test": len(y_te)}
