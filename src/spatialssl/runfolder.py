@@ -9,6 +9,7 @@ report, ``experiments`` and the benchmarks read it, all through this module:
   so a line cut short by a kill mid-write, or anything that is not a JSON object, is left
   out the same way everywhere;
 - ``train.log`` (``LOG``): the trainer's log; ``tb/`` (``TENSORBOARD``): TensorBoard events;
+- ``skipped_files.txt`` (``SKIPPED``): the training data's unreadable files and why, when any;
 - ``status.json`` (``STATUS``): how far the run got, ``{"step", "steps", "complete",
   "updated"}`` (plus ``"error"`` when it stopped on one), written atomically
   (``write_status``, ``read_status``);
@@ -59,6 +60,7 @@ BACKBONE = "backbone.safetensors"
 LOCK = ".lock"
 EVALS = "metrics"
 FEATURES = "features"
+SKIPPED = "skipped_files.txt"  # the training data's unreadable files, one "path<TAB>reason" a line
 SMALL_FILES = (CONFIG, CURVE, LOG, STATUS)  # what a run folder says about itself, without weights
 ITEMS = ("outcomes", "examples")  # metrics/<task>_<what>.npz: per-item outcomes, example arrays
 

@@ -196,10 +196,13 @@ def test_bad_files_of_every_kind_are_skipped_counted_and_logged(tmp_path, image_
     assert "WARNING spatialssl: skipped symlink loop" in capsys.readouterr().err  # the CLI logs warnings
     assert time.perf_counter() - t0 < 60  # the 108-megapixel image is never decoded
     log = (out / "train.log").read_text()
-    assert "skipped 4 unreadable file(s)" in log and "(17 images kept)" in log
+    assert "skipped 4 unreadable file(s)" in log and "(17 images kept; all listed in" in log
     for name in bad:
         assert str(a / name) in log, name
     assert "more than data.max_pixels=64000000" in log
+    # every skipped file, with its reason, in a file of the run folder the warning names (issue 28)
+    listed = dict(line.split("\t", 1) for line in (out / "skipped_files.txt").read_text().splitlines())
+    assert sorted(listed) == sorted(str(a / name) for name in bad) and str(out / "skipped_files.txt") in log
 
 
 # --------------------------------------------------------------------------- run folders

@@ -385,7 +385,9 @@ def _load(
         )
     if skipped:
         warnings.warn(
-            f"spatialssl: skipped {len(skipped)} file(s) under {root}; see CanvasSet.meta['skipped']",
+            f"spatialssl: skipped {len(skipped)} unreadable file(s) under {root}, e.g. "
+            f"{'; '.join(f'{p} ({r})' for p, r in list(skipped.items())[:3])}; a pretrain lists them all in its run "
+            f"folder's skipped_files.txt (data.on_error=raise fails on the first instead)",
             stacklevel=3,
         )
     idx = torch.tensor(ok, dtype=torch.long)

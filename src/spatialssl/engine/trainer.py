@@ -591,8 +591,10 @@ def _pretrain(cfg: dict, out: Path, device: torch.device, rank: int, world: int,
     n = len(data)
     skipped = data.meta.get("skip_reasons") or {}
     if skipped and main:
-        log.warning("data: skipped %d unreadable file(s) under %s (%d images kept): %s%s", len(skipped),
-                    data.meta.get("root", cfg["data"]["root"]), n,
+        listing = out / runfolder.SKIPPED  # every skipped file and why, one per line
+        listing.write_text("".join(f"{p}\t{r}\n" for p, r in skipped.items()))
+        log.warning("data: skipped %d unreadable file(s) under %s (%d images kept; all listed in %s): %s%s",
+                    len(skipped), data.meta.get("root", cfg["data"]["root"]), n, listing,
                     "; ".join(f"{p} ({r})" for p, r in list(skipped.items())[:20]),
                     f"; and {len(skipped) - 20} more" if len(skipped) > 20 else "")
     if n < t["batch_size"]:
