@@ -167,3 +167,17 @@ def test_a_bad_key_in_a_preset_file_names_the_file(tmp_path):
     p.write_text("base: demo\ntrain:\n  stepz: 3\n")
     with pytest.raises(config.ConfigError, match=r"mine\.yaml: unknown config key 'train.stepz' \(did you mean"):
         config.resolve([str(p)])
+
+
+def test_partsworld_keys_on_folder_data_are_named_as_ignored(caplog):
+    """(issue 28) -c demo sets data.n_train; on folder data it is ignored, and said so."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="spatialssl"):
+        config.resolve(["demo"], ["data.name=folder", "data.root=/some/where", "data.background=grey"])
+    assert "data.n_train=6000" in caplog.text and "data.background=grey" in caplog.text
+    assert "read by PartsWorld only and ignored" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spatialssl"):
+        config.resolve(["demo"], ["data.background=grey"])
+    assert "read by PartsWorld only" not in caplog.text

@@ -457,7 +457,26 @@ def derive(cfg: dict, warn: bool = True) -> dict:
         raise ConfigError(f"config key 'sp.max_iou' must be in [0, 1), got {sp['max_iou']}")
     if warn:  # the torch-free checks; SP's pair fallback rate needs its sampler and is logged when
         log_once(upsampling_warnings(cfg))  # views are built for training (views.MultiCrop.from_config)
+        log_once(ignored_data_warnings(cfg))
     return cfg
+
+
+# data keys only the built-in PartsWorld reads (its size, seed and how it draws)
+PARTSWORLD_ONLY = ("n_train", "n_eval", "seed", "distractors", "fill", "elevation", "background")
+
+
+def ignored_data_warnings(cfg: dict) -> list[str]:
+    """A warning naming each PartsWorld-only data key set away from its default while the data
+    is a folder or prepared shards (a preset's or a --set's: it would be silently ignored)."""
+    d = cfg["data"]
+    if d["name"] == "partsworld":
+        return []
+    keys = [k for k in PARTSWORLD_ONLY if not same(d[k], DEFAULTS["data"][k])]
+    if not keys:
+        return []
+    return [f"data.name is {d['name']}: {', '.join(f'data.{k}={d[k]}' for k in keys)} "
+            f"{'is' if len(keys) == 1 else 'are'} read by PartsWorld only and ignored here (the images are "
+            f"those of {d['root'] or 'data.root'}; data.holdout holds some of them out)"]
 
 
 # --------------------------------------------------------------------------- warnings
