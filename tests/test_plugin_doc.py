@@ -106,3 +106,25 @@ def test_registered_framework_trains_with_sp(tmp_path, registry_guard):
     out = pretrain(config.resolve(["simclr_sp"], tiny), data=data)
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert len(rows) == 2 and all(math.isfinite(r["loss_fw"]) and math.isfinite(r["loss_sp"]) for r in rows)
+
+
+def test_the_docs_compare_command_reports_a_marked_pair(tmp_path, monkeypatch, registry_guard):
+    """docs/plugin.md's `compare --plugin` command, at the tiny budget: the plugin's framework
+    and its + SP arm train in worker processes (which import the plugin), and the report marks
+    the pair (✓, ✗ or ≈ on every key row). Plant: the workers not importing the plugin -> the
+    cells fail (unknown framework)."""
+    from spatialssl.cli import main
+
+    blocks = python_blocks()
+    (tmp_path / "my_simsiam.py").write_text(blocks[1])
+    monkeypatch.chdir(tmp_path)
+    line = next(ln.strip() for ln in DOC.read_text().splitlines() if ln.strip().startswith("spatialssl compare"))
+    argv = line.split()[1:]
+    argv[argv.index("small")] = "tiny"
+    argv[argv.index("--out") + 1] = str(tmp_path / "pair")
+    argv += ["--seeds", "0", "--tasks", "knn,linear", "--set", "framework.hidden_dim=64", "--set", "framework.proj_dim=32"]
+    assert main(argv) == 0
+    report = (tmp_path / "pair" / "report" / "report.md").read_text()
+    rows = [r for r in report.splitlines() if r.startswith("| kNN top-1") or r.startswith("| linear top-1")]
+    assert rows and all(any(m in r for m in ("✓", "✗", "≈")) for r in rows), rows
+    assert "NOT COMPARABLE" not in report
