@@ -395,3 +395,20 @@ def test_gpu_decode_without_cuda_is_an_error_at_start(tmp_path, monkeypatch, tin
     with pytest.raises(config.ConfigError, match=rf"'data\.decode' is 'gpu'.*({why}).*data\.decode=cpu"):
         trainer.pretrain(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_prepare_warns_of_an_empty_class_folder(tmp_path):
+    """(issue 28) a class folder with no image keeps its label id; data prepare says so."""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "src" / "train" / c).mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(tmp_path / "src" / "train" / "a" / f"{i}.png")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        shards.prepare_folder(tmp_path / "src", tmp_path / "out", canvas_size=16, progress=False)
+    assert any("train/b" in str(x.message) and "hold no image" in str(x.message) for x in w)

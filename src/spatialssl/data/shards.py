@@ -275,6 +275,10 @@ def prepare_folder(root: str | os.PathLike, out: str | os.PathLike, canvas_size:
         if unknown:
             raise UserError(f"spatialssl: split {split} has class folder(s) not in train: {', '.join(unknown)}")
         items = [(f, label[c]) for c in classes for f in folders.list_images(path / c)]
+        empty = [c for c in classes if not folders.list_images(path / c)]
+        if empty:  # a class with no image still takes a label id: say so (chance counts present classes)
+            warnings.warn(f"spatialssl: data prepare: class folder(s) {', '.join(str(path / c) for c in empty)} of "
+                          f"split {split} hold no image; their label id(s) stay reserved", stacklevel=2)
 
         def make(i: int, items=items):
             f, lab = items[i]
