@@ -46,6 +46,9 @@ SCRIPT = textwrap.dedent('''
     # 2. pretrain end to end (DDP): rank 0 alone writes the run directory
     if "pretrain" in what:
         pretrain(config.resolve([], overrides + [f"out_dir={out}/run"]))
+    # 3. half a run, stopped with a checkpoint (to resume on another number of processes)
+    if "half" in what:
+        pretrain(config.resolve([], overrides + [f"out_dir={out}/half"]), stop_after=3)
 ''')
 
 
@@ -75,7 +78,7 @@ def _one_process(cfg: dict) -> dict:
     return {"framework": cpu(run.framework.state_dict()), "sp": cpu(run.sp.state_dict())}
 
 
-def _two_processes(tmp_path: Path, ov: list[str], pretrain: bool = True) -> dict:
+def _two_processes(tmp_path: Path, ov: list[str], pretrain: bool = True, what: str = "") -> dict:
     """Runs SCRIPT under torchrun with 2 processes (the steps by hand in both modes, then
     ``pretrain`` unless told not to); the one-process weights for comparison."""
     (tmp_path / "worker.py").write_text(SCRIPT)
@@ -83,7 +86,7 @@ def _two_processes(tmp_path: Path, ov: list[str], pretrain: bool = True) -> dict
                                                          os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(tmp_path / "worker.py"), str(tmp_path), "steps,pretrain" if pretrain else "steps", *ov]
+           str(tmp_path / "worker.py"), str(tmp_path), what or ("steps,pretrain" if pretrain else "steps"), *ov]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return _one_process(config.resolve([], [*ov, f"out_dir={tmp_path / 'one'}"]))
@@ -325,3 +328,19 @@ def test_sync_bn_refused_on_cpu_with_several_processes(tiny_overrides):
         config.resolve([], ["train.sync_bn=maybe"])
     with pytest.raises(config.ConfigError, match="train.data_parallel"):
         config.resolve([], ["train.data_parallel=fsdp"])
+
+
+def test_a_run_resumes_on_another_number_of_processes(tmp_path, tiny_overrides):
+    """Half a run on two processes (torchrun, gloo), resumed on one: the global batch is the
+    config's and views are keyed by the sample, so it ends at the weights of one process run
+    throughout (float rounding apart) (issue 28)."""
+    from spatialssl.engine.trainer import pretrain
+
+    root = _shards(tmp_path / "shards")
+    ov = [*_overrides(tiny_overrides, root), "device=cpu"]
+    one = _two_processes(tmp_path, ov, what="half")
+    assert runfolder.read_checkpoint(tmp_path / "half")["step"] == 3
+    pretrain(config.resolve([], [*ov, f"out_dir={tmp_path / 'half'}"]))  # one process, resuming
+    assert "resumed from" in (tmp_path / "half" / "train.log").read_text()
+    ckpt = runfolder.read_checkpoint(tmp_path / "half")
+    assert ckpt["step"] == STEPS and _rel_l2(ckpt["framework"], one["framework"]) < 1e-5
