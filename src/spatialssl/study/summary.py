@@ -205,7 +205,7 @@ def tuning_section(budget: Budget, frameworks, backbones, results: Path, tasks: 
              "Picks (*) maximise the validation score, ties to the earlier point; where an arm's pick lies on the "
              f"edge of a key with three or more values, that key gets one more value beyond it for every arm of the "
              f"framework (at most {budget.widen} times), and a pick still on an edge is flagged.", ""]
-    from .plan import Cell as C, val_score
+    from .plan import val_score
 
     from .plan import framework_grid
 
@@ -217,11 +217,11 @@ def tuning_section(budget: Budget, frameworks, backbones, results: Path, tasks: 
             rows = []
             tune, settled = framework_grid(fw, bb, results, budget, tasks)
             for p in grid_points(tune):
-                presets, ov = presets_and_overrides(C(fw, "base", bb, budget.tune_seed), budget, tasks)
+                presets, ov = presets_and_overrides(Cell(fw, "base", bb, budget.tune_seed), budget, tasks)
                 vals = ", ".join(o.split(".", 1)[1] for o in point_overrides(presets, ov, p))
                 row = [point_tag(p) + (" (default)" if is_default(p) else ""), vals]
                 for a in arms:
-                    s = val_score(C(fw, a, bb, budget.tune_seed, p, tuning=True), results, budget)
+                    s = val_score(Cell(fw, a, bb, budget.tune_seed, p, tuning=True), results, budget)
                     star = " *" if picks[a] is not None and picks[a].point == p else ""
                     row.append("–" if s is None else f"{s:.3f}{star}")
                 rows.append(row)
@@ -242,8 +242,7 @@ def tuning_section(budget: Budget, frameworks, backbones, results: Path, tasks: 
 
 def default_section(budget: Budget, frameworks, backbones, results: Path) -> list[str]:
     """Default vs default: the tuning seed's default point, on test (one seed: no test)."""
-    from ..report import ARROWS, markdown_table, read_run
-    from .plan import Cell as C
+    from ..report import markdown_table, read_run
 
     default = next((p for p in grid_points(budget.tune) if is_default(p)), None)
     if default is None:
@@ -252,7 +251,7 @@ def default_section(budget: Budget, frameworks, backbones, results: Path) -> lis
     for bb in backbones:
         for fw in frameworks:
             for a in arms_of(fw, budget):
-                c = C(fw, a, bb, budget.tune_seed, default, tuning=True)
+                c = Cell(fw, a, bb, budget.tune_seed, default, tuning=True)
                 if (results_dir(c, results) / "metrics").is_dir():
                     rows_by[(bb, fw, a)] = read_run(results_dir(c, results))
     if not rows_by:
@@ -261,7 +260,6 @@ def default_section(budget: Budget, frameworks, backbones, results: Path) -> lis
     rows = [[f"{fw} ({bb})" if bb != "cnn" else fw, ARM_LABEL[a]]
             + [("–" if (v := r.value(t, "top1")[0]) is None else f"{v:.3f}") for t in budget.default_test_tasks]
             for (bb, fw, a), r in rows_by.items()]
-    _ = ARROWS
     return [f"## Default vs default (seed {budget.tune_seed}, test split, every arm at its presets' values)", "",
             "One pretraining seed (each value the mean over the probe seeds): no paired test, no mark.", "",
             markdown_table(header, rows), ""]
